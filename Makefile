@@ -1,0 +1,52 @@
+# Every target installs what it needs: a fresh machine with Python 3.11 and make is enough.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint fmt typecheck pytest openapi openapi-check bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its test extras
+
+run: $(STAMP) ## serve on 127.0.0.1:8000 with the embedded SQLite in ./var
+	$(BIN)/fairunlock serve --host 127.0.0.1 --port 8000
+
+test: $(STAMP) lint typecheck openapi-check pytest ## everything CI checks
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP) ## mypy --strict over the packages
+	$(BIN)/mypy --strict service policy audit
+
+pytest: $(STAMP) ## the test suite (SQLite and, when reachable, PostgreSQL)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+openapi: $(STAMP) ## regenerate the committed spec
+	$(BIN)/python -m service.openapi_spec --write openapi/openapi.json
+
+openapi-check: $(STAMP) ## fail when the committed spec differs from the app
+	$(BIN)/python -m service.openapi_spec --check openapi/openapi.json
+
+bench: $(STAMP) ## run the benchmarks in bench/
+	$(BIN)/python -m bench.bench_policy
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

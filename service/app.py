@@ -1,0 +1,38 @@
+"""The composition root: ``create_app(settings)`` builds everything; importing this module builds nothing."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Server
+
+from service import __doc__ as service_doc
+from service.errors import EXCEPTION_HANDLERS
+from service.routes.health import HealthController
+from service.settings import Settings
+
+API_TITLE = "FairUnlock"
+API_VERSION = "1.0.0"
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title=API_TITLE,
+        version=API_VERSION,
+        description=service_doc,
+        servers=[Server(url="/")],
+        use_handler_docstrings=True,
+        path="/schema",
+    )
+
+
+def create_app(settings: Settings) -> Litestar:
+    app = Litestar(
+        route_handlers=[HealthController],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=openapi_config(),
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,140 @@
+"""The one map from errors to RFC 9457 ``application/problem+json`` responses.
+
+Domain errors (``DomainError`` and the cores' own exceptions) know nothing of HTTP; this module is
+the only place that gives them a status. Every response body has a stable ``code`` and a ``type``
+URI built from it, and never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://fairunlock.dev/problems/"
+
+log = logging.getLogger("fairunlock.errors")
+
+
+class DomainError(Exception):
+    """Base of the service's domain errors: a stable code and a human message, no HTTP."""
+
+    code: ClassVar[str] = "domain_error"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemSpec:
+    status: int
+    title: str
+
+
+# Domain error class -> HTTP status and title. Later flows add their errors here, nowhere else.
+DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {}
+
+# Stable codes for the framework's own HTTP errors.
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Not allowed for this role"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    409: ("conflict", "Conflict"),
+    413: ("body_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    422: ("unprocessable", "Unprocessable request"),
+    429: ("throttled", "Too many requests"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    body.update(extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    if isinstance(exc.extra, list):
+        for item in exc.extra:
+            if isinstance(item, dict):
+                errors.append(
+                    {
+                        "field": str(item.get("key") or item.get("source") or "body"),
+                        "message": str(item.get("message", "invalid")),
+                    }
+                )
+    return errors
+
+
+def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    errors = _validation_errors(exc)
+    detail = exc.detail if not errors else "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem_response(400, "invalid_request", "Invalid request", detail, errors=errors)
+
+
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(exc.status_code, code, title, exc.detail or title, headers=headers)
+
+
+def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    for cls in type(exc).__mro__:
+        spec = DOMAIN_ERROR_MAP.get(cls)  # type: ignore[arg-type]
+        if spec is not None:
+            return problem_response(spec.status, exc.code, spec.title, exc.message, **exc.extra)
+    return handle_unexpected(request, exc)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # A 500 is a bug: log it with its traceback, answer without one.
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Internal error",
+        "The service failed to handle this request; it has been logged.",
+    )
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    DomainError: handle_domain,
+    Exception: handle_unexpected,
+}
+
+__all__ = [
+    "DOMAIN_ERROR_MAP",
+    "EXCEPTION_HANDLERS",
+    "PROBLEM_JSON",
+    "DomainError",
+    "MediaType",
+    "ProblemSpec",
+    "problem_response",
+]

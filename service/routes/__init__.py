@@ -1,0 +1,1 @@
+"""HTTP controllers: thin, each handler guarded or marked ``opt={"public": True}``."""

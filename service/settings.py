@@ -1,0 +1,125 @@
+"""Typed settings read once from ``FAIRUNLOCK_*`` variables and passed into ``create_app``.
+
+Nothing here is cached at import: every call to ``Settings.from_env`` reads the mapping it is given,
+so tests build their own settings and no test depends on another's environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+PREFIX = "FAIRUNLOCK_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(name: str, raw: str) -> bool:
+    # Strict, like Starlette's Config: "ture" is an error, not False.
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{PREFIX}{name} must be one of {sorted(_TRUE | _FALSE)}, got {raw!r}")
+
+
+def _int(name: str, raw: str, *, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name} must be an integer, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{PREFIX}{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = field(default_factory=lambda: Path("var"))
+    # None means the embedded SQLite file inside data_dir.
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "INFO"
+    # Request bodies above this are refused with 413 before they are parsed.
+    max_body_bytes: int = 64 * 1024
+    # A policy file other than the shipped default (absolute or relative path).
+    policy_file: Path | None = None
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fairunlock.sqlite3').resolve()}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = source.get(PREFIX + name)
+            return value if value not in (None, "") else None
+
+        kwargs: dict[str, object] = {}
+        if (raw := get("ENVIRONMENT")) is not None:
+            try:
+                kwargs["environment"] = Environment(raw.strip().lower())
+            except ValueError:
+                allowed = [e.value for e in Environment]
+                raise SettingsError(f"{PREFIX}ENVIRONMENT must be one of {allowed}, got {raw!r}") from None
+        if (raw := get("DATA_DIR")) is not None:
+            kwargs["data_dir"] = Path(raw)
+        if (raw := get("DATABASE_URL")) is not None:
+            kwargs["database_url"] = raw
+        if (raw := get("HOST")) is not None:
+            kwargs["host"] = raw
+        if (raw := get("PORT")) is not None:
+            kwargs["port"] = _int("PORT", raw, minimum=0, maximum=65535)
+        if (raw := get("WORKERS")) is not None:
+            kwargs["workers"] = _int("WORKERS", raw, minimum=1, maximum=64)
+        if (raw := get("LOG_LEVEL")) is not None:
+            level = raw.strip().upper()
+            if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+                raise SettingsError(f"{PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+            kwargs["log_level"] = level
+        if (raw := get("MAX_BODY_BYTES")) is not None:
+            kwargs["max_body_bytes"] = _int("MAX_BODY_BYTES", raw, minimum=1024, maximum=16 << 20)
+        if (raw := get("POLICY_FILE")) is not None:
+            kwargs["policy_file"] = Path(raw)
+        settings = cls(**kwargs)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that are only safe in development."""
+        if self.is_production and self.database_url is None:
+            raise SettingsError(
+                f"{PREFIX}DATABASE_URL is required in production: the embedded SQLite file is for development"
+            )
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """Strict boolean parsing for settings added by later modules."""
+    return _bool(name, raw)
