@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Server
 
 from service import __doc__ as service_doc
+from service.auth import authentication_middleware
+from service.db import create_engine
 from service.errors import EXCEPTION_HANDLERS
 from service.routes.health import HealthController
 from service.settings import Settings
@@ -27,12 +32,26 @@ def openapi_config() -> OpenAPIConfig:
 
 
 def create_app(settings: Settings) -> Litestar:
+    engine = create_engine(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if settings.database_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
     app = Litestar(
         route_handlers=[HealthController],
+        middleware=[authentication_middleware()],
+        lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,
         debug=False,
     )
     app.state.settings = settings
+    app.state.engine = engine
     return app

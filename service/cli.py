@@ -16,7 +16,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairunlock", description="FairUnlock account-unlock service")
+    parser = argparse.ArgumentParser(
+        prog="fairunlock", description="FairUnlock account-unlock service"
+    )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     cli_serve.register(groups)
     cli_policy.register(groups)

@@ -14,8 +14,12 @@ log = logging.getLogger("fairunlock")
 
 def register(groups: Any) -> None:
     serve = groups.add_parser("serve", help="run the service")
-    serve.add_argument("--host", default=None, help="address to bind (default FAIRUNLOCK_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="port (default FAIRUNLOCK_PORT or 8000)")
+    serve.add_argument(
+        "--host", default=None, help="address to bind (default FAIRUNLOCK_HOST or 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=None, help="port (default FAIRUNLOCK_PORT or 8000)"
+    )
     serve.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
 

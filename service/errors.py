@@ -93,7 +93,9 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
 
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     errors = _validation_errors(exc)
-    detail = exc.detail if not errors else "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    detail = (
+        exc.detail if not errors else "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    )
     return problem_response(400, "invalid_request", "Invalid request", detail, errors=errors)
 
 

@@ -88,7 +88,9 @@ class Settings:
                 kwargs["environment"] = Environment(raw.strip().lower())
             except ValueError:
                 allowed = [e.value for e in Environment]
-                raise SettingsError(f"{PREFIX}ENVIRONMENT must be one of {allowed}, got {raw!r}") from None
+                raise SettingsError(
+                    f"{PREFIX}ENVIRONMENT must be one of {allowed}, got {raw!r}"
+                ) from None
         if (raw := get("DATA_DIR")) is not None:
             kwargs["data_dir"] = Path(raw)
         if (raw := get("DATABASE_URL")) is not None:
