@@ -1,1 +1,1 @@
-"""FairUnlock service: HTTP API, flows, persistence and adapters around the pure policy/ and audit/ cores."""
+"""FairUnlock service: HTTP API, flows, persistence and adapters around policy/ and audit/."""

@@ -1,4 +1,4 @@
-"""The composition root: ``create_app(settings)`` builds everything; importing this module builds nothing."""
+"""The composition root: ``create_app(settings)`` builds everything; importing builds nothing."""
 
 from __future__ import annotations
 

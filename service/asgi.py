@@ -1,4 +1,4 @@
-"""ASGI entry point for uvicorn's ``--factory``: settings come from the environment of each worker."""
+"""ASGI entry point for uvicorn's ``--factory``: each worker reads settings from its environment."""
 
 from __future__ import annotations
 

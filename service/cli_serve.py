@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any
 
 from service.settings import Settings, SettingsError
@@ -30,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        print(f"fairunlock serve: {exc}", file=__import__("sys").stderr)
+        print(f"fairunlock serve: {exc}", file=sys.stderr)
         return 2
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port

@@ -107,7 +107,7 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
     for cls in type(exc).__mro__:
-        spec = DOMAIN_ERROR_MAP.get(cls)  # type: ignore[arg-type]
+        spec = DOMAIN_ERROR_MAP.get(cls)
         if spec is not None:
             return problem_response(spec.status, exc.code, spec.title, exc.message, **exc.extra)
     return handle_unexpected(request, exc)
@@ -124,7 +124,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     ValidationException: handle_validation,
     HTTPException: handle_http,
     DomainError: handle_domain,

@@ -118,7 +118,8 @@ class Settings:
         """Refuse combinations that are only safe in development."""
         if self.is_production and self.database_url is None:
             raise SettingsError(
-                f"{PREFIX}DATABASE_URL is required in production: the embedded SQLite file is for development"
+                f"{PREFIX}DATABASE_URL is required in production: "
+                "the embedded SQLite file is for development"
             )
 
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables and repositories of the service (the audit log's own tables live in audit/store.py)."""
+"""SQLAlchemy tables and repositories of the service (the audit log's live in audit/store.py)."""
 
 from sqlalchemy import MetaData
 
