@@ -1,0 +1,241 @@
+"""Audit entries: the event a writer appends, and the exact leaf bytes the Merkle tree commits to.
+
+The leaf bytes are RFC 8785 (JCS) canonical JSON, so anyone can re-derive them and the export
+line is byte-for-byte what was hashed. Floats are refused outright: JCS formats numbers the
+ECMAScript way, which Python's float repr does not always match, and a mismatch would make an
+honest entry unverifiable by other tools.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+import rfc8785
+
+FORMAT_VERSION = 1
+
+# JCS serialises numbers as IEEE doubles; integers beyond this lose precision in other tools.
+MAX_SAFE_INTEGER = 2**53 - 1
+# Deep nesting is never a legitimate audit payload and would make canonicalisation recurse.
+MAX_DEPTH = 32
+
+JSONValue: TypeAlias = "str | int | bool | Sequence[JSONValue] | Mapping[str, JSONValue] | None"
+
+# Keys of the leaf object. Canonical (sorted) order puts `data` before `index`, so everything after
+# `data` is a short run of scalars: the verifier relies on that to check index and log cheaply.
+ENTRY_KEYS = frozenset({"index", "log", "v", "time", "kind", "actor", "subject", "data"})
+_PAYLOAD_KEYS = frozenset({"v", "time", "kind", "actor", "subject", "data"})
+
+
+class EntryKind(StrEnum):
+    DECISION = "decision"
+    CHALLENGE_STARTED = "challenge_started"
+    VERIFICATION_ATTEMPT = "verification_attempt"
+    CONSENT_GRANTED = "consent_granted"
+    CONSENT_WITHDRAWN = "consent_withdrawn"
+    ENROLMENT = "enrolment"
+    REVIEW_OPENED = "review_opened"
+    REVIEW_ACTION = "review_action"
+    EXPORT = "export"
+    ERASURE = "erasure"
+    KEY_ROTATED = "key_rotated"
+    ACCOUNT_CHANGED = "account_changed"
+
+
+class EntryError(ValueError):
+    """An event or an entry line is malformed; the message names the field and the problem."""
+
+
+def _check_json_value(value: object, path: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise EntryError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    # bool is an int subclass, so it must be tested before int.
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise EntryError(f"{path}: integer {value} is outside ±(2**53 - 1)")
+        return
+    if isinstance(value, float):
+        raise EntryError(f"{path}: floats are not allowed (use an integer or a string)")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EntryError(f"{path}: object key {key!r} is not a string")
+            _check_json_value(item, f"{path}.{key}", depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            _check_json_value(item, f"{path}[{position}]", depth + 1)
+        return
+    raise EntryError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with microseconds and 'Z', fixed width so entries sort and compare as text."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise EntryError("time: naive datetime (must be timezone-aware UTC)")
+    utc = moment.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
+
+
+def parse_time(text: str) -> datetime:
+    """Inverse of format_time; only the exact form format_time produces is accepted."""
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise EntryError(f"time: {text!r} is not RFC 3339 UTC with microseconds and 'Z'") from None
+    if format_time(moment) != text:
+        raise EntryError(f"time: {text!r} is not in canonical form")
+    return moment
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What a writer appends; the integrator gives it an index and the log origin."""
+
+    kind: EntryKind
+    actor: str
+    subject: str | None
+    data: Mapping[str, JSONValue]
+    time: datetime
+
+    def __post_init__(self) -> None:
+        # Validate at construction so a bad event fails in the writer's request, not later in
+        # the integrator where nobody can fix it.
+        # Typed as object: values decoded from JSON reach here unchecked.
+        kind: object = self.kind
+        actor: object = self.actor
+        subject: object = self.subject
+        data: object = self.data
+        moment: object = self.time
+        if not isinstance(kind, EntryKind):
+            try:
+                object.__setattr__(self, "kind", EntryKind(str(kind)))
+            except ValueError:
+                raise EntryError(f"kind: {kind!r} is not an EntryKind") from None
+        if not isinstance(actor, str) or not actor:
+            raise EntryError("actor: must be a non-empty string")
+        if subject is not None and (not isinstance(subject, str) or not subject):
+            raise EntryError("subject: must be a non-empty string or None")
+        if not isinstance(data, Mapping):
+            raise EntryError("data: must be a JSON object")
+        _check_json_value(data, "data")
+        if not isinstance(moment, datetime):
+            raise EntryError("time: must be a datetime")
+        format_time(moment)  # raises on naive datetimes
+        if moment.tzinfo is not UTC:
+            object.__setattr__(self, "time", moment.astimezone(UTC))
+
+
+def _canonical(obj: Mapping[str, Any], what: str) -> bytes:
+    try:
+        return rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError as exc:  # defensive: values are validated beforehand
+        raise EntryError(f"{what}: cannot canonicalise: {exc}") from None
+
+
+def _event_fields(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "v": FORMAT_VERSION,
+        "time": format_time(event.time),
+        "kind": event.kind.value,
+        "actor": event.actor,
+        "subject": event.subject,
+        "data": event.data,
+    }
+
+
+def event_to_payload(event: AuditEvent) -> bytes:
+    """Canonical JSON of the event without index or log: what the inbox stores."""
+    return _canonical(_event_fields(event), "event")
+
+
+def _refuse_float(text: str) -> Any:
+    raise EntryError(f"floats are not allowed: {text}")
+
+
+def _refuse_constant(text: str) -> Any:
+    raise EntryError(f"{text} is not allowed")
+
+
+def _load_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw, parse_float=_refuse_float, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise EntryError(f"{what}: not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise EntryError(f"{what}: not JSON ({exc.msg} at offset {exc.pos})") from None
+    if not isinstance(obj, dict):
+        raise EntryError(f"{what}: not a JSON object")
+    return obj
+
+
+def _event_from_fields(obj: Mapping[str, Any], what: str) -> AuditEvent:
+    if obj.get("v") != FORMAT_VERSION or isinstance(obj.get("v"), bool):
+        raise EntryError(f"{what}: v is {obj.get('v')!r}, expected {FORMAT_VERSION}")
+    time_text = obj["time"]
+    if not isinstance(time_text, str):
+        raise EntryError(f"{what}: time is not a string")
+    return AuditEvent(
+        kind=obj["kind"],
+        actor=obj["actor"],
+        subject=obj["subject"],
+        data=obj["data"],
+        time=parse_time(time_text),
+    )
+
+
+def payload_to_event(payload: bytes) -> AuditEvent:
+    obj = _load_object(payload, "payload")
+    if set(obj) != _PAYLOAD_KEYS:
+        raise EntryError(f"payload: keys are {sorted(obj)}, expected {sorted(_PAYLOAD_KEYS)}")
+    event = _event_from_fields(obj, "payload")
+    if event_to_payload(event) != payload:
+        raise EntryError("payload: not in canonical form")
+    return event
+
+
+def encode_entry(index: int, origin: str, event: AuditEvent) -> bytes:
+    """The leaf bytes: canonical JSON of the event plus its index and log origin, no newline."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise EntryError(f"index: {index!r} is not a non-negative integer")
+    if index > MAX_SAFE_INTEGER:
+        raise EntryError(f"index: {index} is outside the JSON safe integer range")
+    if not isinstance(origin, str) or not origin:
+        raise EntryError("log: origin must be a non-empty string")
+    fields = _event_fields(event)
+    fields["index"] = index
+    fields["log"] = origin
+    return _canonical(fields, "entry")
+
+
+def decode_entry(line: bytes) -> dict[str, Any]:
+    """Parse and validate one leaf; the result has `time` as text and `kind` as a string.
+
+    Raises EntryError naming what is wrong, including a line that is valid JSON but not the
+    canonical encoding (which would hash differently from what any honest writer produced).
+    """
+    if line.endswith(b"\n") or b"\r" in line:
+        raise EntryError("entry: contains a line break")
+    obj = _load_object(line, "entry")
+    if set(obj) != ENTRY_KEYS:
+        raise EntryError(f"entry: keys are {sorted(obj)}, expected {sorted(ENTRY_KEYS)}")
+    index = obj["index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise EntryError(f"entry: index {index!r} is not a non-negative integer")
+    origin = obj["log"]
+    if not isinstance(origin, str) or not origin:
+        raise EntryError("entry: log is not a non-empty string")
+    event = _event_from_fields(obj, "entry")
+    if encode_entry(index, origin, event) != line:
+        raise EntryError("entry: not in canonical form")
+    return obj
