@@ -120,33 +120,19 @@ class CheckpointSigner:
         return verifier_key(self.name, self.public_key)
 
 
-def parse_checkpoint_note(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
-    """Split a signed note into its checkpoint and (key name, key id || signature) pairs.
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """Split a signed note into its text (with final newline) and (key name, key id || sig) pairs.
 
-    Signatures are not checked here; use verify_checkpoint.
+    Signatures are not checked here; use verify_note or verify_checkpoint.
     """
     _check_text(note, "note")
     if not note.endswith("\n"):
         raise CheckpointError("note does not end with a newline")
-    body_text, separator, signature_text = note.partition("\n\n")
+    # The text itself holds no blank line, so the first one separates text from signatures.
+    text, separator, signature_text = note.partition("\n\n")
     if not separator:
         raise CheckpointError("note has no blank line before the signatures")
-    lines = body_text.split("\n")
-    if len(lines) < 3:
-        raise CheckpointError(f"checkpoint body has {len(lines)} lines, expected 3")
-    if len(lines) > 3:
-        raise CheckpointError("checkpoint extension lines are not supported")
-    origin, size_text, root_text = lines
-    if not size_text.isascii() or not size_text.isdigit():
-        raise CheckpointError(f"tree size {size_text!r} is not a decimal number")
-    if size_text != "0" and size_text.startswith("0"):
-        raise CheckpointError(f"tree size {size_text!r} has leading zeros")
-    if len(size_text) > 20:
-        raise CheckpointError("tree size is too large")
-    root = _b64decode_strict(root_text, "root hash")
-    checkpoint = Checkpoint(origin=origin, size=int(size_text), root=root)
-
-    signature_lines = signature_text.split("\n")[:-1]  # the text ends in a newline
+    signature_lines = signature_text.split("\n")[:-1]  # the note ends in a newline
     if not signature_lines:
         raise CheckpointError("note has no signature lines")
     if len(signature_lines) > MAX_SIGNATURES:
@@ -163,17 +149,17 @@ def parse_checkpoint_note(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]
         if len(raw) < KEY_ID_SIZE + 1:
             raise CheckpointError(f"signature line {line_no} is too short")
         signatures.append((name, raw))
-    return checkpoint, signatures
+    return text + "\n", signatures
 
 
-def verify_checkpoint(note: str, public_key: Ed25519PublicKey, name: str) -> Checkpoint:
-    """The checkpoint, if `note` carries a valid signature by (name, public_key).
+def verify_note(note: str, public_key: Ed25519PublicKey, name: str) -> str:
+    """The note text, if `note` carries a valid Ed25519 signature by (name, public_key).
 
     Signatures by other keys are ignored (cosigners, witnesses); a signature that claims to be
     from this key but does not verify rejects the whole note, as signed-note advises.
     """
-    checkpoint, signatures = parse_checkpoint_note(note)
-    body = note.partition("\n\n")[0].encode() + b"\n"
+    text, signatures = split_note(note)
+    body = text.encode()
     expected_id = key_id(name, public_key)
     verified = False
     for signer_name, raw in signatures:
@@ -192,7 +178,58 @@ def verify_checkpoint(note: str, public_key: Ed25519PublicKey, name: str) -> Che
         raise CheckpointError(
             f"no signature by {name}+{expected_id.hex()} (found: {found or 'none'})"
         )
+    return text
+
+
+def _parse_checkpoint_text(text: str) -> Checkpoint:
+    lines = text.split("\n")[:-1]
+    if len(lines) < 3:
+        raise CheckpointError(f"checkpoint body has {len(lines)} lines, expected 3")
+    if len(lines) > 3:
+        raise CheckpointError("checkpoint extension lines are not supported")
+    origin, size_text, root_text = lines
+    if not size_text.isascii() or not size_text.isdigit():
+        raise CheckpointError(f"tree size {size_text!r} is not a decimal number")
+    if size_text != "0" and size_text.startswith("0"):
+        raise CheckpointError(f"tree size {size_text!r} has leading zeros")
+    if len(size_text) > 20:
+        raise CheckpointError("tree size is too large")
+    root = _b64decode_strict(root_text, "root hash")
+    return Checkpoint(origin=origin, size=int(size_text), root=root)
+
+
+def parse_checkpoint_note(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
+    """The checkpoint and its (key name, key id || signature) pairs, signatures unchecked."""
+    text, signatures = split_note(note)
+    return _parse_checkpoint_text(text), signatures
+
+
+def verify_checkpoint(note: str, public_key: Ed25519PublicKey, name: str) -> Checkpoint:
+    """The checkpoint, if `note` is well formed and signed by (name, public_key)."""
+    # Parse first so a malformed note is reported as such, not as a signature failure.
+    checkpoint = _parse_checkpoint_text(split_note(note)[0])
+    verify_note(note, public_key, name)
     return checkpoint
+
+
+def parse_verifier_key(vkey: str) -> tuple[str, bytes, Ed25519PublicKey]:
+    """(name, key id, public key) from "<name>+<hex key id>+<base64(0x01 || key)>"."""
+    name, plus, rest = vkey.partition("+")
+    hex_id, plus2, encoded = rest.partition("+")
+    if not plus or not plus2:
+        raise CheckpointError("verifier key is not <name>+<key id>+<key>")
+    _check_key_name(name)
+    try:
+        claimed_id = bytes.fromhex(hex_id)
+    except ValueError:
+        raise CheckpointError("verifier key id is not hex") from None
+    raw = _b64decode_strict(encoded, "verifier key")
+    if len(raw) != 33 or raw[0] != SIGNATURE_TYPE_ED25519:
+        raise CheckpointError("verifier key is not an Ed25519 (type 0x01) key")
+    public_key = Ed25519PublicKey.from_public_bytes(raw[1:])
+    if len(claimed_id) != KEY_ID_SIZE or claimed_id != key_id(name, public_key):
+        raise CheckpointError("verifier key id does not match its name and key")
+    return name, claimed_id, public_key
 
 
 def public_key_pem(public_key: Ed25519PublicKey) -> str:

@@ -1,0 +1,255 @@
+"""Audit entries: canonical RFC 8785 leaf bytes, round trips, and what is refused."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audit.entry import (
+    FORMAT_VERSION,
+    AuditEvent,
+    EntryError,
+    EntryKind,
+    decode_entry,
+    encode_entry,
+    event_to_payload,
+    format_time,
+    payload_to_event,
+)
+
+ORIGIN = "fairunlock.example.com/audit"
+WHEN = datetime(2026, 11, 22, 3, 4, 5, 60, tzinfo=UTC)
+
+
+def _event(**overrides: Any) -> AuditEvent:
+    fields: dict[str, Any] = {
+        "kind": EntryKind.VERIFICATION_ATTEMPT,
+        "actor": "api-key:ops",
+        "subject": "pA7x9Qm2Zr4Lw8Kc",
+        "data": {"method": "totp", "outcome": "failure", "attempt": 3, "nested": {"b": 1, "a": []}},
+        "time": WHEN,
+    }
+    fields.update(overrides)
+    return AuditEvent(**fields)
+
+
+def test_entry_is_canonical_json_with_sorted_keys_and_no_whitespace() -> None:
+    line = encode_entry(41, ORIGIN, _event())
+    assert line == (
+        b'{"actor":"api-key:ops","data":{"attempt":3,"method":"totp",'
+        b'"nested":{"a":[],"b":1},"outcome":"failure"},"index":41,'
+        b'"kind":"verification_attempt","log":"fairunlock.example.com/audit",'
+        b'"subject":"pA7x9Qm2Zr4Lw8Kc","time":"2026-11-22T03:04:05.000060Z","v":1}'
+    )
+    assert not line.endswith(b"\n")
+
+
+def test_entry_has_exactly_the_documented_keys() -> None:
+    obj = json.loads(encode_entry(0, ORIGIN, _event(subject=None)))
+    assert sorted(obj) == sorted(["index", "log", "v", "time", "kind", "actor", "subject", "data"])
+    assert obj["v"] == FORMAT_VERSION
+    assert obj["subject"] is None
+
+
+def test_non_ascii_is_utf8_not_escaped_and_controls_are_escaped() -> None:
+    line = encode_entry(0, ORIGIN, _event(data={"note": "Zoë\u2028\x01\n"}))
+    assert "Zoë\u2028".encode() in line
+    assert b"\\u0001\\n" in line
+    assert b"\n" not in line  # one entry is one line of the export
+
+
+def test_decode_round_trips_and_returns_the_parsed_object() -> None:
+    event = _event()
+    line = encode_entry(7, ORIGIN, event)
+    obj = decode_entry(line)
+    assert obj["index"] == 7
+    assert obj["log"] == ORIGIN
+    assert obj["kind"] == "verification_attempt"
+    assert obj["time"] == "2026-11-22T03:04:05.000060Z"
+    assert obj["data"] == event.data
+
+
+def test_payload_round_trips_to_an_equal_event() -> None:
+    event = _event()
+    payload = event_to_payload(event)
+    assert b'"index"' not in payload
+    assert b'"log"' not in payload
+    assert payload_to_event(payload) == event
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text()
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+# hypothesis wants naive bounds and applies the timezone itself.
+_NAIVE_MIN = datetime(1970, 1, 1)  # noqa: DTZ001
+_NAIVE_MAX = datetime(9999, 1, 1)  # noqa: DTZ001
+events = st.builds(
+    AuditEvent,
+    kind=st.sampled_from(EntryKind),
+    actor=st.text(min_size=1),
+    subject=st.none() | st.text(min_size=1),
+    data=st.dictionaries(st.text(), json_values, max_size=5),
+    time=st.datetimes(min_value=_NAIVE_MIN, max_value=_NAIVE_MAX, timezones=st.just(UTC)),
+)
+
+
+@given(event=events, index=st.integers(0, 2**53 - 1))
+@settings(max_examples=200, deadline=None)
+def test_any_valid_event_round_trips_through_entry_and_payload(
+    event: AuditEvent, index: int
+) -> None:
+    line = encode_entry(index, ORIGIN, event)
+    assert b"\n" not in line
+    assert b"\r" not in line
+    obj = decode_entry(line)
+    assert obj["index"] == index
+    assert payload_to_event(event_to_payload(event)) == event
+    # Canonical: Python's sorted compact dump agrees for these value types (no floats).
+    reparsed = json.loads(line)
+    assert json.dumps(reparsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    ) == line or _has_non_bmp_key(reparsed)
+
+
+def _has_non_bmp_key(value: Any) -> bool:
+    """JCS sorts keys by UTF-16 code units and Python by code points; they differ only here."""
+    if isinstance(value, dict):
+        return any(
+            any(ord(char) > 0xFFFF for char in key) or _has_non_bmp_key(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_has_non_bmp_key(item) for item in value)
+    return False
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"score": 0.5}, {"nested": {"deep": [1, 2.0]}}, {"nan": float("nan")}, {"inf": float("inf")}],
+)
+def test_floats_are_refused(data: dict[str, Any]) -> None:
+    with pytest.raises(EntryError, match="float"):
+        _event(data=data)
+
+
+def test_floats_in_a_stored_payload_or_line_are_refused() -> None:
+    payload = event_to_payload(_event()).replace(b'"attempt":3', b'"attempt":3.0')
+    with pytest.raises(EntryError, match="float"):
+        payload_to_event(payload)
+    line = encode_entry(1, ORIGIN, _event()).replace(b'"attempt":3', b'"attempt":3.5')
+    with pytest.raises(EntryError, match="float"):
+        decode_entry(line)
+    with pytest.raises(EntryError, match="NaN"):
+        decode_entry(line.replace(b'"attempt":3.5', b'"attempt":NaN'))
+
+
+def test_naive_datetime_is_refused() -> None:
+    with pytest.raises(EntryError, match="naive"):
+        _event(time=datetime(2026, 11, 22, 3, 4, 5))  # noqa: DTZ001 - the point of the test
+
+
+def test_other_timezones_are_normalised_to_utc() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    event = _event(time=datetime(2026, 11, 22, 5, 4, 5, 60, tzinfo=plus_two))
+    assert event.time.tzinfo is UTC
+    assert format_time(event.time) == "2026-11-22T03:04:05.000060Z"
+    assert encode_entry(0, ORIGIN, event) == encode_entry(0, ORIGIN, _event())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kind": "made_up"}, "kind"),
+        ({"actor": ""}, "actor"),
+        ({"actor": 5}, "actor"),
+        ({"subject": ""}, "subject"),
+        ({"data": ["not", "an", "object"]}, "data"),
+        ({"data": {"blob": b"bytes"}}, "bytes is not a JSON value"),
+        ({"data": {"big": 2**53}}, "outside"),
+        ({"data": {1: "non-string key"}}, "not a string"),
+        ({"time": "2026-11-22T03:04:05Z"}, "time"),
+    ],
+)
+def test_invalid_events_are_refused_naming_the_field(
+    overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EntryError, match=message):
+        _event(**overrides)
+
+
+def test_kind_given_as_its_string_value_is_accepted() -> None:
+    assert _event(kind="erasure").kind is EntryKind.ERASURE
+
+
+def test_entry_kind_values_are_the_lower_case_names() -> None:
+    assert {kind.value for kind in EntryKind} == {
+        "decision",
+        "challenge_started",
+        "verification_attempt",
+        "consent_granted",
+        "consent_withdrawn",
+        "enrolment",
+        "review_opened",
+        "review_action",
+        "export",
+        "erasure",
+        "key_rotated",
+        "account_changed",
+    }
+    assert all(kind.value == kind.name.lower() for kind in EntryKind)
+
+
+@pytest.mark.parametrize(
+    ("index", "origin"), [(-1, ORIGIN), (True, ORIGIN), (2**53, ORIGIN), (0, "")]
+)
+def test_encode_entry_rejects_bad_index_or_origin(index: int, origin: str) -> None:
+    with pytest.raises(EntryError):
+        encode_entry(index, origin, _event())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda line: line + b"\n", "line break"),
+        (lambda line: line.replace(b'"v":1', b'"v":1\r'), "line break"),
+        (lambda line: line[:-1], "not JSON"),
+        (lambda line: b"[" + line + b"]", "not a JSON object"),
+        (lambda line: line.replace(b'"index":5,', b""), "keys are"),
+        (lambda line: line.replace(b'"v":1}', b'"v":1,"extra":0}'), "keys are"),
+        (lambda line: line.replace(b'"v":1', b'"v":2'), "v is 2"),
+        (lambda line: line.replace(b'"index":5', b'"index":-5'), "index"),
+        (lambda line: line.replace(b'"index":5', b'"index":05'), "not JSON"),
+        (lambda line: line.replace(b",", b", ", 1), "canonical"),
+        (
+            lambda line: line.replace(
+                b'"time":"2026-11-22T03:04:05.000060Z"', b'"time":"yesterday"'
+            ),
+            "time",
+        ),
+        (lambda line: line.replace(b'"kind":"decision"', b'"kind":"party"'), "kind"),
+        (lambda line: b"\xff" + line, "UTF-8"),
+    ],
+)
+def test_decode_entry_names_what_is_wrong(mutate: Any, message: str) -> None:
+    line = encode_entry(5, ORIGIN, _event(kind=EntryKind.DECISION))
+    decode_entry(line)
+    with pytest.raises(EntryError, match=message):
+        decode_entry(mutate(line))
+
+
+def test_payload_must_have_exactly_the_payload_keys() -> None:
+    line = encode_entry(5, ORIGIN, _event())
+    with pytest.raises(EntryError, match="keys are"):
+        payload_to_event(line)
