@@ -38,8 +38,50 @@ class ProblemSpec:
     title: str
 
 
+# -- Domain errors of the audit log and the data keys. Defined here rather than next to their
+# use because those modules import DomainError from this one (registering them from there would be
+# an import cycle).
+
+
+class AuditQueryInvalid(DomainError):
+    """An audit read names a range, index or tree size the log cannot answer."""
+
+    code = "audit_query_invalid"
+
+
+class AuditRangeTooLarge(AuditQueryInvalid):
+    """An entries page asks for more than the maximum page size."""
+
+    code = "audit_range_too_large"
+
+
+class AuditNoCheckpoint(DomainError):
+    """Nothing has been integrated yet, so no checkpoint exists."""
+
+    code = "audit_no_checkpoint"
+
+
+class DataKeyDestroyed(DomainError):
+    """The account's data key was crypto-shredded (erasure): its personal data is gone for good."""
+
+    code = "data_key_destroyed"
+
+
+class CiphertextInvalid(DomainError):
+    """A token is malformed, belongs to another account or field, or was altered.
+
+    Deliberately not mapped below: stored data failing to decrypt is a fault to log as a 500.
+    """
+
+    code = "ciphertext_invalid"
+
+
 # Domain error class -> HTTP status and title. Later flows add their errors here, nowhere else.
-DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {}
+DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
+    AuditQueryInvalid: ProblemSpec(400, "Invalid audit query"),
+    AuditNoCheckpoint: ProblemSpec(404, "No audit checkpoint yet"),
+    DataKeyDestroyed: ProblemSpec(410, "Personal data erased"),
+}
 
 # Stable codes for the framework's own HTTP errors.
 _HTTP_CODES: dict[int, tuple[str, str]] = {

@@ -6,6 +6,8 @@ so tests build their own settings and no test depends on another's environment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +51,31 @@ def _int(name: str, raw: str, *, minimum: int, maximum: int) -> int:
     return value
 
 
+def _origin(name: str, raw: str) -> str:
+    # C2SP: the origin is the first line of a note, so it must be one printable line.
+    value = raw.strip()
+    if not value or any(not ch.isprintable() for ch in value) or "\u2014" in value:
+        raise SettingsError(f"{PREFIX}{name} must be one printable line, got {raw!r}")
+    return value
+
+
+def _key32(name: str, raw: str) -> bytes:
+    """Decode a base64 (standard or URL-safe) 32-byte key; the error never echoes the value."""
+    text = raw.strip()
+    try:
+        value = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError(f"{PREFIX}{name} must be base64 of 32 bytes") from None
+    if len(value) != 32:
+        raise SettingsError(f"{PREFIX}{name} must be base64 of 32 bytes, got {len(value)} bytes")
+    return value
+
+
+def decode_key32(name: str, raw: str) -> bytes:
+    """Public form of the key decoder for service/keystore.py (``name`` without the prefix)."""
+    return _key32(name, raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     environment: Environment = Environment.DEVELOPMENT
@@ -63,6 +90,20 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     # A policy file other than the shipped default (absolute or relative path).
     policy_file: Path | None = None
+    # The audit log's C2SP origin line; it names the log in every checkpoint and entry.
+    audit_origin: str = "fairunlock.local/audit"
+    # Keys (service/keystore.py). In development, unset keys are generated into data_dir/keys;
+    # in production each must be configured, by file or (for the symmetric keys) base64 value.
+    audit_signing_key_file: Path | None = None
+    master_key_file: Path | None = None
+    master_key_b64: str | None = field(default=None, repr=False)
+    pseudonym_key_file: Path | None = None
+    pseudonym_key_b64: str | None = field(default=None, repr=False)
+    # The in-service integrator: entries per batch (one transaction, one checkpoint) and the idle
+    # poll interval. Disable it where a separate `fairunlock audit integrate` process runs.
+    audit_integrator: bool = True
+    audit_batch_size: int = 1000
+    audit_interval_ms: int = 100
 
     @property
     def is_production(self) -> bool:
@@ -110,6 +151,28 @@ class Settings:
             kwargs["max_body_bytes"] = _int("MAX_BODY_BYTES", raw, minimum=1024, maximum=16 << 20)
         if (raw := get("POLICY_FILE")) is not None:
             kwargs["policy_file"] = Path(raw)
+        if (raw := get("AUDIT_ORIGIN")) is not None:
+            kwargs["audit_origin"] = _origin("AUDIT_ORIGIN", raw)
+        for name, attr in (
+            ("AUDIT_SIGNING_KEY_FILE", "audit_signing_key_file"),
+            ("MASTER_KEY_FILE", "master_key_file"),
+            ("PSEUDONYM_KEY_FILE", "pseudonym_key_file"),
+        ):
+            if (raw := get(name)) is not None:
+                kwargs[attr] = Path(raw)
+        for name, attr in (
+            ("MASTER_KEY", "master_key_b64"),
+            ("PSEUDONYM_KEY", "pseudonym_key_b64"),
+        ):
+            if (raw := get(name)) is not None:
+                _key32(name, raw)  # fail at startup, not at first use
+                kwargs[attr] = raw.strip()
+        if (raw := get("AUDIT_INTEGRATOR")) is not None:
+            kwargs["audit_integrator"] = _bool("AUDIT_INTEGRATOR", raw)
+        if (raw := get("AUDIT_BATCH_SIZE")) is not None:
+            kwargs["audit_batch_size"] = _int("AUDIT_BATCH_SIZE", raw, minimum=1, maximum=50_000)
+        if (raw := get("AUDIT_INTERVAL_MS")) is not None:
+            kwargs["audit_interval_ms"] = _int("AUDIT_INTERVAL_MS", raw, minimum=5, maximum=60_000)
         settings = cls(**kwargs)  # type: ignore[arg-type]
         settings.check()
         return settings

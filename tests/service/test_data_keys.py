@@ -1,0 +1,153 @@
+"""Per-account data keys: envelope encryption, pseudonyms, crypto-shredding (PIPL-47, GDPR-17)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.data_keys import CiphertextInvalid, DataKeyDestroyed, DataKeys, account_data_keys
+from service.db import create_engine
+from service.persistence import metadata
+
+T = TypeVar("T")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def with_engine(url: str, body: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def main() -> T:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all, tables=[account_data_keys])
+            return await body(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def new_keys() -> DataKeys:
+    return DataKeys(secrets.token_bytes(32), secrets.token_bytes(32))
+
+
+def test_encrypt_round_trips_and_stores_only_a_wrapped_key_under_a_pseudonym(db_url: str) -> None:
+    keys = new_keys()
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            token = await keys.encrypt(conn, "acct-1024", b"+8613812345678", b"phone")
+            again = await keys.encrypt(conn, "acct-1024", b"+8613812345678", b"phone")
+        assert token != again  # a fresh nonce each time
+        assert "8613812345678" not in token
+        async with engine.connect() as conn:
+            assert await keys.decrypt(conn, "acct-1024", token, b"phone") == b"+8613812345678"
+            rows = (await conn.execute(select(account_data_keys))).all()
+        assert len(rows) == 1  # one key per account, reused
+        assert rows[0].subject == keys.pseudonymize("acct-1024")
+        assert "acct-1024" not in rows[0].subject
+        assert rows[0].wrapped_key is not None
+        assert len(rows[0].wrapped_key) == 12 + 32 + 16
+
+    with_engine(db_url, body)
+
+
+def test_a_token_is_bound_to_its_account_and_field(db_url: str) -> None:
+    keys = new_keys()
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            token = await keys.encrypt(conn, "acct-1", b"secret", b"totp")
+            await keys.encrypt(conn, "acct-2", b"other", b"totp")
+            with pytest.raises(CiphertextInvalid):
+                await keys.decrypt(conn, "acct-1", token, b"phone")
+            with pytest.raises(CiphertextInvalid):
+                await keys.decrypt(conn, "acct-2", token, b"totp")
+            flipped = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+            with pytest.raises(CiphertextInvalid):
+                await keys.decrypt(conn, "acct-1", flipped, b"totp")
+            with pytest.raises(CiphertextInvalid, match="base64url"):
+                await keys.decrypt(conn, "acct-1", "!!!", b"totp")
+            with pytest.raises(CiphertextInvalid, match="too short"):
+                await keys.decrypt(conn, "acct-1", "AAAA", b"totp")
+
+    with_engine(db_url, body)
+
+
+def test_destroy_crypto_shreds_and_refuses_new_data(db_url: str) -> None:
+    keys = new_keys()
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            token = await keys.encrypt(conn, "acct-9", b"+8613800000000", b"phone")
+            other = await keys.encrypt(conn, "acct-10", b"+8613811111111", b"phone")
+        async with engine.begin() as conn:
+            assert await keys.destroy(conn, "acct-9") is True
+        async with engine.begin() as conn:
+            assert await keys.is_destroyed(conn, "acct-9")
+            with pytest.raises(DataKeyDestroyed):
+                await keys.decrypt(conn, "acct-9", token, b"phone")
+            with pytest.raises(DataKeyDestroyed):
+                await keys.encrypt(conn, "acct-9", b"new data", b"phone")
+            # Another account is untouched.
+            assert await keys.decrypt(conn, "acct-10", other, b"phone") == b"+8613811111111"
+            row = (
+                await conn.execute(
+                    select(account_data_keys).where(
+                        account_data_keys.c.subject == keys.pseudonymize("acct-9")
+                    )
+                )
+            ).one()
+        assert row.wrapped_key is None
+        assert row.destroyed_at is not None
+
+    with_engine(db_url, body)
+
+
+def test_destroying_an_account_without_a_key_leaves_a_tombstone(db_url: str) -> None:
+    keys = new_keys()
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            assert await keys.destroy(conn, "never-seen") is False
+            assert await keys.destroy(conn, "never-seen") is False  # idempotent
+        async with engine.begin() as conn:
+            with pytest.raises(DataKeyDestroyed):
+                await keys.encrypt(conn, "never-seen", b"x", b"phone")
+
+    with_engine(db_url, body)
+
+
+def test_another_master_key_cannot_unwrap(db_url: str) -> None:
+    pseudonym_key = secrets.token_bytes(32)
+    keys = DataKeys(secrets.token_bytes(32), pseudonym_key)
+    intruder = DataKeys(secrets.token_bytes(32), pseudonym_key)
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            token = await keys.encrypt(conn, "acct-1", b"secret", b"totp")
+        async with engine.connect() as conn:
+            with pytest.raises(RuntimeError, match="wrong master key"):
+                await intruder.decrypt(conn, "acct-1", token, b"totp")
+
+    with_engine(db_url, body)
+
+
+def test_pseudonyms_are_keyed_stable_and_distinct() -> None:
+    keys = new_keys()
+    assert keys.pseudonymize("acct-1") == keys.pseudonymize("acct-1")
+    assert keys.pseudonymize("acct-1") != keys.pseudonymize("acct-2")
+    assert new_keys().pseudonymize("acct-1") != keys.pseudonymize("acct-1")
+    assert len(keys.pseudonymize("acct-1")) == 64
+    assert keys.blind_index("phone", "+86138") != keys.blind_index("email", "+86138")
+    assert "keys hidden" in repr(keys)
