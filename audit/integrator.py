@@ -1,0 +1,161 @@
+"""The integrator: turns queued inbox rows into contiguous, signed log entries, one batch at a time.
+
+One batch is ONE transaction (AUDIT.md §7.2 pattern D): lock, read the head, read inbox rows in
+id order, give them the next indices, write leaves and leaf hashes, the new compact range and
+root, a signed checkpoint, and delete the consumed inbox rows. A crash anywhere rolls all of it
+back, leaving the inbox rows to the next attempt: nothing is lost and nothing is doubled.
+
+Leadership. PostgreSQL: ``pg_try_advisory_xact_lock`` in its own statement at the start of each
+batch, then the head row ``FOR UPDATE`` as a second guard. A transaction-scoped lock rather than a
+session lock on a dedicated connection because (a) any worker can lead any batch with no
+connection pinned per worker, (b) a killed or stalled leader releases it with its transaction
+(a session lock can outlive a hung leader whose TCP connection is still open), and (c) there is no
+leadership state in memory to get wrong — "nothing in a worker's memory may be needed for
+correctness". The lock call is its own statement under READ COMMITTED, so the later reads see
+rows committed while we waited (AUDIT.md §7.1). SQLite: the engine begins every transaction with
+``BEGIN IMMEDIATE``, which is the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit.checkpoint import Checkpoint, CheckpointSigner
+from audit.entry import encode_entry, payload_to_event
+from audit.merkle import leaf_hash
+from audit.store import AuditStore, AuditStoreError, Head, LogRow
+
+log = logging.getLogger("fairunlock.audit.integrator")
+
+# "FUAUDIT" as a bigint: the advisory lock key every FairUnlock integrator agrees on.
+ADVISORY_LOCK_KEY = int.from_bytes(b"FUAUDIT", "big")
+DEFAULT_BATCH_SIZE = 1000
+
+
+class NotIntegratedError(TimeoutError):
+    """An inbox entry did not receive its index in time (is any integrator running?)."""
+
+
+async def integrate_once(
+    engine: AsyncEngine, signer: CheckpointSigner, origin: str, batch_size: int = DEFAULT_BATCH_SIZE
+) -> int:
+    """Integrate up to ``batch_size`` inbox rows; return how many (0: none, or not the leader)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    async with engine.begin() as conn:
+        store = AuditStore(conn)
+        if store.is_postgres:
+            locked = (
+                await conn.execute(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY)))
+            ).scalar_one()
+            if not locked:
+                return 0  # another worker is integrating right now
+        head = await store.head(for_update=True)
+        if head is None:
+            await store.ensure_head()
+            head = await store.head(for_update=True)
+            assert head is not None
+        batch = await store.inbox_batch(batch_size)
+        if not batch:
+            return 0
+        compact = head.compact.copy()
+        rows: list[LogRow] = []
+        for offset, item in enumerate(batch):
+            seq = head.size + offset
+            try:
+                event = payload_to_event(item.payload)
+            except ValueError as exc:
+                # Appends validate events, so this is corruption: stop rather than skip an entry.
+                raise AuditStoreError(
+                    f"audit_inbox row {item.id} is not a valid event: {exc}"
+                ) from exc
+            leaf = encode_entry(seq, origin, event)
+            digest = leaf_hash(leaf)
+            compact.append(digest)
+            rows.append(LogRow(seq, leaf, digest, item.id))
+        root = compact.root()
+        note = signer.sign(Checkpoint(origin, compact.size, root))
+        await store.integrate(
+            rows, [item.id for item in batch], Head(compact.size, root, compact), note
+        )
+    return len(batch)
+
+
+async def integrate_all(
+    engine: AsyncEngine, signer: CheckpointSigner, origin: str, batch_size: int = DEFAULT_BATCH_SIZE
+) -> int:
+    """Integrate batches until the inbox is empty (or another worker holds the lock)."""
+    total = 0
+    while True:
+        count = await integrate_once(engine, signer, origin, batch_size)
+        total += count
+        if count < batch_size:
+            return total
+
+
+async def run(
+    engine: AsyncEngine,
+    signer: CheckpointSigner,
+    origin: str,
+    stop_event: asyncio.Event,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    interval: float = 0.1,
+) -> None:
+    """Integrate until ``stop_event`` is set: back to back while there is a backlog, else poll.
+
+    A failed batch is logged with its traceback and retried after a back-off; its inbox rows stay
+    queued, so an outage delays entries but never drops them.
+    """
+    failures = 0
+    while not stop_event.is_set():
+        try:
+            count = await integrate_once(engine, signer, origin, batch_size)
+            failures = 0
+        except (AuditStoreError, ValueError):
+            # An invariant is broken: retrying cannot fix it and must not paper over it.
+            log.exception("audit integrator stopped: the stored log is inconsistent")
+            raise
+        except Exception:
+            failures += 1
+            log.exception("audit integration failed (attempt %d); retrying", failures)
+            count = 0
+        if count >= batch_size:
+            continue  # more is waiting
+        delay = interval if failures == 0 else min(30.0, interval * 2**failures)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), timeout=delay)
+
+
+async def wait_integrated(
+    engine: AsyncEngine,
+    inbox_id: int,
+    *,
+    integrate: Callable[[], Awaitable[int]] | None = None,
+    timeout: float = 5.0,
+    poll: float = 0.01,
+) -> int:
+    """Return the log index the entry queued as ``inbox_id`` received, waiting for it.
+
+    Pass ``integrate`` (e.g. ``lambda: integrate_once(engine, signer, origin)``) to integrate the
+    pending batch right away instead of waiting for the background integrator's next poll: if
+    another worker holds the lock it does nothing and we wait for that worker's batch.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        async with engine.connect() as conn:
+            index = await AuditStore(conn).index_of(inbox_id)
+        if index is not None:
+            return index
+        if time.monotonic() >= deadline:
+            raise NotIntegratedError(f"audit inbox entry {inbox_id} not integrated in {timeout} s")
+        if integrate is not None and await integrate():
+            continue
+        await asyncio.sleep(poll)

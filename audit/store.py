@@ -1,0 +1,377 @@
+"""The audit log's tables and the queries on them (SQLAlchemy 2 Core, SQLite and PostgreSQL).
+
+Writers only ever INSERT into ``audit_inbox``, inside their own transaction (a transactional
+outbox, AUDIT.md §7.2 pattern D). The integrator (audit/integrator.py) is the only writer of
+``audit_log``, ``audit_head`` and ``audit_checkpoints``; it gives entries their positions, so no
+position ever comes from a sequence (sequences have gaps and commit out of order, AUDIT.md §7.1).
+``audit_log.seq`` is the primary key and ``check_contiguity`` is the last line of defence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from audit.entry import AuditEvent, event_to_payload
+from audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange
+
+# The same convention as service.persistence, so one Alembic environment can hold both.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+audit_metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# BIGINT on PostgreSQL; INTEGER on SQLite, where only "INTEGER PRIMARY KEY" is the rowid (clustered,
+# and what AUTOINCREMENT needs).
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+HEAD_ID = 1
+# IN lists are bounded: SQLite caps bound parameters and huge lists plan badly on PostgreSQL.
+_IN_CHUNK = 1000
+
+audit_inbox = Table(
+    "audit_inbox",
+    audit_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    # event_to_payload(event): canonical JSON without index and origin.
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Ids are never reused (SQLite reuses max(rowid)+1 without it once the inbox drains), so an
+    # inbox id names one entry forever and wait_integrated can find it in audit_log.
+    sqlite_autoincrement=True,
+)
+
+audit_log = Table(
+    "audit_log",
+    audit_metadata,
+    # The entry's index: assigned by the integrator, contiguous from 0, never from a sequence.
+    Column("seq", _Id, primary_key=True, autoincrement=False),
+    Column("leaf", LargeBinary, nullable=False),  # the exact leaf bytes, the export line
+    Column("leaf_hash", LargeBinary(HASH_SIZE), nullable=False),
+    Column("inbox_id", BigInteger, nullable=False, unique=True),
+    Column("integrated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("seq >= 0", name="seq_non_negative"),
+)
+
+audit_head = Table(
+    "audit_head",
+    audit_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary(HASH_SIZE), nullable=False),
+    # CompactRange.to_lines(): popcount(size) base64 hashes, so appends never re-read the log.
+    Column("compact_range", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(f"id = {HEAD_ID}", name="single_row"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    audit_metadata,
+    Column("size", _Id, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(HASH_SIZE), nullable=False),
+    Column("note", Text, nullable=False),  # the C2SP signed note, verbatim
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class AuditStoreError(RuntimeError):
+    """The stored log breaks an invariant (gap, duplicate, head out of step): stop and alert."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    size: int
+    root: bytes
+    compact: CompactRange
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    seq: int
+    leaf: bytes
+    leaf_hash: bytes
+    inbox_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create the audit tables and the empty head (tests and development; Alembic in production)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(audit_metadata.create_all)
+        await AuditStore(conn).ensure_head()
+
+
+async def append_event(conn: AsyncConnection, event: AuditEvent) -> int:
+    """Queue an event in the caller's transaction and return its inbox id.
+
+    The entry commits or rolls back with the caller's business change; the integrator gives it
+    its index later (see audit.integrator.wait_integrated).
+    """
+    return await AuditStore(conn).enqueue(event_to_payload(event))
+
+
+async def append_event_now(engine: AsyncEngine, event: AuditEvent) -> int:
+    """Queue an event in its own short transaction, for events that must outlive a rollback.
+
+    Returns once the commit succeeded; a failed commit raises (it is never retried silently).
+    """
+    async with engine.begin() as conn:
+        return await append_event(conn, event)
+
+
+class AuditStore:
+    """Every query on the audit tables, on the caller's connection and transaction."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._conn.dialect.name == "postgresql"
+
+    # -- writers ---------------------------------------------------------------------------
+
+    async def enqueue(self, payload: bytes) -> int:
+        result = await self._conn.execute(
+            insert(audit_inbox).values(payload=payload, created_at=datetime.now(UTC))
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    async def enqueue_many(self, payloads: Sequence[bytes]) -> None:
+        """Bulk insert (benchmarks and seeding); ids are not returned."""
+        now = datetime.now(UTC)
+        await self._conn.execute(
+            insert(audit_inbox), [{"payload": p, "created_at": now} for p in payloads]
+        )
+
+    # -- integrator ------------------------------------------------------------------------
+
+    async def ensure_head(self) -> None:
+        """Insert the empty head if absent (callers hold the integration lock or run DDL)."""
+        exists = (
+            await self._conn.execute(select(audit_head.c.id).where(audit_head.c.id == HEAD_ID))
+        ).first()
+        if exists is None:
+            await self._conn.execute(
+                insert(audit_head).values(
+                    id=HEAD_ID,
+                    size=0,
+                    root=EMPTY_ROOT,
+                    compact_range="",
+                    updated_at=datetime.now(UTC),
+                )
+            )
+
+    async def head(self, *, for_update: bool = False) -> Head | None:
+        query = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
+            audit_head.c.id == HEAD_ID
+        )
+        if for_update and self.is_postgres:
+            # Re-reads the newest version after waiting, so a second integrator cannot fork.
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        if row is None:
+            return None
+        compact = CompactRange.from_lines(int(row.size), row.compact_range)
+        if compact.root() != row.root:
+            raise AuditStoreError("audit_head: root does not match its compact range")
+        return Head(int(row.size), bytes(row.root), compact)
+
+    async def inbox_batch(self, limit: int) -> list[InboxRow]:
+        # All visible rows in id order, never "id > watermark": on PostgreSQL a smaller id can
+        # commit later, and a watermark would skip it forever.
+        rows = await self._conn.execute(
+            select(audit_inbox.c.id, audit_inbox.c.payload).order_by(audit_inbox.c.id).limit(limit)
+        )
+        return [InboxRow(int(r.id), bytes(r.payload)) for r in rows]
+
+    async def integrate(
+        self, rows: Sequence[LogRow], consumed: Sequence[int], head: Head, note: str
+    ) -> None:
+        """Write one batch: log rows, the new head, its checkpoint; delete the consumed inbox."""
+        now = datetime.now(UTC)
+        await self._conn.execute(
+            insert(audit_log),
+            [
+                {
+                    "seq": r.seq,
+                    "leaf": r.leaf,
+                    "leaf_hash": r.leaf_hash,
+                    "inbox_id": r.inbox_id,
+                    "integrated_at": now,
+                }
+                for r in rows
+            ],
+        )
+        result = await self._conn.execute(
+            update(audit_head)
+            .where(audit_head.c.id == HEAD_ID, audit_head.c.size == rows[0].seq)
+            .values(
+                size=head.size,
+                root=head.root,
+                compact_range=head.compact.to_lines(),
+                updated_at=now,
+            )
+        )
+        if result.rowcount != 1:
+            raise AuditStoreError("audit_head moved during integration")
+        await self._conn.execute(
+            insert(audit_checkpoints).values(
+                size=head.size, root=head.root, note=note, created_at=now
+            )
+        )
+        for start in range(0, len(consumed), _IN_CHUNK):
+            chunk = consumed[start : start + _IN_CHUNK]
+            result = await self._conn.execute(
+                delete(audit_inbox).where(audit_inbox.c.id.in_(chunk))
+            )
+            if result.rowcount != len(chunk):
+                raise AuditStoreError("inbox rows vanished during integration")
+
+    # -- readers ---------------------------------------------------------------------------
+
+    async def size(self) -> int:
+        head = await self.head()
+        return 0 if head is None else head.size
+
+    async def backlog(self) -> int:
+        return int(
+            (await self._conn.execute(select(func.count()).select_from(audit_inbox))).scalar_one()
+        )
+
+    async def index_of(self, inbox_id: int) -> int | None:
+        row = (
+            await self._conn.execute(
+                select(audit_log.c.seq).where(audit_log.c.inbox_id == inbox_id)
+            )
+        ).first()
+        return None if row is None else int(row.seq)
+
+    async def leaves(self, start: int, end: int) -> list[bytes]:
+        """Leaf bytes [start, end) in order; raises if any is missing."""
+        rows = await self._conn.execute(
+            select(audit_log.c.leaf)
+            .where(audit_log.c.seq >= start, audit_log.c.seq < end)
+            .order_by(audit_log.c.seq)
+        )
+        leaves = [bytes(leaf) for (leaf,) in rows]
+        if len(leaves) != end - start:
+            raise AuditStoreError(f"audit_log: {len(leaves)} rows for [{start}, {end})")
+        return leaves
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        rows = await self._conn.execute(
+            select(audit_log.c.leaf_hash)
+            .where(audit_log.c.seq >= start, audit_log.c.seq < end)
+            .order_by(audit_log.c.seq)
+        )
+        hashes = [bytes(digest) for (digest,) in rows]
+        if len(hashes) != end - start:
+            raise AuditStoreError(f"audit_log: {len(hashes)} hashes for [{start}, {end})")
+        return hashes
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        row = (
+            await self._conn.execute(
+                select(audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note)
+                .order_by(audit_checkpoints.c.size.desc())
+                .limit(1)
+            )
+        ).first()
+        return None if row is None else StoredCheckpoint(int(row.size), bytes(row.root), row.note)
+
+    async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
+        row = (
+            await self._conn.execute(
+                select(
+                    audit_checkpoints.c.size, audit_checkpoints.c.root, audit_checkpoints.c.note
+                ).where(audit_checkpoints.c.size == size)
+            )
+        ).first()
+        return None if row is None else StoredCheckpoint(int(row.size), bytes(row.root), row.note)
+
+    async def check_contiguity(self) -> int:
+        """Raise unless indices are exactly 0..size-1 and match the head; return the size."""
+        count, low, high = (
+            await self._conn.execute(
+                select(func.count(), func.min(audit_log.c.seq), func.max(audit_log.c.seq))
+            )
+        ).one()
+        size = await self.size()
+        if count != size or (count and (low != 0 or high != count - 1)):
+            raise AuditStoreError(
+                f"audit_log is not contiguous: {count} rows, min {low}, max {high}, "
+                f"head size {size}"
+            )
+        return size
+
+
+class ThreadLeafSource:
+    """A synchronous merkle.LeafSource over the database, for code running in a worker thread.
+
+    Proof generation is synchronous and CPU-bound, so it runs in a thread; each slice it asks for
+    is read on the event loop in its own short transaction (the log below the head never changes).
+    """
+
+    __slots__ = ("_engine", "_loop", "_size")
+
+    def __init__(self, engine: AsyncEngine, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self._engine = engine
+        self._loop = loop
+        self._size = size
+
+    def leaf_hashes(self, start: int, end: int) -> Sequence[bytes]:
+        if not 0 <= start <= end <= self._size:
+            raise AuditStoreError(
+                f"leaf range [{start}, {end}) is outside the tree of {self._size}"
+            )
+        return asyncio.run_coroutine_threadsafe(
+            _read_hashes(self._engine, start, end), self._loop
+        ).result()
+
+
+async def _read_hashes(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
+    async with engine.connect() as conn:
+        return await AuditStore(conn).leaf_hashes(start, end)
