@@ -41,7 +41,7 @@ def pg_admin_url() -> str:
 
 @pytest.fixture
 def postgres_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards; yields an asyncpg SQLAlchemy URL."""
+    """A fresh, empty database for one test, dropped afterwards: an asyncpg SQLAlchemy URL."""
     import asyncpg
 
     name = f"fu_test_{secrets.token_hex(6)}"
@@ -70,4 +70,6 @@ def pytest_report_header(config: pytest.Config) -> str:
     reason = _pg_reachable()
     if reason is None:
         return f"PostgreSQL: reachable at {PG_ADMIN_URL}"
-    return f"PostgreSQL: NOT reachable at {PG_ADMIN_URL} — PostgreSQL tests will be skipped ({reason})"
+    return (
+        f"PostgreSQL: NOT reachable at {PG_ADMIN_URL} — PostgreSQL tests will be skipped ({reason})"
+    )

@@ -1,0 +1,1 @@
+"""Verification methods: how each proof is checked (the HTTP flows come with the methods issue)."""

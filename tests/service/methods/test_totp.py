@@ -1,0 +1,81 @@
+"""RFC 6238 Appendix B vectors through the project's own TOTP configuration (RFC6238-TV),
+and the acceptance window and replay rule (RFC6238-5.2, ASVS4-2.8.5)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.methods import totp
+
+VECTORS: dict[str, Any] = json.loads(
+    (Path(__file__).parents[2] / "policy" / "rfc6238-totp.json").read_text()
+)
+
+
+def _secret(algorithm: str) -> str:
+    return base64.b32encode(bytes.fromhex(VECTORS["keys_hex"][algorithm])).decode()
+
+
+@pytest.mark.parametrize(
+    "vector", VECTORS["vectors"], ids=lambda v: f"{v['algorithm']}-{v['unix_time']}"
+)
+def test_rfc6238_appendix_b_vectors(vector: dict[str, Any]) -> None:
+    params = totp.TotpParameters(
+        digits=VECTORS["digits"], period=VECTORS["period_seconds"], algorithm=vector["algorithm"]
+    )
+    moment = datetime.fromtimestamp(vector["unix_time"], UTC)
+    secret = _secret(vector["algorithm"])
+    assert totp.code_at(secret, moment, params) == vector["totp"]
+    assert totp.step_of(moment, params) == int(vector["T_hex"], 16)
+    assert totp.verify(secret, vector["totp"], moment, params, None) == int(vector["T_hex"], 16)
+
+
+def test_vectors_cover_every_algorithm() -> None:
+    assert {v["algorithm"] for v in VECTORS["vectors"]} == {"SHA1", "SHA256", "SHA512"}
+    assert len(VECTORS["vectors"]) == 18
+
+
+PARAMS = totp.TotpParameters()
+NOW = datetime(2026, 11, 22, 12, 0, 10, tzinfo=UTC)
+
+
+def test_accepts_current_and_previous_step_only() -> None:
+    secret = totp.new_secret()
+    current = totp.step_of(NOW, PARAMS)
+    assert totp.verify(secret, totp.code_at(secret, NOW, PARAMS), NOW, PARAMS, None) == current
+    previous = NOW - timedelta(seconds=30)
+    assert (
+        totp.verify(secret, totp.code_at(secret, previous, PARAMS), NOW, PARAMS, None)
+        == current - 1
+    )
+    older = NOW - timedelta(seconds=60)
+    assert totp.verify(secret, totp.code_at(secret, older, PARAMS), NOW, PARAMS, None) is None
+    future = NOW + timedelta(seconds=30)
+    assert totp.verify(secret, totp.code_at(secret, future, PARAMS), NOW, PARAMS, None) is None
+
+
+def test_a_code_is_never_accepted_twice() -> None:
+    secret = totp.new_secret()
+    code = totp.code_at(secret, NOW, PARAMS)
+    step = totp.verify(secret, code, NOW, PARAMS, None)
+    assert step is not None
+    assert totp.verify(secret, code, NOW, PARAMS, step) is None
+    # Nor an older step after a newer one was used.
+    older = totp.code_at(secret, NOW - timedelta(seconds=30), PARAMS)
+    assert totp.verify(secret, older, NOW, PARAMS, step) is None
+
+
+@pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef", "١٢٣٤٥٦", "12 456"])
+def test_malformed_codes_never_match(code: str) -> None:
+    assert totp.verify(totp.new_secret(), code, NOW, PARAMS, None) is None
+
+
+def test_secret_has_at_least_160_bits() -> None:
+    secret = totp.new_secret()
+    assert len(base64.b32decode(secret)) * 8 >= 160
