@@ -27,6 +27,7 @@ from policy.model import (
     Method,
     Network,
     NotOfferedReason,
+    OfferedMethod,
     ReviewReason,
     RiskLevel,
     SignalCode,
@@ -80,6 +81,68 @@ class MethodRule:
 
 
 @dataclass(frozen=True, slots=True)
+class MethodPlan:
+    """One non-biometric method at one level, compiled at load so deciding does no lookups."""
+
+    method: Method
+    strength: Strength
+    allowed: bool
+    withdraw_after_sim_swap: bool
+    offered: OfferedMethod
+
+
+@dataclass(frozen=True, slots=True)
+class FacePlan:
+    enabled: bool
+    allowed: bool
+    offered: OfferedMethod
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPlan:
+    requirement: Requirement
+    methods: tuple[MethodPlan, ...]
+    face: FacePlan | None
+
+
+def _plans(
+    order: tuple[Method, ...],
+    rules: Mapping[Method, MethodRule],
+    requirements: Mapping[RiskLevel, Requirement],
+) -> dict[RiskLevel, LevelPlan]:
+    plans: dict[RiskLevel, LevelPlan] = {}
+    for level in LEVELS_ASCENDING:
+        methods = tuple(
+            MethodPlan(
+                method=m,
+                strength=rules[m].strength,
+                allowed=rules[m].enabled and level in rules[m].levels,
+                withdraw_after_sim_swap=rules[m].withdraw_after_sim_swap,
+                offered=OfferedMethod(
+                    m, rules[m].strength, biometric=False, optional_alternative=False
+                ),
+            )
+            for m in order
+            if m not in BIOMETRIC_METHODS
+        )
+        face_rule = rules.get(Method.FACE) if Method.FACE in order else None
+        face = (
+            None
+            if face_rule is None
+            else FacePlan(
+                enabled=face_rule.enabled,
+                allowed=level in face_rule.levels,
+                # Face is always an optional alternative, never a requirement (FRM-12).
+                offered=OfferedMethod(
+                    Method.FACE, face_rule.strength, biometric=True, optional_alternative=True
+                ),
+            )
+        )
+        plans[level] = LevelPlan(requirements[level], methods, face)
+    return plans
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     locale: Locale
     levels: Mapping[RiskLevel, str]
@@ -103,6 +166,8 @@ class Policy:
     requirements: Mapping[RiskLevel, Requirement]
     method_order: tuple[Method, ...]
     methods: Mapping[Method, MethodRule]
+    # Compiled from the above once at load, for the hot path.
+    plans: Mapping[RiskLevel, LevelPlan]
     decision_ttl_minutes: int
     catalogs: Mapping[Locale, Catalog]
     # The parsed documents, for `GET /v1/policy` and for the hash.
@@ -578,6 +643,7 @@ def load_policy(policy_text: str, catalog_texts: Mapping[str, str]) -> Policy:
         requirements=MappingProxyType(requirements),
         method_order=order,
         methods=MappingProxyType(rules),
+        plans=MappingProxyType(_plans(order, rules, requirements)),
         decision_ttl_minutes=ttl,
         catalogs=MappingProxyType(catalogs),
         document=MappingProxyType(hashed),

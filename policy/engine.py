@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from policy.config import Policy
+from policy.config import MethodPlan, Policy
 from policy.model import (
-    BIOMETRIC_METHODS,
     LEVELS_ASCENDING,
     AccountFacts,
     ConsentState,
@@ -35,106 +34,110 @@ from policy.model import (
 )
 from policy.signals import derive_signals
 
+# Enum members bound once: attribute access on an Enum class costs more than the rest of a check,
+# and this module runs ~50,000 times a second (bench/bench_policy.py).
+_LOW = RiskLevel.LOW
+_RANK = {level: i for i, level in enumerate(LEVELS_ASCENDING)}
+_STRONG = Strength.STRONG
+_TOTP, _LINKED, _RECOVERY, _SMS, _FACE = (
+    Method.TOTP,
+    Method.LINKED_IDENTITY,
+    Method.RECOVERY_CODE,
+    Method.SMS,
+    Method.FACE,
+)
+_TOTP_NONE, _TOTP_UNCONFIRMED = TotpState.NONE, TotpState.UNCONFIRMED
+_ACTIVE = ConsentState.ACTIVE
+_SIM_SWAP = SignalCode.RECENT_SIM_SWAP
 _CONSENT_NOT_OFFERED = {
     ConsentState.NONE: NotOfferedReason.NO_FACE_CONSENT,
     ConsentState.WITHDRAWN: NotOfferedReason.FACE_CONSENT_WITHDRAWN,
     ConsentState.STALE: NotOfferedReason.FACE_CONSENT_STALE,
 }
-
-
-def _weight(signal: Signal, policy: Policy) -> int:
-    if signal.network is not None:
-        return policy.network_weights[signal.network]
-    return policy.weights[signal.code]
+# NotOffered without a provider is a constant per (method, reason): built once, shared.
+_NOT_OFFERED = {(m, r): NotOffered(m, r) for m in Method for r in NotOfferedReason}
 
 
 def assess(signals: tuple[Signal, ...], policy: Policy) -> RiskAssessment:
-    reasons = tuple(Reason(s.code, _weight(s, policy), s.code.value) for s in signals)
-    score = sum(r.weight for r in reasons)
-    level = RiskLevel.LOW
+    weights, network_weights = policy.weights, policy.network_weights
+    reasons: list[Reason] = []
+    score = 0
+    for s in signals:
+        weight = weights[s.code] if s.network is None else network_weights[s.network]
+        score += weight
+        # The code is its own message key (a StrEnum is a str): no per-request string work.
+        reasons.append(Reason(s.code, weight, s.code))
+    level = _LOW
     for candidate, threshold in policy.level_thresholds:
         if score >= threshold:
             level = candidate
     floors: list[SignalCode] = []
-    for signal in signals:
-        floor = policy.floors.get(signal.code)
-        if floor is not None and floor.rank > level.rank:
-            floors.append(signal.code)
-    if floors:
-        # Floors never lower a level, so the result stays monotonic in the risk signals.
-        level = LEVELS_ASCENDING[max(policy.floors[c].rank for c in floors)]
-    return RiskAssessment(level=level, score=score, reasons=reasons, floors_applied=tuple(floors))
+    rank = _RANK[level]
+    floor_rank = rank
+    for s in signals:
+        floor = policy.floors.get(s.code)
+        if floor is not None and _RANK[floor] > rank:
+            floors.append(s.code)
+            floor_rank = max(floor_rank, _RANK[floor])
+    # Floors only ever raise the level, so the result stays monotonic in the risk signals.
+    level = LEVELS_ASCENDING[floor_rank]
+    return RiskAssessment(
+        level=level, score=score, reasons=tuple(reasons), floors_applied=tuple(floors)
+    )
 
 
-def _availability(
-    method: Method,
+def _enrolment_gap(
+    method: Method, account: AccountFacts, sim_swapped: bool, plan: MethodPlan
+) -> NotOfferedReason | None:
+    """Why the account cannot use this method at all, whatever the level; None if it can."""
+    if method is _TOTP:
+        if account.totp is _TOTP_NONE:
+            return NotOfferedReason.NOT_ENROLLED
+        if account.totp is _TOTP_UNCONFIRMED:
+            return NotOfferedReason.NOT_CONFIRMED
+    elif method is _RECOVERY:
+        remaining = account.recovery_codes_remaining
+        if remaining is None:
+            return NotOfferedReason.NOT_ENROLLED
+        if remaining <= 0:
+            return NotOfferedReason.NO_CODES_LEFT
+    elif method is _SMS:
+        phone = account.phone
+        if phone is None:
+            return NotOfferedReason.NOT_ENROLLED
+        if not phone.verified:
+            return NotOfferedReason.PHONE_NOT_VERIFIED
+        if sim_swapped and plan.withdraw_after_sim_swap:
+            return NotOfferedReason.SIM_SWAP_RECENT
+    return None
+
+
+def _linked_identities(
     account: AccountFacts,
-    sim_swapped: bool,
-    policy: Policy,
-    level: RiskLevel,
-) -> list[OfferedMethod | NotOffered]:
-    """Whether the account can use one non-biometric method now, and if not, why."""
-    rule = policy.methods[method]
-    strength = rule.strength
-    if method is Method.TOTP:
-        if account.totp is TotpState.NONE:
-            return [NotOffered(method, NotOfferedReason.NOT_ENROLLED)]
-        if account.totp is TotpState.UNCONFIRMED:
-            return [NotOffered(method, NotOfferedReason.NOT_CONFIRMED)]
-    elif method is Method.LINKED_IDENTITY:
-        if not account.linked_identities:
-            return [NotOffered(method, NotOfferedReason.NOT_ENROLLED)]
-        out: list[OfferedMethod | NotOffered] = []
-        for ident in sorted(account.linked_identities, key=lambda i: i.provider):
-            if not ident.real_name_verified:
-                out.append(
-                    NotOffered(
-                        method, NotOfferedReason.IDENTITY_NOT_REAL_NAME_VERIFIED, ident.provider
-                    )
-                )
-            elif level not in rule.levels:
-                out.append(
-                    NotOffered(method, NotOfferedReason.METHOD_NOT_ALLOWED_AT_LEVEL, ident.provider)
-                )
-            elif method in account.throttled_methods:
-                out.append(NotOffered(method, NotOfferedReason.THROTTLED, ident.provider))
-            else:
-                out.append(OfferedMethod(method, strength, False, False, ident.provider))
-        return out
-    elif method is Method.RECOVERY_CODE:
-        if account.recovery_codes_remaining is None:
-            return [NotOffered(method, NotOfferedReason.NOT_ENROLLED)]
-        if account.recovery_codes_remaining <= 0:
-            return [NotOffered(method, NotOfferedReason.NO_CODES_LEFT)]
-    elif method is Method.SMS:
-        if account.phone is None:
-            return [NotOffered(method, NotOfferedReason.NOT_ENROLLED)]
-        if not account.phone.verified:
-            return [NotOffered(method, NotOfferedReason.PHONE_NOT_VERIFIED)]
-        if sim_swapped and rule.withdraw_after_sim_swap:
-            return [NotOffered(method, NotOfferedReason.SIM_SWAP_RECENT)]
-    if level not in rule.levels or not rule.enabled:
-        return [NotOffered(method, NotOfferedReason.METHOD_NOT_ALLOWED_AT_LEVEL)]
-    if method in account.throttled_methods:
-        return [NotOffered(method, NotOfferedReason.THROTTLED)]
-    return [OfferedMethod(method, strength, False, False)]
-
-
-def _face(
-    account: AccountFacts, policy: Policy, level: RiskLevel, non_bio_path: bool
-) -> OfferedMethod | NotOffered:
-    rule = policy.methods[Method.FACE]
-    if not rule.enabled:
-        return NotOffered(Method.FACE, NotOfferedReason.FACE_DISABLED)
-    if level not in rule.levels:
-        return NotOffered(Method.FACE, NotOfferedReason.FACE_NOT_ALLOWED_AT_LEVEL)
-    if account.face_consent is not ConsentState.ACTIVE:
-        return NotOffered(Method.FACE, _CONSENT_NOT_OFFERED[account.face_consent])
-    if Method.FACE in account.throttled_methods:
-        return NotOffered(Method.FACE, NotOfferedReason.THROTTLED)
-    if not non_bio_path:
-        return NotOffered(Method.FACE, NotOfferedReason.FACE_WITHOUT_NON_BIOMETRIC_PATH)
-    return OfferedMethod(Method.FACE, rule.strength, True, True)
+    plan: MethodPlan,
+    offered: list[OfferedMethod],
+    not_offered: list[NotOffered],
+) -> None:
+    identities = account.linked_identities
+    if not identities:
+        not_offered.append(_NOT_OFFERED[_LINKED, NotOfferedReason.NOT_ENROLLED])
+        return
+    throttled = _LINKED in account.throttled_methods
+    for ident in (
+        sorted(identities, key=lambda i: i.provider) if len(identities) > 1 else identities
+    ):
+        if not ident.real_name_verified:
+            reason: NotOfferedReason | None = NotOfferedReason.IDENTITY_NOT_REAL_NAME_VERIFIED
+        elif not plan.allowed:
+            reason = NotOfferedReason.METHOD_NOT_ALLOWED_AT_LEVEL
+        elif throttled:
+            reason = NotOfferedReason.THROTTLED
+        else:
+            reason = None
+        if reason is None:
+            offered.append(OfferedMethod(_LINKED, plan.strength, False, False, ident.provider))
+        else:
+            not_offered.append(NotOffered(_LINKED, reason, ident.provider))
 
 
 def make_offer(
@@ -143,44 +146,80 @@ def make_offer(
     signals: tuple[Signal, ...],
     policy: Policy,
 ) -> Offer:
-    level = assessment.level
-    need = policy.requirements[level]
-    sim_swapped = any(s.code is SignalCode.RECENT_SIM_SWAP for s in signals)
+    level_plan = policy.plans[assessment.level]
+    need = level_plan.requirement
+    sim_swapped = False
+    for s in signals:
+        if s.code is _SIM_SWAP:
+            sim_swapped = True
+    throttled = account.throttled_methods
     offered: list[OfferedMethod] = []
     not_offered: list[NotOffered] = []
-    for method in policy.method_order:
-        if method in BIOMETRIC_METHODS:
+    for plan in level_plan.methods:
+        method = plan.method
+        if method is _LINKED:
+            _linked_identities(account, plan, offered, not_offered)
             continue
-        for item in _availability(method, account, sim_swapped, policy, level):
-            if isinstance(item, OfferedMethod):
-                offered.append(item)
-            else:
-                not_offered.append(item)
-
-    distinct = {m.method for m in offered}
-    strong = {m.method for m in offered if m.strength is Strength.STRONG}
-    non_bio_path = len(distinct) >= need.factors and len(strong) >= need.strong
-
-    if Method.FACE in policy.methods and Method.FACE in policy.method_order:
-        face = _face(account, policy, level, non_bio_path)
-        if isinstance(face, OfferedMethod):
-            offered.append(face)
+        gap = _enrolment_gap(method, account, sim_swapped, plan)
+        if gap is None and not plan.allowed:
+            gap = NotOfferedReason.METHOD_NOT_ALLOWED_AT_LEVEL
+        if gap is None and method in throttled:
+            gap = NotOfferedReason.THROTTLED
+        if gap is None:
+            offered.append(plan.offered)
         else:
-            not_offered.append(face)
+            not_offered.append(_NOT_OFFERED[method, gap])
 
-    review_reasons: list[ReviewReason] = []
-    if need.review_required:
-        review_reasons.append(ReviewReason.LEVEL_REQUIRES_REVIEW)
-    if not non_bio_path:
-        review_reasons.append(ReviewReason.NO_USABLE_METHOD)
+    distinct: set[Method] = set()
+    strong = 0
+    for m in offered:
+        if m.method not in distinct:
+            distinct.add(m.method)
+            strong += m.strength is _STRONG
+    non_bio_path = len(distinct) >= need.factors and strong >= need.strong
+
+    face = level_plan.face
+    if face is not None:
+        if not face.enabled:
+            not_offered.append(_NOT_OFFERED[_FACE, NotOfferedReason.FACE_DISABLED])
+        elif not face.allowed:
+            not_offered.append(_NOT_OFFERED[_FACE, NotOfferedReason.FACE_NOT_ALLOWED_AT_LEVEL])
+        elif account.face_consent is not _ACTIVE:
+            not_offered.append(_NOT_OFFERED[_FACE, _CONSENT_NOT_OFFERED[account.face_consent]])
+        elif _FACE in throttled:
+            not_offered.append(_NOT_OFFERED[_FACE, NotOfferedReason.THROTTLED])
+        elif not non_bio_path:
+            # FRM-10: face would be the only automated way in; a person reviews instead.
+            not_offered.append(
+                _NOT_OFFERED[_FACE, NotOfferedReason.FACE_WITHOUT_NON_BIOMETRIC_PATH]
+            )
+        else:
+            offered.append(face.offered)
+
+    if need.review_required and not non_bio_path:
+        review = _REVIEW_BOTH
+    elif need.review_required:
+        review = _REVIEW_LEVEL
+    elif not non_bio_path:
+        review = _REVIEW_NO_METHOD
+    else:
+        review = _REVIEW_NOT_REQUIRED
     return Offer(
         factors_required=need.factors,
         strong_factors_required=need.strong,
         methods=tuple(offered),
         not_offered=tuple(not_offered),
-        review=ReviewPath(required=bool(review_reasons), reasons=tuple(review_reasons)),
+        review=review,
         non_biometric_path=non_bio_path,
     )
+
+
+_REVIEW_NOT_REQUIRED = ReviewPath(required=False)
+_REVIEW_LEVEL = ReviewPath(required=True, reasons=(ReviewReason.LEVEL_REQUIRES_REVIEW,))
+_REVIEW_NO_METHOD = ReviewPath(required=True, reasons=(ReviewReason.NO_USABLE_METHOD,))
+_REVIEW_BOTH = ReviewPath(
+    required=True, reasons=(ReviewReason.LEVEL_REQUIRES_REVIEW, ReviewReason.NO_USABLE_METHOD)
+)
 
 
 def decide(

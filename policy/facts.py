@@ -55,7 +55,7 @@ class Facts:
 
 def _object(value: Any, field: str, allowed: set[str]) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise FactsError(field, "must be an object")
+        raise FactsError(field or "facts", "must be an object")
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise FactsError(f"{field}.{unknown[0]}" if field else unknown[0], "unknown field")

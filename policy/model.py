@@ -227,7 +227,8 @@ class Signal:
 class Reason:
     code: SignalCode
     weight: int
-    # Key into the message catalogs; the person sees the message, agents also see the weight.
+    # Key into the message catalogs (the code itself): the person sees the message,
+    # agents and auditors also see the weight.
     message_key: str
 
 

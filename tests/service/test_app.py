@@ -1,0 +1,61 @@
+"""The composition root and the HTTP edge: liveness, problem+json for every error, and every
+route guarded or explicitly public (STYLE.md habit 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar import Litestar
+from litestar.routes import HTTPRoute
+from litestar.testing import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def _app(tmp_path: Path) -> Litestar:
+    return create_app(Settings(data_dir=tmp_path))
+
+
+def test_create_app_builds_nothing_at_import_and_serves_liveness(tmp_path: Path) -> None:
+    with TestClient(_app(tmp_path)) as client:
+        response = client.get("/health/live")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_unknown_route_is_problem_json(tmp_path: Path) -> None:
+    with TestClient(_app(tmp_path)) as client:
+        response = client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == "not_found"
+    assert body["status"] == 404
+    assert body["type"].endswith("/not_found")
+
+
+def test_wrong_method_is_problem_json(tmp_path: Path) -> None:
+    with TestClient(_app(tmp_path)) as client:
+        response = client.delete("/health/live")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+
+
+def test_every_route_has_a_guard_or_is_marked_public(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    unguarded = []
+    checked = 0
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
+            continue
+        for handler in route.route_handlers:
+            if handler.http_methods == {"OPTIONS"}:
+                continue  # Litestar's own CORS pre-flight handler; it returns no data
+            checked += 1
+            if handler.opt.get("public") is True:
+                continue
+            if not handler.resolve_guards():
+                unguarded.append(f"{sorted(handler.http_methods)} {route.path}")
+    assert checked > 0
+    assert not unguarded, f"routes without a guard or opt={{'public': True}}: {unguarded}"
