@@ -45,8 +45,9 @@ openapi: $(STAMP) ## regenerate the committed spec
 openapi-check: $(STAMP) ## fail when the committed spec differs from the app
 	$(BIN)/python -m service.openapi_spec --check openapi/openapi.json
 
-bench: $(STAMP) ## run the benchmarks in bench/
+bench: $(STAMP) ## run the benchmarks in bench/ (figures go in the issue notes)
 	$(BIN)/python -m bench.bench_policy
+	$(BIN)/python -m bench.bench_audit_verify
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
