@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from service import domain
+from service.domain import DomainError
+
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://fairunlock.dev/problems/"
 
 log = logging.getLogger("fairunlock.errors")
-
-
-class DomainError(Exception):
-    """Base of the service's domain errors: a stable code and a human message, no HTTP."""
-
-    code: ClassVar[str] = "domain_error"
-
-    def __init__(self, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.extra = extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +73,16 @@ DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
     AuditQueryInvalid: ProblemSpec(400, "Invalid audit query"),
     AuditNoCheckpoint: ProblemSpec(404, "No audit checkpoint yet"),
     DataKeyDestroyed: ProblemSpec(410, "Personal data erased"),
+    domain.InvalidPhone: ProblemSpec(422, "Invalid phone number"),
+    domain.AccountErased: ProblemSpec(409, "Account erased"),
+    domain.TotpAlreadyEnrolled: ProblemSpec(409, "Authenticator already enrolled"),
+    domain.TotpNotStarted: ProblemSpec(409, "No authenticator enrolment to confirm"),
+    domain.InvalidCode: ProblemSpec(422, "Code not accepted"),
+    domain.UnknownProvider: ProblemSpec(422, "Unknown identity provider"),
+    domain.StaleNoticeVersion: ProblemSpec(409, "Notice version is not current"),
+    domain.ConsentNotAccepted: ProblemSpec(422, "Consent not accepted"),
+    domain.UnlockRequestNotFound: ProblemSpec(404, "Unlock request not found"),
+    domain.InvalidRequestContext: ProblemSpec(400, "Invalid request"),
 }
 
 # Stable codes for the framework's own HTTP errors.
