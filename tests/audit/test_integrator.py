@@ -1,0 +1,165 @@
+"""Integrator units: the leaf splice equals encode_entry, leadership, the background loop."""
+
+from __future__ import annotations
+
+import asyncio
+import string
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit.entry import AuditEvent, EntryKind, encode_entry, event_to_payload
+from audit.integrator import (
+    ADVISORY_LOCK_KEY,
+    _log_key,
+    integrate_once,
+    leaf_from_payload,
+    run,
+    wait_integrated,
+)
+from audit.store import AuditStore, AuditStoreError, append_event_now, audit_inbox
+from service.db import create_engine
+from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
+
+__all__ = ["db_url"]  # the parametrised fixture, re-used
+
+# Keys and text chosen to collide with the splice's anchors: nested "kind"/"subject"/"log"/"index"
+# keys, quotes, backslashes, non-ASCII and the anchors themselves inside strings.
+_PIECES = [
+    *string.ascii_letters[:6],
+    *'"\\,:{}',
+    "é",
+    "漢",
+    "\U0001f600",
+    "\u2028",
+    "\n",
+    "\x01",
+    "\x7f",
+    ',"kind":"',
+    ',"subject":',
+    ',"v":1}',
+    '{"actor":"',
+]
+tricky_text = st.lists(st.sampled_from(_PIECES), max_size=6).map("".join)
+keys = (
+    st.sampled_from(["kind", "subject", "index", "log", "v", "data", "actor", "time"]) | tricky_text
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | tricky_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=12,
+)
+events = st.builds(
+    AuditEvent,
+    kind=st.sampled_from(list(EntryKind)),
+    actor=tricky_text.filter(bool),
+    subject=st.none() | tricky_text.filter(bool),
+    data=st.dictionaries(keys, json_values, max_size=5),
+    time=st.datetimes(
+        # hypothesis wants naive bounds and adds the zone itself
+        min_value=datetime(2000, 1, 1),  # noqa: DTZ001
+        max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+        timezones=st.just(UTC),
+    ),
+)
+origins = st.sampled_from(["fairunlock.local/audit", 'we"ird/ü', "a\\b", ORIGIN])
+
+
+@settings(max_examples=400, deadline=None)
+@given(event=events, index=st.integers(min_value=0, max_value=2**53 - 1), origin=origins)
+def test_spliced_leaf_equals_encode_entry(event: AuditEvent, index: int, origin: str) -> None:
+    spliced = leaf_from_payload(event_to_payload(event), index, _log_key(origin))
+    assert spliced == encode_entry(index, origin, event)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"{}",
+        b'{"actor":"a","data":{},"kind":"decision","time":"x","v":1}',  # no subject
+        b'{"actor":"a","data":{},"kind":"decision","subject":null,"time":"x","v":1,"z":1}',
+        b'{"actor":"a","data":[],"kind":"decision","subject":null,"time":"x","v":1}',
+        b'{"actor":"a","data":{},"kind":"decision","subject":null,"time":"x","v":2}',
+        b'{"actor":"a","data":{},"kind":"decision","subject":null,\n"time":"x","v":1}',
+        b'{"actor":"a","data":{},"kind":"decision","subject":null,"time":"x",,"v":1}',
+    ],
+)
+def test_malformed_payloads_are_refused(payload: bytes) -> None:
+    assert leaf_from_payload(payload, 0, _log_key(ORIGIN)) is None
+
+
+def test_a_corrupt_inbox_row_stops_integration_without_losing_anything(sqlite_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        await append_event_now(engine, make_event(0))
+        async with engine.begin() as conn:
+            await AuditStore(conn).enqueue(b'{"not":"an event"}')
+        with pytest.raises(AuditStoreError, match="is not a canonical event"):
+            await integrate_once(engine, signer, ORIGIN)
+        async with engine.connect() as conn:
+            assert await AuditStore(conn).size() == 0
+            assert (await conn.execute(select(func.count()).select_from(audit_inbox))).scalar() == 2
+
+    with_engine(sqlite_url, body)
+
+
+@pytest.mark.postgres
+def test_only_the_lock_holder_integrates_on_postgres(postgres_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        await append_event_now(engine, make_event(0))
+        other = create_engine(postgres_url)
+        try:
+            async with other.begin() as conn:
+                # Another worker is mid-batch: it holds the transaction-scoped leader lock.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
+                )
+                assert await integrate_once(engine, signer, ORIGIN) == 0
+            # Its transaction ended, so the lock is free again.
+            assert await integrate_once(engine, signer, ORIGIN) == 1
+        finally:
+            await other.dispose()
+
+    with_engine(postgres_url, body)
+
+
+def test_background_loop_integrates_new_entries_and_stops_on_request(db_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(engine, signer, ORIGIN, stop, batch_size=2, interval=0.01))
+        ids = [await append_event_now(engine, make_event(n)) for n in range(5)]
+        indices = [await wait_integrated(engine, i, timeout=10) for i in ids]
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert sorted(indices) == list(range(5))
+        async with engine.connect() as conn:
+            assert await AuditStore(conn).check_contiguity() == 5
+
+    with_engine(db_url, body)
+
+
+def test_background_loop_stops_on_a_broken_invariant(sqlite_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            await AuditStore(conn).enqueue(b"garbage")
+        with pytest.raises(AuditStoreError):
+            await asyncio.wait_for(
+                run(engine, signer, ORIGIN, asyncio.Event(), interval=0.01), timeout=5
+            )
+
+    with_engine(sqlite_url, body)
