@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from service import cli_policy, cli_serve
+from service import cli_audit, cli_policy, cli_serve
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     cli_serve.register(groups)
     cli_policy.register(groups)
+    cli_audit.register(groups)
     return parser
 
 

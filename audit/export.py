@@ -1,0 +1,168 @@
+"""Export [start, end) of the stored log as a signed bundle (audit/bundle.py), streamed.
+
+The bundle writer is synchronous and CPU-bound (hashing, file writes), so it runs in a worker
+thread, pulling leaves from the event loop one bounded range read at a time, with the next read in
+flight while the current slice is written. Memory holds two slices, however large the log.
+
+Before the bundle is signed, the exported leaves (with the stored hashes of [0, start) and of
+[end, latest)) must reproduce the root of the latest checkpoint the integrator signed: an export
+never signs a tree that disagrees with what the log already published. Every export then appends
+an ``export`` entry naming who exported which range and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit.bundle import write_bundle
+from audit.checkpoint import CheckpointSigner
+from audit.entry import AuditEvent, EntryKind
+from audit.merkle import CompactRange
+from audit.store import AuditStore, AuditStoreError, StoredCheckpoint, append_event_now
+from audit.verify import Manifest
+
+DEFAULT_CHUNK = 20_000
+
+
+class ExportRangeError(ValueError):
+    """The requested range is not inside the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    manifest: Manifest
+    # The inbox id of the ``export`` entry recording this export (integrated later).
+    audit_inbox_id: int
+
+
+async def _leaves(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
+    # One short transaction per slice: on SQLite every transaction takes the write lock, so a
+    # whole-export transaction would stall every writer for the length of the export.
+    async with engine.connect() as conn:
+        return await AuditStore(conn).leaves(start, end)
+
+
+async def _hashes(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
+    async with engine.connect() as conn:
+        return await AuditStore(conn).leaf_hashes(start, end)
+
+
+async def compact_range_of(engine: AsyncEngine, size: int, chunk: int = 65_536) -> CompactRange:
+    """The compact range of [0, size) from the stored leaf hashes, read in bounded slices."""
+    compact = CompactRange.empty()
+    for low in range(0, size, chunk):
+        compact.extend(await _hashes(engine, low, min(size, low + chunk)))
+    return compact
+
+
+class _CheckedLeaves:
+    """The entries iterator handed to write_bundle (runs in the writer's thread).
+
+    It hashes what it yields and, once exhausted, folds in the stored hashes up to the latest
+    checkpoint; a mismatch raises before write_bundle reaches its signing step.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        prefix: CompactRange,
+        end: int,
+        latest: StoredCheckpoint,
+        chunk: int,
+    ) -> None:
+        self._engine = engine
+        self._loop = loop
+        self._compact = prefix.copy()
+        self._end = end
+        self._latest = latest
+        self._chunk = chunk
+
+    def _submit(self, coro_start: int, kind: str) -> Future[list[bytes]]:
+        end = self._end if kind == "leaves" else self._latest.size
+        stop = min(end, coro_start + self._chunk)
+        read = _leaves if kind == "leaves" else _hashes
+        return asyncio.run_coroutine_threadsafe(read(self._engine, coro_start, stop), self._loop)
+
+    def __iter__(self) -> Iterator[bytes]:
+        sha256 = hashlib.sha256
+        compact = self._compact
+        position = compact.size
+        pending = self._submit(position, "leaves") if position < self._end else None
+        while pending is not None:
+            leaves = pending.result()
+            position += len(leaves)
+            pending = self._submit(position, "leaves") if position < self._end else None
+            compact.extend(sha256(b"\x00" + leaf).digest() for leaf in leaves)
+            yield from leaves
+        while position < self._latest.size:
+            hashes = self._submit(position, "hashes").result()
+            position += len(hashes)
+            compact.extend(hashes)
+        if compact.size != self._latest.size or compact.root() != self._latest.root:
+            raise AuditStoreError(
+                f"the stored log does not reproduce its checkpoint of size {self._latest.size}: "
+                "leaves or hashes were altered in the database; nothing was signed"
+            )
+
+
+async def export_bundle(
+    engine: AsyncEngine,
+    out_dir: Path,
+    *,
+    signer: CheckpointSigner,
+    origin: str,
+    actor: str,
+    start: int = 0,
+    end: int | None = None,
+    purpose: str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> ExportResult:
+    """Write entries [start, end) (end defaults to the latest checkpoint) as a bundle in out_dir."""
+    async with engine.connect() as conn:
+        latest = await AuditStore(conn).latest_checkpoint()
+    if latest is None:
+        raise ExportRangeError("the audit log is empty: nothing has been integrated yet")
+    end = latest.size if end is None else end
+    if not 0 <= start <= end <= latest.size:
+        raise ExportRangeError(
+            f"range [{start}, {end}) is not inside the log of {latest.size} entries"
+        )
+    prefix = await compact_range_of(engine, start)
+    entries = _CheckedLeaves(
+        engine, asyncio.get_running_loop(), prefix=prefix, end=end, latest=latest, chunk=chunk
+    )
+    manifest = await asyncio.to_thread(
+        write_bundle,
+        out_dir,
+        entries,
+        start=start,
+        prefix=prefix,
+        signer=signer,
+        origin=origin,
+        purpose=purpose,
+    )
+    record = AuditEvent(
+        kind=EntryKind.EXPORT,
+        actor=actor,
+        subject=None,
+        data={
+            "from": start,
+            "to": end,
+            "purpose": purpose,
+            "root": base64.b64encode(manifest.root).decode("ascii"),
+            "key_id": manifest.key_id,
+        },
+        time=datetime.now(UTC),
+    )
+    return ExportResult(manifest, await append_event_now(engine, record))
