@@ -205,3 +205,51 @@ async def wait_integrated(
         if integrate is not None and await integrate():
             continue
         await asyncio.sleep(poll)
+
+
+class BackgroundIntegrator:
+    """The integrator as a task inside a service worker; every worker may run one.
+
+    On PostgreSQL the workers' batches take turns through the advisory lock (the losers'
+    integrate_once returns 0 at once); on SQLite through BEGIN IMMEDIATE.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        signer: CheckpointSigner,
+        origin: str,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        interval: float = 0.1,
+    ) -> None:
+        self._args = (engine, signer, origin)
+        self._batch_size = batch_size
+        self._interval = interval
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the integrator is already running")
+        self._task = asyncio.create_task(
+            run(
+                *self._args,
+                self._stop,
+                batch_size=self._batch_size,
+                interval=self._interval,
+            ),
+            name="audit-integrator",
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        """Stop after the current batch; re-raises what stopped the loop, if anything did."""
+        if self._task is None:
+            return
+        self._stop.set()
+        task, self._task = self._task, None
+        await task

@@ -30,9 +30,8 @@ class ProblemSpec:
     title: str
 
 
-# -- Domain errors of the audit log and the data keys. Defined here rather than next to their
-# use because those modules import DomainError from this one (registering them from there would be
-# an import cycle).
+# -- Domain errors of the audit log (service/routes/audit.py) and the data keys
+# (service/data_keys.py re-exports its two), kept beside the map that gives them a status.
 
 
 class AuditQueryInvalid(DomainError):
