@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP) ## create .venv and install the project with its test extras
 
-run: $(STAMP) ## serve on 127.0.0.1:8000 with the embedded SQLite in ./var
+run: $(STAMP) ## migrate the embedded SQLite in ./var, then serve on 127.0.0.1:8000
+	$(BIN)/fairunlock db upgrade
 	$(BIN)/fairunlock serve --host 127.0.0.1 --port 8000
 
 test: $(STAMP) lint typecheck openapi-check pytest ## everything CI checks

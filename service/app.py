@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,15 +11,23 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Server
 
 from audit.integrator import BackgroundIntegrator
-from audit.store import create_schema
 from service import __doc__ as service_doc
 from service.auth import authentication_middleware
+from service.context import ServiceContext
 from service.data_keys import DataKeys
 from service.db import create_engine
 from service.errors import EXCEPTION_HANDLERS
+from service.http import require_json_body
 from service.keystore import KeyStore
+from service.notice import load_shipped_notice
+from service.policy_source import load_configured_policy
+from service.routes.accounts import AccountController, FaceNoticeController
 from service.routes.audit import AuditController
+from service.routes.deps import DEPENDENCIES
 from service.routes.health import HealthController
+from service.routes.policy import PolicyController
+from service.routes.unlock_requests import UnlockRequestController
+from service.schema import upgrade
 from service.settings import Settings
 
 API_TITLE = "FairUnlock"
@@ -41,13 +50,24 @@ def create_app(settings: Settings) -> Litestar:
     # Keys load once per process, here: a production start without them fails naming the variable.
     keystore = KeyStore.load(settings)
     audit_signer = keystore.signer(settings.audit_origin)
+    # A policy that breaks a principle stops the start here, naming the rule.
+    ctx = ServiceContext(
+        settings=settings,
+        engine=engine,
+        policy=load_configured_policy(settings.policy_file),
+        data_keys=DataKeys.from_keystore(keystore),
+        signer=audit_signer,
+        notice=load_shipped_notice(),
+        oidc_providers=settings.oidc_providers,
+    )
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         if settings.database_url is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         if not settings.is_production:
-            await create_schema(engine)  # no migrations for development databases yet
+            # Development and tests migrate on start; production runs `fairunlock db upgrade`.
+            await asyncio.to_thread(upgrade, settings.resolved_database_url)
         # Every worker runs one; the database lock decides who integrates each batch.
         integrator = BackgroundIntegrator(
             engine,
@@ -67,7 +87,16 @@ def create_app(settings: Settings) -> Litestar:
                 await engine.dispose()
 
     app = Litestar(
-        route_handlers=[HealthController, AuditController],
+        route_handlers=[
+            HealthController,
+            AccountController,
+            FaceNoticeController,
+            UnlockRequestController,
+            PolicyController,
+            AuditController,
+        ],
+        dependencies=DEPENDENCIES,
+        before_request=require_json_body,
         middleware=[authentication_middleware()],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -79,5 +108,6 @@ def create_app(settings: Settings) -> Litestar:
     app.state.engine = engine
     app.state.keystore = keystore
     app.state.audit_signer = audit_signer
-    app.state.data_keys = DataKeys.from_keystore(keystore)
+    app.state.data_keys = ctx.data_keys
+    app.state.ctx = ctx
     return app

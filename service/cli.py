@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from service import cli_audit, cli_policy, cli_serve
+from service import cli_audit, cli_db, cli_policy, cli_serve
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.register(groups)
     cli_policy.register(groups)
     cli_audit.register(groups)
+    cli_db.register(groups)
     return parser
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from service.providers import OidcProvider, ProviderConfigError, parse_oidc_providers
+
 PREFIX = "FAIRUNLOCK_"
 
 
@@ -104,6 +106,8 @@ class Settings:
     audit_integrator: bool = True
     audit_batch_size: int = 1000
     audit_interval_ms: int = 100
+    # FAIRUNLOCK_OIDC_PROVIDERS: the allow-list of linked real-name identity providers (JSON).
+    oidc_providers_json: str | None = field(default=None, repr=False)
 
     @property
     def is_production(self) -> bool:
@@ -173,17 +177,27 @@ class Settings:
             kwargs["audit_batch_size"] = _int("AUDIT_BATCH_SIZE", raw, minimum=1, maximum=50_000)
         if (raw := get("AUDIT_INTERVAL_MS")) is not None:
             kwargs["audit_interval_ms"] = _int("AUDIT_INTERVAL_MS", raw, minimum=5, maximum=60_000)
+        if (raw := get("OIDC_PROVIDERS")) is not None:
+            kwargs["oidc_providers_json"] = raw
         settings = cls(**kwargs)  # type: ignore[arg-type]
         settings.check()
         return settings
 
     def check(self) -> None:
-        """Refuse combinations that are only safe in development."""
+        """Refuse what is only safe in development, and malformed structured values."""
         if self.is_production and self.database_url is None:
             raise SettingsError(
                 f"{PREFIX}DATABASE_URL is required in production: "
                 "the embedded SQLite file is for development"
             )
+        try:
+            parse_oidc_providers(self.oidc_providers_json)
+        except ProviderConfigError as exc:
+            raise SettingsError(str(exc)) from None
+
+    @property
+    def oidc_providers(self) -> dict[str, OidcProvider]:
+        return parse_oidc_providers(self.oidc_providers_json)
 
 
 def parse_bool(name: str, raw: str) -> bool:

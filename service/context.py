@@ -1,0 +1,36 @@
+"""What the flows need, built once by ``create_app`` (or a CLI command) and passed in explicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit.checkpoint import CheckpointSigner
+from policy.config import Policy
+from service.data_keys import DataKeys
+from service.notice import FaceNotice
+from service.providers import OidcProvider
+from service.settings import Settings
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceContext:
+    settings: Settings
+    engine: AsyncEngine
+    policy: Policy
+    data_keys: DataKeys
+    signer: CheckpointSigner
+    notice: FaceNotice
+    oidc_providers: Mapping[str, OidcProvider]
+    clock: Callable[[], datetime] = utc_now
+
+    @property
+    def audit_origin(self) -> str:
+        return self.settings.audit_origin

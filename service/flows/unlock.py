@@ -1,0 +1,327 @@
+"""The unlock-request flow: facts in, a stored, audited decision out (DESIGN.md "The unlock flow").
+
+The engine never decides against a person: the statuses it produces are ``pending_verification``
+and ``review_required``; ``denied`` exists only as a reviewer's outcome.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import msgspec
+
+from audit.entry import EntryKind, JSONValue
+from audit.store import AuditStore
+from policy.config import Policy
+from policy.engine import decide
+from policy.explain import explain
+from policy.model import (
+    AccountFacts,
+    ConsentState,
+    Decision,
+    GeoPoint,
+    LastLogin,
+    LinkedIdentity,
+    Locale,
+    Method,
+    PhoneOnFile,
+    RequestContext,
+    TotpState,
+    UnlockRequestFacts,
+)
+from service import dto
+from service.context import ServiceContext
+from service.domain import InvalidRequestContext, UnlockRequestNotFound
+from service.flows.audit_trail import index_of, record
+from service.flows.enrolment import consent_state
+from service.persistence.accounts import AccountRepository, AccountSnapshot
+from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
+
+CONTEXT_AAD = b"unlock_request_context"
+MAX_LISTED = 100
+
+
+class StoredDecision(msgspec.Struct, kw_only=True):
+    """What is stored per request: the person's view, and the breakdown agents and auditors see."""
+
+    decision: dto.DecisionOut
+    score: int
+    weights: dict[str, int]
+    floors_applied: list[str]
+
+
+_DECODER = msgspec.json.Decoder(StoredDecision)
+
+
+def _geo(g: dto.GeoIn | None) -> GeoPoint | None:
+    return None if g is None else GeoPoint(country=g.country, lat=g.lat, lon=g.lon)
+
+
+def to_facts(body: dto.UnlockRequestIn) -> UnlockRequestFacts:
+    c = body.context
+    try:
+        ipaddress.ip_address(c.ip)
+    except ValueError:
+        raise InvalidRequestContext(
+            "context.ip: not an IPv4 or IPv6 address",
+            errors=[{"field": "context.ip", "message": "not an IPv4 or IPv6 address"}],
+        ) from None
+    last = c.last_login
+    return UnlockRequestFacts(
+        account_id=body.account_id,
+        lock_reason=body.lock_reason,
+        locale=body.locale,
+        context=RequestContext(
+            ip=c.ip,
+            device_id=c.device_id,
+            user_agent=c.user_agent,
+            geo=_geo(c.geo),
+            network=c.network,
+            sim_swap_at=c.sim_swap_at,
+            credential_changed_at=c.credential_changed_at,
+            account_created_at=c.account_created_at,
+            last_login=None
+            if last is None
+            else LastLogin(at=last.at, device_id=last.device_id, geo=_geo(last.geo)),
+            known_device_ids=None if c.known_device_ids is None else frozenset(c.known_device_ids),
+        ),
+    )
+
+
+def account_facts(snapshot: AccountSnapshot, ctx: ServiceContext) -> AccountFacts:
+    return AccountFacts(
+        totp=snapshot.totp_state,
+        linked_identities=tuple(
+            LinkedIdentity(r.provider, r.real_name_verified)
+            for r in snapshot.linked
+            if r.provider in ctx.oidc_providers
+        ),
+        recovery_codes_remaining=snapshot.recovery_codes_remaining,
+        phone=None if snapshot.phone is None else PhoneOnFile(snapshot.phone.verified),
+        face_consent=consent_state(snapshot.consent, ctx.notice.version),
+    )
+
+
+def phantom_account(subject: str) -> tuple[AccountFacts, str]:
+    """A plausible, stable profile for an account we do not know (OWASP-FP-1/2).
+
+    Derived from the keyed pseudonym, so the same unknown id always looks the same and nothing
+    tells it apart from a real account; nothing is ever sent for it and no proof can succeed.
+    """
+    h = bytes.fromhex(subject)
+    digits = "".join(str(b % 10) for b in h[4:8])
+    masked = f"+86 13{h[3] % 10}****{digits}"
+    # Always one strong method and a phone, like a typical enrolled account, so the status is the
+    # one a real account with those methods would get.
+    has_totp = bool(h[0] & 1)
+    facts = AccountFacts(
+        totp=TotpState.CONFIRMED if has_totp else TotpState.NONE,
+        recovery_codes_remaining=None if has_totp else 10,
+        phone=PhoneOnFile(verified=True),
+        face_consent=ConsentState.NONE,
+    )
+    return facts, masked
+
+
+def _decision_out(
+    request_id: str,
+    account_id: str,
+    decision: Decision,
+    policy: Policy,
+    locale: Locale,
+    phone_masked: str | None,
+    now: datetime,
+    expires_at: datetime,
+) -> dto.DecisionOut:
+    catalog = policy.catalogs[locale]
+    offer = decision.offer
+    appeal_path = f"/v1/unlock-requests/{request_id}/appeals"
+    return dto.DecisionOut(
+        id=request_id,
+        account_id=account_id,
+        status="review_required" if offer.review.required else "pending_verification",
+        risk=dto.RiskOut(
+            level=decision.assessment.level.value,
+            reasons=[
+                dto.ReasonOut(code=r.code, message=catalog.reasons[r.code])
+                for r in decision.assessment.reasons
+            ],
+        ),
+        offer=dto.OfferOut(
+            factors_required=offer.factors_required,
+            strong_factors_required=offer.strong_factors_required,
+            methods=[
+                dto.OfferedMethodOut(
+                    method=m.method,
+                    biometric=m.biometric,
+                    optional_alternative=m.optional_alternative,
+                    strength=m.strength.value,
+                    provider=m.provider,
+                    target=phone_masked if m.method is Method.SMS else None,
+                )
+                for m in offer.methods
+            ],
+            not_offered=[
+                dto.NotOfferedOut(
+                    method=n.method,
+                    reason=n.reason.value,
+                    message=catalog.not_offered[n.reason],
+                    provider=n.provider,
+                )
+                for n in offer.not_offered
+            ],
+        ),
+        factors_satisfied=[],
+        explanation=explain(decision, catalog),
+        review=dto.ReviewOut(
+            available=True,
+            required=offer.review.required,
+            appeal_path=appeal_path,
+            reasons=[
+                dto.ReasonOut(code=r.value, message=catalog.review[r.value])
+                for r in offer.review.reasons
+            ],
+        ),
+        policy=dto.PolicyRefOut(version=policy.version, sha256=policy.sha256),
+        audit=dto.AuditRefOut(index=None),
+        locale=locale.value,
+        created_at=now,
+        expires_at=expires_at,
+    )
+
+
+def _audit_data(
+    request_id: str, decision: Decision, out: dto.DecisionOut, body: dto.UnlockRequestIn
+) -> dict[str, JSONValue]:
+    # Codes and outcomes only: no IP, device id, location or phone number enters the log.
+    return {
+        "unlock_request_id": request_id,
+        "status": out.status,
+        "lock_reason": body.lock_reason.value,
+        "level": decision.assessment.level.value,
+        "score": decision.assessment.score,
+        "reasons": [r.code.value for r in decision.assessment.reasons],
+        "offered": [m.method.value for m in decision.offer.methods],
+        "not_offered": [
+            {"method": n.method.value, "reason": n.reason.value} for n in decision.offer.not_offered
+        ],
+        "factors_required": decision.offer.factors_required,
+        "review_required": decision.offer.review.required,
+        "policy_version": out.policy.version,
+        "policy_sha256": out.policy.sha256,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedDecision:
+    decision: dto.DecisionOut
+    offered_face: bool
+
+
+async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> CreatedDecision:
+    facts = to_facts(body)
+    policy = ctx.policy
+    now = ctx.clock()
+    thresholds = policy.thresholds
+    subject = ctx.data_keys.pseudonymize(body.account_id)
+    request_id = str(uuid.uuid4())
+    expires_at = now + timedelta(minutes=policy.decision_ttl_minutes)
+    context_json = msgspec.json.encode(body.context)
+    async with ctx.engine.begin() as conn:
+        snapshot = await AccountRepository(conn).snapshot(subject)
+        history = await UnlockRequestRepository(conn).history(
+            subject,
+            now,
+            timedelta(hours=thresholds.velocity_window_hours),
+            timedelta(hours=thresholds.failed_verifications_window_hours),
+        )
+        known = snapshot.exists and not snapshot.erased
+        if known:
+            account = account_facts(snapshot, ctx)
+            phone_masked = snapshot.phone.masked if snapshot.phone else None
+            context_ciphertext: str | None = await ctx.data_keys.encrypt(
+                conn, body.account_id, context_json, CONTEXT_AAD
+            )
+        else:
+            account, phone_masked = phantom_account(subject)
+            context_ciphertext = None
+        decision = decide(facts, account, history, policy, now)
+        out = _decision_out(
+            request_id,
+            body.account_id,
+            decision,
+            policy,
+            body.locale,
+            phone_masked,
+            now,
+            expires_at,
+        )
+        inbox_id = await record(
+            conn,
+            ctx,
+            EntryKind.DECISION,
+            actor,
+            subject,
+            _audit_data(request_id, decision, out, body),
+            now,
+        )
+        stored = StoredDecision(
+            decision=out,
+            score=decision.assessment.score,
+            weights={r.code.value: r.weight for r in decision.assessment.reasons},
+            floors_applied=[c.value for c in decision.assessment.floors_applied],
+        )
+        await UnlockRequestRepository(conn).insert(
+            id=request_id,
+            subject=subject,
+            known_account=known,
+            status=out.status,
+            lock_reason=body.lock_reason.value,
+            locale=body.locale.value,
+            risk_level=decision.assessment.level.value,
+            risk_score=decision.assessment.score,
+            policy_version=policy.version,
+            policy_sha256=policy.sha256,
+            decision_json=msgspec.json.encode(stored).decode(),
+            context_ciphertext=context_ciphertext,
+            audit_inbox_id=inbox_id,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    index = await index_of(ctx, inbox_id)
+    offered_face = any(m.biometric for m in decision.offer.methods)
+    return CreatedDecision(
+        msgspec.structs.replace(out, audit=dto.AuditRefOut(index=index)), offered_face
+    )
+
+
+async def get(ctx: ServiceContext, request_id: str) -> dto.DecisionOut:
+    now = ctx.clock()
+    async with ctx.engine.connect() as conn:
+        row = await UnlockRequestRepository(conn).get(request_id)
+        if row is None:
+            raise UnlockRequestNotFound("No unlock request with this id.")
+        index = await AuditStore(conn).index_of(row.audit_inbox_id)
+    return _with_state(row, index, now)
+
+
+def _with_state(row: UnlockRequestRow, index: int | None, now: datetime) -> dto.DecisionOut:
+    stored = _DECODER.decode(row.decision_json)
+    status = row.status
+    if status == "pending_verification" and now >= row.expires_at:
+        status = "expired"
+    return msgspec.structs.replace(
+        stored.decision, status=status, audit=dto.AuditRefOut(index=index)
+    )
+
+
+async def list_for_account(ctx: ServiceContext, account_id: str) -> list[dto.DecisionOut]:
+    now = ctx.clock()
+    subject = ctx.data_keys.pseudonymize(account_id)
+    async with ctx.engine.connect() as conn:
+        rows = await UnlockRequestRepository(conn).for_subject(subject, MAX_LISTED)
+        store = AuditStore(conn)
+        return [_with_state(row, await store.index_of(row.audit_inbox_id), now) for row in rows]

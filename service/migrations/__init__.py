@@ -1,0 +1,1 @@
+"""Alembic migrations for every table of the service and the audit log (one history for both)."""

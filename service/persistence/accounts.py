@@ -1,0 +1,283 @@
+"""Queries about an account's enrolments and consents. Flows own the transaction; this only reads
+and writes rows inside the connection it is given."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from policy.model import TotpState
+from service.persistence.tables import (
+    accounts,
+    face_consents,
+    linked_identities,
+    phones,
+    recovery_codes,
+    totp_enrolments,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneRecord:
+    ciphertext: str
+    masked: str
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TotpRecord:
+    secret_ciphertext: str
+    confirmed: bool
+    last_step: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedRecord:
+    provider: str
+    issuer: str
+    real_name_verified: bool
+    oidc_subject_ciphertext: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    notice_version: str
+    granted_at: datetime
+    withdrawn_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """Everything the policy needs to know about one account, read in one transaction."""
+
+    subject: str
+    exists: bool
+    erased: bool
+    phone: PhoneRecord | None
+    totp: TotpRecord | None
+    linked: tuple[LinkedRecord, ...]
+    recovery_codes_remaining: int | None
+    consent: ConsentRecord | None
+
+    @property
+    def totp_state(self) -> TotpState:
+        if self.totp is None:
+            return TotpState.NONE
+        return TotpState.CONFIRMED if self.totp.confirmed else TotpState.UNCONFIRMED
+
+
+class AccountRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def ensure(self, subject: str, now: datetime) -> bool:
+        """Create the account row if missing; False if the account was erased."""
+        row = (
+            await self._conn.execute(
+                select(accounts.c.erased_at).where(accounts.c.subject == subject)
+            )
+        ).first()
+        if row is None:
+            await self._conn.execute(insert(accounts).values(subject=subject, created_at=now))
+            return True
+        return row.erased_at is None
+
+    async def snapshot(self, subject: str) -> AccountSnapshot:
+        # The same statements run whether or not the account exists, so the two cost the same
+        # (OWASP-FP-1/2: no enumeration by timing).
+        conn = self._conn
+        account = (
+            await conn.execute(select(accounts.c.erased_at).where(accounts.c.subject == subject))
+        ).first()
+        phone = (
+            await conn.execute(
+                select(phones.c.phone_ciphertext, phones.c.masked, phones.c.verified).where(
+                    phones.c.subject == subject
+                )
+            )
+        ).first()
+        totp = (
+            await conn.execute(
+                select(
+                    totp_enrolments.c.secret_ciphertext,
+                    totp_enrolments.c.confirmed_at,
+                    totp_enrolments.c.last_step,
+                ).where(totp_enrolments.c.subject == subject)
+            )
+        ).first()
+        linked = (
+            await conn.execute(
+                select(
+                    linked_identities.c.provider,
+                    linked_identities.c.issuer,
+                    linked_identities.c.real_name_verified,
+                    linked_identities.c.oidc_subject_ciphertext,
+                )
+                .where(linked_identities.c.subject == subject)
+                .order_by(linked_identities.c.provider)
+            )
+        ).all()
+        codes = (
+            await conn.execute(
+                select(
+                    func.count(recovery_codes.c.id),
+                    func.count(recovery_codes.c.id).filter(recovery_codes.c.used_at.is_(None)),
+                ).where(recovery_codes.c.subject == subject)
+            )
+        ).one()
+        consent = (
+            await conn.execute(
+                select(
+                    face_consents.c.notice_version,
+                    face_consents.c.granted_at,
+                    face_consents.c.withdrawn_at,
+                )
+                .where(face_consents.c.subject == subject)
+                .order_by(face_consents.c.granted_at.desc(), face_consents.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        return AccountSnapshot(
+            subject=subject,
+            exists=account is not None,
+            erased=account is not None and account.erased_at is not None,
+            phone=PhoneRecord(phone.phone_ciphertext, phone.masked, phone.verified)
+            if phone
+            else None,
+            totp=TotpRecord(totp.secret_ciphertext, totp.confirmed_at is not None, totp.last_step)
+            if totp
+            else None,
+            linked=tuple(
+                LinkedRecord(r.provider, r.issuer, r.real_name_verified, r.oidc_subject_ciphertext)
+                for r in linked
+            ),
+            recovery_codes_remaining=None if codes[0] == 0 else int(codes[1]),
+            consent=ConsentRecord(consent.notice_version, consent.granted_at, consent.withdrawn_at)
+            if consent
+            else None,
+        )
+
+    async def set_phone(
+        self,
+        subject: str,
+        ciphertext: str,
+        blind_index: str,
+        masked: str,
+        verified: bool,
+        now: datetime,
+    ) -> None:
+        values = {
+            "phone_ciphertext": ciphertext,
+            "phone_blind_index": blind_index,
+            "masked": masked,
+            "verified": verified,
+            "updated_at": now,
+        }
+        changed = await self._conn.execute(
+            update(phones).where(phones.c.subject == subject).values(**values)
+        )
+        if changed.rowcount == 0:
+            await self._conn.execute(insert(phones).values(subject=subject, **values))
+
+    async def start_totp(self, subject: str, secret_ciphertext: str, now: datetime) -> None:
+        await self._conn.execute(
+            delete(totp_enrolments).where(totp_enrolments.c.subject == subject)
+        )
+        await self._conn.execute(
+            insert(totp_enrolments).values(
+                subject=subject, secret_ciphertext=secret_ciphertext, created_at=now
+            )
+        )
+
+    async def confirm_totp(self, subject: str, step: int, now: datetime) -> bool:
+        result = await self._conn.execute(
+            update(totp_enrolments)
+            .where(totp_enrolments.c.subject == subject, totp_enrolments.c.confirmed_at.is_(None))
+            .values(confirmed_at=now, last_step=step)
+        )
+        return result.rowcount == 1
+
+    async def bind_identity(
+        self,
+        subject: str,
+        provider: str,
+        issuer: str,
+        oidc_subject_ciphertext: str,
+        oidc_subject_blind_index: str,
+        real_name_verified: bool,
+        now: datetime,
+    ) -> None:
+        await self._conn.execute(
+            delete(linked_identities).where(
+                linked_identities.c.subject == subject, linked_identities.c.provider == provider
+            )
+        )
+        await self._conn.execute(
+            insert(linked_identities).values(
+                subject=subject,
+                provider=provider,
+                issuer=issuer,
+                oidc_subject_ciphertext=oidc_subject_ciphertext,
+                oidc_subject_blind_index=oidc_subject_blind_index,
+                real_name_verified=real_name_verified,
+                bound_at=now,
+            )
+        )
+
+    async def replace_recovery_codes(
+        self, subject: str, hashes: Sequence[str], now: datetime
+    ) -> str:
+        """A new batch replaces every earlier code, used or not; returns the batch id."""
+        batch = str(uuid.uuid4())
+        await self._conn.execute(delete(recovery_codes).where(recovery_codes.c.subject == subject))
+        await self._conn.execute(
+            insert(recovery_codes),
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "subject": subject,
+                    "batch_id": batch,
+                    "code_hash": h,
+                    "created_at": now,
+                }
+                for h in hashes
+            ],
+        )
+        return batch
+
+    async def grant_consent(
+        self, subject: str, notice_version: str, purpose: str, channel: str, now: datetime
+    ) -> str:
+        consent_id = str(uuid.uuid4())
+        await self._conn.execute(
+            insert(face_consents).values(
+                id=consent_id,
+                subject=subject,
+                notice_version=notice_version,
+                purpose=purpose,
+                channel=channel,
+                granted_at=now,
+            )
+        )
+        return consent_id
+
+    async def withdraw_consent(self, subject: str, now: datetime) -> int:
+        result = await self._conn.execute(
+            update(face_consents)
+            .where(face_consents.c.subject == subject, face_consents.c.withdrawn_at.is_(None))
+            .values(withdrawn_at=now)
+        )
+        return result.rowcount
+
+    async def erase(self, subject: str, now: datetime) -> None:
+        """Remove enrolments (their ciphertexts are unreadable once the key is destroyed)."""
+        for table in (phones, totp_enrolments, linked_identities, recovery_codes):
+            await self._conn.execute(delete(table).where(table.c.subject == subject))
+        await self._conn.execute(
+            update(accounts).where(accounts.c.subject == subject).values(erased_at=now)
+        )

@@ -1,0 +1,137 @@
+"""The service's tables. Accounts are keyed by the keyed pseudonym of the platform's account id
+(``subject``), never the id in clear; personal data is stored only as ciphertext under the
+account's data key (service/data_keys.py), one-time secrets only as hashes."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
+
+from service.persistence import UtcDateTime, metadata
+
+SUBJECT = String(64)  # hex HMAC-SHA256 pseudonym
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("subject", SUBJECT, primary_key=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    # Set by erasure: the data key is destroyed and enrolments are removed; history stays.
+    Column("erased_at", UtcDateTime(), nullable=True),
+)
+
+phones = Table(
+    "phones",
+    metadata,
+    Column("subject", SUBJECT, ForeignKey("accounts.subject"), primary_key=True),
+    Column("phone_ciphertext", Text, nullable=False),
+    # Keyed digest of the E.164 number: per-destination SMS limits without the number in clear.
+    Column("phone_blind_index", String(64), nullable=False, index=True),
+    Column("masked", String(32), nullable=False),
+    Column("verified", Boolean, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+totp_enrolments = Table(
+    "totp_enrolments",
+    metadata,
+    Column("subject", SUBJECT, ForeignKey("accounts.subject"), primary_key=True),
+    Column("secret_ciphertext", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("confirmed_at", UtcDateTime(), nullable=True),
+    # The last accepted time step: a code for this step or an earlier one is a replay.
+    Column("last_step", BigInteger, nullable=True),
+)
+
+linked_identities = Table(
+    "linked_identities",
+    metadata,
+    Column("subject", SUBJECT, ForeignKey("accounts.subject"), primary_key=True),
+    Column("provider", String(64), primary_key=True),
+    Column("issuer", String(512), nullable=False),
+    Column("oidc_subject_ciphertext", Text, nullable=False),
+    Column("oidc_subject_blind_index", String(64), nullable=False),
+    Column("real_name_verified", Boolean, nullable=False),
+    Column("bound_at", UtcDateTime(), nullable=False),
+)
+
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("subject", SUBJECT, ForeignKey("accounts.subject"), nullable=False, index=True),
+    Column("batch_id", String(36), nullable=False),
+    Column("code_hash", String(200), nullable=False),  # argon2id encoded hash
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),
+)
+
+face_consents = Table(
+    "face_consents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("subject", SUBJECT, ForeignKey("accounts.subject"), nullable=False),
+    Column("notice_version", String(64), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("granted_at", UtcDateTime(), nullable=False),
+    Column("withdrawn_at", UtcDateTime(), nullable=True),
+    Index("ix_face_consents_subject_granted", "subject", "granted_at"),
+)
+
+unlock_requests = Table(
+    "unlock_requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("subject", SUBJECT, nullable=False),
+    # False for an account we do not know: answered like any other, never able to succeed.
+    Column("known_account", Boolean, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("lock_reason", String(32), nullable=False),
+    Column("locale", String(8), nullable=False),
+    Column("risk_level", String(16), nullable=False),
+    Column("risk_score", Integer, nullable=False),
+    Column("policy_version", String(64), nullable=False),
+    Column("policy_sha256", String(64), nullable=False),
+    # The decision as decided: signals, reasons with weights, offer (canonical JSON).
+    Column("decision_json", Text, nullable=False),
+    # The request context (IP, device, geo) encrypted under the account's data key.
+    Column("context_ciphertext", Text, nullable=True),
+    # The decision's audit entry; its log index is looked up through it (audit_log.inbox_id).
+    Column("audit_inbox_id", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_unlock_requests_subject_created", "subject", "created_at"),
+)
+
+verification_attempts = Table(
+    "verification_attempts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("subject", SUBJECT, nullable=False),
+    Column("unlock_request_id", String(36), nullable=True),
+    Column("method", String(32), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_verification_attempts_subject_created", "subject", "created_at"),
+)
+
+__all__ = [
+    "accounts",
+    "face_consents",
+    "linked_identities",
+    "phones",
+    "recovery_codes",
+    "totp_enrolments",
+    "unlock_requests",
+    "verification_attempts",
+]

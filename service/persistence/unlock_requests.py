@@ -1,0 +1,83 @@
+"""Unlock requests and the history the risk engine counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from policy.model import RequestHistory
+from service.persistence.tables import unlock_requests, verification_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockRequestRow:
+    id: str
+    subject: str
+    known_account: bool
+    status: str
+    decision_json: str
+    audit_inbox_id: int
+    created_at: datetime
+    expires_at: datetime
+
+
+_COLUMNS = (
+    unlock_requests.c.id,
+    unlock_requests.c.subject,
+    unlock_requests.c.known_account,
+    unlock_requests.c.status,
+    unlock_requests.c.decision_json,
+    unlock_requests.c.audit_inbox_id,
+    unlock_requests.c.created_at,
+    unlock_requests.c.expires_at,
+)
+
+
+class UnlockRequestRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def history(
+        self, subject: str, now: datetime, velocity_window: timedelta, failures_window: timedelta
+    ) -> RequestHistory:
+        requests = (
+            await self._conn.execute(
+                select(func.count()).where(
+                    unlock_requests.c.subject == subject,
+                    unlock_requests.c.created_at >= now - velocity_window,
+                )
+            )
+        ).scalar_one()
+        failures = (
+            await self._conn.execute(
+                select(func.count()).where(
+                    verification_attempts.c.subject == subject,
+                    verification_attempts.c.outcome == "failure",
+                    verification_attempts.c.created_at >= now - failures_window,
+                )
+            )
+        ).scalar_one()
+        return RequestHistory(recent_unlock_requests=requests, recent_failed_verifications=failures)
+
+    async def insert(self, **values: object) -> None:
+        await self._conn.execute(insert(unlock_requests).values(**values))
+
+    async def get(self, request_id: str) -> UnlockRequestRow | None:
+        row = (
+            await self._conn.execute(select(*_COLUMNS).where(unlock_requests.c.id == request_id))
+        ).first()
+        return None if row is None else UnlockRequestRow(*row)
+
+    async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
+        rows = (
+            await self._conn.execute(
+                select(*_COLUMNS)
+                .where(unlock_requests.c.subject == subject)
+                .order_by(unlock_requests.c.created_at.desc(), unlock_requests.c.id)
+                .limit(limit)
+            )
+        ).all()
+        return [UnlockRequestRow(*r) for r in rows]

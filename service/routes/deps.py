@@ -1,0 +1,31 @@
+"""Dependency providers: the service context and the caller, from app state and the auth result."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from litestar import Request
+from litestar.di import NamedDependency, Provide
+
+from service.auth import principal_of
+from service.context import ServiceContext
+from service.persistence.api_keys import Principal
+
+
+def _context(request: Request[Any, Any, Any]) -> ServiceContext:
+    ctx: ServiceContext = request.app.state.ctx
+    return ctx
+
+
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    return principal_of(request)
+
+
+DEPENDENCIES = {
+    "ctx": Provide(_context, sync_to_thread=False),
+    "principal": Provide(_principal, sync_to_thread=False),
+}
+
+# What handlers declare: `ctx: Ctx` and `principal: Caller` are injected by name.
+Ctx: TypeAlias = NamedDependency[ServiceContext]
+Caller: TypeAlias = NamedDependency[Principal]

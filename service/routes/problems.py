@@ -1,0 +1,53 @@
+"""The problem+json body as the OpenAPI spec declares it, and per-route response declarations."""
+
+from __future__ import annotations
+
+from litestar.openapi import ResponseSpec
+from msgspec import Struct
+
+from service.errors import PROBLEM_JSON
+
+
+class FieldError(Struct):
+    field: str
+    message: str
+
+
+class Problem(Struct, omit_defaults=True, kw_only=True):
+    """RFC 9457 problem details; ``code`` is stable, ``type`` is built from it."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request (the body or a parameter; `errors` names each field)",
+    401: "No or unknown API key",
+    403: "The API key's role may not use this route",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    410: "Gone (personal data erased)",
+    413: "Request body too large",
+    415: "Unsupported media type (send application/json)",
+    422: "Understood but not accepted",
+    429: "Throttled; see Retry-After",
+    503: "Service unavailable",
+}
+COMMON = (400, 401, 403)
+
+
+def problems(*statuses: int) -> dict[int, ResponseSpec]:
+    """Declare these problem responses (plus the ones every guarded route can give)."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_DESCRIPTIONS[status],
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for status in sorted({*COMMON, *statuses})
+    }

@@ -1,0 +1,147 @@
+"""An app over HTTP on a real database (SQLite; PostgreSQL when reachable), a key per role."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from sqlalchemy import text
+
+from service.app import create_app
+from service.context import ServiceContext
+from service.persistence.api_keys import ApiKeyRepository, Role
+from service.settings import Settings
+
+OIDC_PROVIDERS = {
+    "gov-eid": {
+        "issuer": "http://127.0.0.1:9/gov-eid",
+        "client_id": "fairunlock",
+        "client_secret": "test-client-secret",
+        "redirect_uri": "http://127.0.0.1:9/callback",
+    }
+}
+
+PERSONA_REQUEST: dict[str, Any] = {
+    "account_id": "acct-1024",
+    "lock_reason": "suspected_takeover",
+    "locale": "zh-CN",
+    "context": {
+        "ip": "203.0.113.7",
+        "device_id": "d-7f3a",
+        "user_agent": "Mozilla/5.0",
+        "geo": {"country": "CN", "lat": 31.23, "lon": 121.47},
+        "network": "residential",
+        "sim_swap_at": None,
+        "credential_changed_at": None,
+        "account_created_at": "2016-03-02T08:00:00Z",
+        "last_login": {
+            "at": "2026-11-20T09:12:00Z",
+            "device_id": "d-11aa",
+            "geo": {"country": "CN", "lat": 31.20, "lon": 121.44},
+        },
+        "known_device_ids": ["d-11aa", "d-5c02"],
+    },
+}
+
+
+@dataclass
+class Api:
+    """A running app, its test client and one bearer header per role."""
+
+    app: Litestar
+    client: TestClient[Litestar]
+    keys: dict[Role, str]
+
+    def headers(self, role: Role | None = Role.FRONTEND) -> dict[str, str]:
+        return {} if role is None else {"Authorization": f"Bearer {self.keys[role]}"}
+
+    @property
+    def ctx(self) -> ServiceContext:
+        ctx: ServiceContext = self.app.state.ctx
+        return ctx
+
+    def set_clock(self, clock: Callable[[], datetime]) -> None:
+        self.app.state.ctx = dataclasses.replace(self.ctx, clock=clock)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an async function on the app's event loop (its engine lives there)."""
+        with self.client.portal() as portal:
+            return portal.call(fn, *args)
+
+    def count(self, table: str) -> int:
+        async def count() -> int:
+            async with self.app.state.engine.connect() as conn:
+                return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+        return int(self.run(count))
+
+    def dump(self) -> str:
+        """Every row of every table, as text: for searching secrets at rest."""
+
+        async def dump() -> str:
+            from service.schema import ALL_METADATA
+
+            out: list[str] = []
+            async with self.app.state.engine.connect() as conn:
+                for metadata in ALL_METADATA:
+                    for table in metadata.sorted_tables:
+                        for row in (await conn.execute(table.select())).all():
+                            for value in row:
+                                if isinstance(value, bytes):
+                                    out.append(value.decode("utf-8", "replace"))
+                                    out.append(value.hex())
+                                else:
+                                    out.append(str(value))
+            return "\n".join(out)
+
+        return str(self.run(dump))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'fairunlock.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: Any) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        oidc_providers_json=json.dumps(OIDC_PROVIDERS),
+        **overrides,
+    )
+
+
+@pytest.fixture
+def api(tmp_path: Path, database_url: str) -> Iterator[Api]:
+    yield from _api(tmp_path, database_url)
+
+
+@pytest.fixture
+def sqlite_api(tmp_path: Path) -> Iterator[Api]:
+    """For tests whose subject is not the database: SQLite only, to keep the suite fast."""
+    yield from _api(tmp_path, None)
+
+
+def _api(tmp_path: Path, database_url: str | None) -> Iterator[Api]:
+    app = create_app(make_settings(tmp_path, database_url))
+    with TestClient(app) as client:
+
+        async def create_keys() -> dict[Role, str]:
+            async with app.state.engine.begin() as conn:
+                repo = ApiKeyRepository(conn)
+                return {role: await repo.create(role, f"test-{role.value}") for role in Role}
+
+        with client.portal() as portal:
+            keys = portal.call(create_keys)
+        yield Api(app=app, client=client, keys=keys)

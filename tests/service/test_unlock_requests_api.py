@@ -1,0 +1,183 @@
+"""POST/GET /v1/unlock-requests over HTTP on SQLite and PostgreSQL: the decision object exactly as
+DESIGN.md shows it, principles 1-3 (FRM-10, PIPL-24, GDPR-22), anti-enumeration (OWASP-FP-1/2)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.persistence.api_keys import Role
+from tests.service.conftest import PERSONA_REQUEST, Api
+
+DECISION_FIELDS = {
+    "id", "account_id", "status", "risk", "offer", "factors_satisfied", "explanation", "review",
+    "policy", "audit", "created_at", "expires_at",
+}  # fmt: skip
+
+
+def _enrol_persona(api: Api, account_id: str = "acct-1024", *, consent: bool = False) -> None:
+    h = api.headers()
+    assert (
+        api.client.put(
+            f"/v1/accounts/{account_id}/phone", json={"phone": "+8613800005678"}, headers=h
+        ).status_code
+        == 200
+    )
+    r = api.client.put(
+        f"/v1/accounts/{account_id}/linked-identities/gov-eid",
+        json={"subject": "248289761001", "real_name_verified": True},
+        headers=h,
+    )
+    assert r.status_code == 200, r.text
+    if consent:
+        version = api.client.get("/v1/face-consent/notice", headers=h).json()["version"]
+        r = api.client.put(
+            f"/v1/accounts/{account_id}/face-consent",
+            json={"notice_version": version, "purpose": "account_unlock", "accepted": True},
+            headers=h,
+        )
+        assert r.status_code == 200, r.text
+
+
+def _post(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
+    assert r.status_code == 201, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def test_design_persona_decision_has_every_field_of_the_contract(api: Api) -> None:
+    _enrol_persona(api, consent=True)
+    d = _post(api, PERSONA_REQUEST)
+    assert set(d) >= DECISION_FIELDS
+    assert d["account_id"] == "acct-1024"
+    assert d["status"] == "pending_verification"
+    assert d["risk"]["level"] == "medium"
+    assert {"NEW_DEVICE", "LONG_STANDING_ACCOUNT"} <= {r["code"] for r in d["risk"]["reasons"]}
+    assert all(r["message"] and "weight" not in r for r in d["risk"]["reasons"])
+    methods = d["offer"]["methods"]
+    assert [m["method"] for m in methods] == ["linked_identity", "sms", "face"]
+    assert methods[0]["provider"] == "gov-eid"
+    assert methods[1]["target"] == "+86 138****5678"
+    assert methods[2] == {
+        "method": "face",
+        "biometric": True,
+        "optional_alternative": True,
+        "strength": "strong",
+    }
+    assert {"method": "totp", "reason": "NOT_ENROLLED"}.items() <= d["offer"]["not_offered"][
+        0
+    ].items()
+    assert d["offer"]["factors_required"] == 1
+    assert d["factors_satisfied"] == []
+    assert "人工复核" in d["explanation"]  # zh-CN, as the request asked
+    assert d["review"]["available"] is True
+    assert d["review"]["appeal_path"] == f"/v1/unlock-requests/{d['id']}/appeals"
+    assert d["policy"]["version"] == api.ctx.policy.version
+    assert re.fullmatch(r"[0-9a-f]{64}", d["policy"]["sha256"])
+    assert isinstance(d["audit"]["index"], int)
+    assert d["audit"]["index"] >= 0
+
+    again = api.client.get(f"/v1/unlock-requests/{d['id']}", headers=api.headers())
+    assert again.status_code == 200
+    assert again.json() == d
+
+
+def test_critical_request_goes_to_review_and_is_never_denied(api: Api) -> None:
+    _enrol_persona(api)
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["context"].update(network="tor", geo={"country": "DE", "lat": 52.52, "lon": 13.40})
+    body["context"]["last_login"]["at"] = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    d = _post(api, body)
+    assert d["risk"]["level"] == "critical"
+    assert d["status"] == "review_required"
+    assert d["review"]["required"] is True
+    assert "LEVEL_REQUIRES_REVIEW" in {r["code"] for r in d["review"]["reasons"]}
+
+
+def test_sim_swap_yesterday_withdraws_sms_over_http(api: Api) -> None:
+    _enrol_persona(api)
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["context"]["sim_swap_at"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    d = _post(api, body)
+    assert "sms" not in [m["method"] for m in d["offer"]["methods"]]
+    assert {"method": "sms", "reason": "SIM_SWAP_RECENT"}.items() <= next(
+        n for n in d["offer"]["not_offered"] if n["method"] == "sms"
+    ).items()
+
+
+def test_decision_expires_when_its_time_passes(api: Api) -> None:
+    _enrol_persona(api)
+    d = _post(api, PERSONA_REQUEST)
+    later = datetime.fromisoformat(d["expires_at"]) + timedelta(seconds=1)
+    api.set_clock(lambda: later)
+    assert (
+        api.client.get(f"/v1/unlock-requests/{d['id']}", headers=api.headers()).json()["status"]
+        == "expired"
+    )
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_unknown_account_gets_the_same_status_and_shape(api: Api) -> None:
+    _enrol_persona(api)
+    known = _post(api, PERSONA_REQUEST)
+    unknown_body = copy.deepcopy(PERSONA_REQUEST)
+    unknown_body["account_id"] = "acct-never-seen"
+    unknown = _post(api, unknown_body)
+    assert unknown["status"] == known["status"]
+    assert _shape(unknown["review"]) == _shape(known["review"])
+    assert set(unknown) == set(known)
+    assert unknown["offer"]["methods"], "an unknown account must look like it has methods"
+    sms = [m for m in unknown["offer"]["methods"] if m["method"] == "sms"]
+    assert sms
+    assert re.fullmatch(r"\+86 13\d\*{4}\d{4}", sms[0]["target"])
+    # Stable: the same unknown id always looks the same.
+    assert _post(api, unknown_body)["offer"] == unknown["offer"]
+
+
+def test_decisions_are_listed_for_the_person_with_explanations(api: Api) -> None:
+    _enrol_persona(api)
+    first = _post(api, PERSONA_REQUEST)
+    second = _post(api, PERSONA_REQUEST)
+    r = api.client.get("/v1/accounts/acct-1024/decisions", headers=api.headers())
+    assert r.status_code == 200
+    listed = r.json()["decisions"]
+    assert [d["id"] for d in listed] == [second["id"], first["id"]]
+    assert all(d["explanation"] for d in listed)
+
+
+def test_repeated_requests_raise_the_recorded_velocity(api: Api) -> None:
+    _enrol_persona(api)
+    codes = []
+    for _ in range(api.ctx.policy.thresholds.velocity_threshold + 1):
+        codes.append({r["code"] for r in _post(api, PERSONA_REQUEST)["risk"]["reasons"]})
+    assert "REQUEST_VELOCITY" not in codes[0]
+    assert "REQUEST_VELOCITY" in codes[-1]
+
+
+def test_unknown_request_id_is_404_problem(api: Api) -> None:
+    r = api.client.get(
+        "/v1/unlock-requests/00000000-0000-0000-0000-000000000000", headers=api.headers()
+    )
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] == "unlock_request_not_found"
+
+
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.AUDITOR])
+def test_policy_route_shows_version_and_hash(api: Api, role: Role) -> None:
+    r = api.client.get("/v1/policy", headers=api.headers(role))
+    assert r.status_code == 200
+    assert r.json()["sha256"] == api.ctx.policy.sha256
+    assert "policy" in r.json()["document"]
