@@ -20,6 +20,7 @@ from audit.merkle import leaf_hash, root_from_leaf_hashes
 from audit.store import (
     AuditStore,
     AuditStoreError,
+    GroupAppender,
     append_event,
     append_event_now,
     audit_inbox,
@@ -246,25 +247,62 @@ def test_failed_commit_of_append_event_now_raises_on_postgres(postgres_url: str)
     with_engine(postgres_url, body)
 
 
+async def install_commit_refusal(engine: AsyncEngine) -> None:
+    """SQLite: a deferred foreign key is checked at COMMIT: the INSERT succeeds, COMMIT fails."""
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+        await conn.execute(
+            text(
+                "CREATE TABLE child (parent_id INTEGER REFERENCES parent(id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_commit AFTER INSERT ON audit_inbox "
+                "BEGIN INSERT INTO child VALUES (-1); END"
+            )
+        )
+
+
 def test_failed_commit_of_append_event_now_raises_on_sqlite(sqlite_url: str) -> None:
     async def body(engine: AsyncEngine) -> None:
-        # A deferred foreign key is checked at COMMIT: the INSERT succeeds, the COMMIT fails.
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
-            await conn.execute(
-                text(
-                    "CREATE TABLE child (parent_id INTEGER REFERENCES parent(id) "
-                    "DEFERRABLE INITIALLY DEFERRED)"
-                )
-            )
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER refuse_commit AFTER INSERT ON audit_inbox "
-                    "BEGIN INSERT INTO child VALUES (-1); END"
-                )
-            )
+        await install_commit_refusal(engine)
         with pytest.raises(DBAPIError, match="FOREIGN KEY constraint failed"):
             await append_event_now(engine, make_event(1))
+        assert await count(engine, audit_inbox) == 0
+
+    with_engine(sqlite_url, body)
+
+
+def test_group_appender_acknowledges_each_entry_after_its_shared_commit(db_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        appender = GroupAppender(engine, max_batch=64)
+        ids = await asyncio.gather(*(appender.append(make_event(n)) for n in range(300)))
+        assert len(set(ids)) == 300
+        await integrate_all(engine, signer, ORIGIN)
+        async with engine.connect() as conn:
+            store = AuditStore(conn)
+            indices = [await store.index_of(i) for i in ids]
+            leaves = await store.leaves(0, 300)
+        # Each caller's id names its own event.
+        for n, index in enumerate(indices):
+            assert index is not None
+            assert decode_entry(leaves[index])["data"] == {"n": n}
+
+    with_engine(db_url, body)
+
+
+def test_group_appender_failed_commit_raises_in_every_caller(sqlite_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        await install_commit_refusal(engine)
+        appender = GroupAppender(engine)
+        results = await asyncio.gather(
+            *(appender.append(make_event(n)) for n in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, DBAPIError) for r in results), results
         assert await count(engine, audit_inbox) == 0
 
     with_engine(sqlite_url, body)
