@@ -28,6 +28,7 @@ from audit.verify import (
     log_marker,
 )
 
+_BUNDLE_FILES = (ENTRIES_FILE, CHECKPOINT_FILE, PREFIX_FILE, PUBLIC_KEY_FILE)
 # Lines per write: large enough that per-write overhead vanishes, small enough to stay flat.
 _WRITE_BATCH = 8192
 
@@ -64,6 +65,10 @@ def write_bundle(
         # The verifier checks the checkpoint under the key name = origin (C2SP recommends it).
         raise BundleError(f"signer key name {signer.name!r} is not the origin {origin!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*_BUNDLE_FILES, MANIFEST_FILE, MANIFEST_SIGNATURE_FILE):
+        if (out_dir / name).exists():
+            # Checked up front so a refused export leaves nothing half-written behind.
+            raise FileExistsError(f"{out_dir / name} exists; an export never overwrites")
 
     compact = prefix.copy()
     hashes = compact.hashes

@@ -144,6 +144,9 @@ def _canonical(obj: Mapping[str, Any], what: str) -> bytes:
 
 
 def _event_fields(event: AuditEvent) -> dict[str, Any]:
+    # Checked again here: the dataclass is frozen but `data` is the caller's mapping, which may
+    # have been mutated (say, a float added) after the event was built.
+    _check_json_value(event.data, "data")
     return {
         "v": FORMAT_VERSION,
         "time": format_time(event.time),

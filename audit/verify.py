@@ -58,6 +58,8 @@ _ED25519_SIGNATURE_SIZE = 64
 ENTRY_LINE_START = b'{"actor":'
 ENTRY_LINE_END = b',"v":1}'
 ENTRY_INDEX_KEY = b',"index":'
+# The leaf's keys (audit/entry.py, repeated here because the verifier may not import it).
+ENTRY_KEYS = frozenset({"actor", "data", "index", "kind", "log", "subject", "time", "v"})
 
 
 def log_marker(origin: str) -> bytes:
@@ -409,7 +411,7 @@ def _verify_entries(
                 ):
                     raise _describe_bad_line(line, line_no, size, log_json)
                 if full_parse:
-                    _full_parse(line, line_no)
+                    _full_parse(line, line_no, size, manifest.origin)
                 # Leaf hash and RFC 9162 §2.1.2 merge, inlined: this loop is the verifier's cost.
                 hashes.append(sha256(b"\x00" + line).digest())
                 bits = size
@@ -436,17 +438,22 @@ def _verify_entries(
     return CompactRange(size, hashes), snapshot_root
 
 
-def _full_parse(line: bytes, line_no: int) -> None:
+def _full_parse(line: bytes, line_no: int, index: int, origin: str) -> None:
+    """json.loads the line and check its top-level fields (the --full-parse option)."""
+
+    def fail(message: str) -> VerificationError:
+        return VerificationError("entry", f"{ENTRIES_FILE} line {line_no}: {message}", line_no)
+
     try:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VerificationError(
-            "entry", f"{ENTRIES_FILE} line {line_no}: not JSON ({exc})", line_no
-        ) from None
+        raise fail(f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
-        raise VerificationError(
-            "entry", f"{ENTRIES_FILE} line {line_no}: not a JSON object", line_no
-        )
+        raise fail("not a JSON object")
+    if set(obj) != ENTRY_KEYS:
+        raise fail(f"keys are {sorted(obj)}, expected {sorted(ENTRY_KEYS)}")
+    if obj["index"] != index or obj["log"] != origin or obj["v"] != 1:
+        raise fail("index, log or v differ from the byte-level reading (nested look-alike keys)")
 
 
 def verify_bundle(

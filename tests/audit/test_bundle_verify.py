@@ -571,6 +571,25 @@ def test_full_parse_option_also_passes_genuine_bundles(
     assert code == 0, err
 
 
+def test_full_parse_catches_a_look_alike_the_byte_check_accepts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, key_file: Path
+) -> None:
+    """The documented limit of the fast path: a line that is not an entry but carries the
+    expected index and log bytes nested in `data` is only caught by --full-parse. Such a line
+    must have been signed into the tree, which encode_entry never produces."""
+    look_alike = (
+        b'{"actor":"a","data":{"x":[],"index":5,"kind":"decision","log":"'
+        + ORIGIN.encode()
+        + b'","subject":null},"kind":"decision","time":"2026-11-22T03:00:00.000000Z","v":1}'
+    )
+    bundle = _bundle(tmp_path / "odd", [*LOG[:5], look_alike, *LOG[6:10]])
+    code, _, err = _run(capsys, bundle, key_file)
+    assert code == 0, err
+    code, _, err = _run(capsys, bundle, key_file, "--full-parse")
+    assert code == 1
+    assert "FAILED entry: entries.jsonl line 6: keys are" in err
+
+
 # --- writer refuses what would not verify -------------------------------------------------------
 
 
@@ -629,6 +648,17 @@ def test_writer_never_overwrites_an_existing_bundle(bundle: Path) -> None:
     with pytest.raises(FileExistsError):
         _bundle(bundle, LOG, end=5)
     assert (bundle / ENTRIES_FILE).read_bytes() == before
+
+
+def test_writer_refuses_a_directory_with_any_bundle_file_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "partial"
+    target.mkdir()
+    (target / MANIFEST_SIGNATURE_FILE).write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        _bundle(target, LOG, end=5)
+    assert sorted(path.name for path in target.iterdir()) == [MANIFEST_SIGNATURE_FILE]
 
 
 def test_empty_log_bundle_has_the_empty_root(tmp_path: Path) -> None:

@@ -253,3 +253,13 @@ def test_payload_must_have_exactly_the_payload_keys() -> None:
     line = encode_entry(5, ORIGIN, _event())
     with pytest.raises(EntryError, match="keys are"):
         payload_to_event(line)
+
+
+def test_data_mutated_after_construction_is_checked_again_when_encoding() -> None:
+    data: dict[str, Any] = {"attempt": 1}
+    event = _event(data=data)
+    data["score"] = 0.5  # the caller's dict is shared with the frozen event
+    with pytest.raises(EntryError, match="float"):
+        encode_entry(0, ORIGIN, event)
+    with pytest.raises(EntryError, match="float"):
+        event_to_payload(event)
