@@ -28,6 +28,7 @@ from service.routes.health import HealthController
 from service.routes.policy import PolicyController
 from service.routes.unlock_requests import UnlockRequestController
 from service.schema import upgrade
+from service.sealer import Sealer
 from service.settings import Settings
 
 API_TITLE = "FairUnlock"
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> Litestar:
         signer=audit_signer,
         notice=load_shipped_notice(),
         oidc_providers=settings.oidc_providers,
+        sealer=Sealer(keystore.master_key),
     )
 
     @asynccontextmanager

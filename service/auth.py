@@ -7,7 +7,7 @@ table to prove it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -22,7 +22,7 @@ from service.persistence.api_keys import ApiKeyRepository, Principal, Role
 PUBLIC_OPT = "public"
 MAX_KEY_LENGTH = 200
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
 class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
@@ -53,7 +53,8 @@ def require_roles(*roles: Role) -> Guard:
     allowed = frozenset(roles)
     names = ", ".join(sorted(r.value for r in allowed))
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # Async so Litestar keeps the function itself (a sync guard gets wrapped), and with it `.roles`.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
         if not isinstance(principal, Principal):
             raise NotAuthorizedException("Authentication required.")

@@ -13,6 +13,7 @@ from policy.config import Policy
 from service.data_keys import DataKeys
 from service.notice import FaceNotice
 from service.providers import OidcProvider
+from service.sealer import Sealer
 from service.settings import Settings
 
 
@@ -29,6 +30,7 @@ class ServiceContext:
     signer: CheckpointSigner
     notice: FaceNotice
     oidc_providers: Mapping[str, OidcProvider]
+    sealer: Sealer
     clock: Callable[[], datetime] = utc_now
 
     @property

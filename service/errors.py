@@ -8,6 +8,7 @@ URI built from it, and never a stack trace.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,17 +121,28 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+_NAMED_FIELD = re.compile(r"(?:missing required field|contains unknown field) `([^`]+)`")
+
+
+def _field_name(key: str, message: str) -> str:
+    """The dotted path of the offending field; msgspec names the parent for missing/unknown ones."""
+    parent = "" if key in {"", "data", "body"} else key
+    named = _NAMED_FIELD.search(message)
+    if named:
+        return f"{parent}.{named.group(1)}" if parent else named.group(1)
+    return parent or "body"
+
+
 def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     if isinstance(exc.extra, list):
         for item in exc.extra:
             if isinstance(item, dict):
-                errors.append(
-                    {
-                        "field": str(item.get("key") or item.get("source") or "body"),
-                        "message": str(item.get("message", "invalid")),
-                    }
-                )
+                message = str(item.get("message", "invalid"))
+                key = str(item.get("key") or "")
+                if item.get("source") not in (None, "body"):
+                    key = key or str(item.get("source"))
+                errors.append({"field": _field_name(key, message), "message": message})
     return errors
 
 
@@ -156,6 +168,13 @@ def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response
     return handle_unexpected(request, exc)
 
 
+def handle_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # msgspec refuses JSON nested past the recursion limit: that is bad input, not a bug.
+    return problem_response(
+        400, "body_too_deep", "Bad request", "The JSON body is nested too deeply."
+    )
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     # A 500 is a bug: log it with its traceback, answer without one.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -171,6 +190,7 @@ EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     ValidationException: handle_validation,
     HTTPException: handle_http,
     DomainError: handle_domain,
+    RecursionError: handle_too_deep,
     Exception: handle_unexpected,
 }
 

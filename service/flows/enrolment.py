@@ -27,6 +27,7 @@ from service.flows.audit_trail import record
 from service.methods import recovery_codes, totp
 from service.methods.phone import mask, normalize_e164
 from service.persistence.accounts import AccountRepository, AccountSnapshot, ConsentRecord
+from service.persistence.unlock_requests import UnlockRequestRepository
 
 TOTP_AAD = b"totp_secret"
 PHONE_AAD = b"phone"
@@ -276,6 +277,7 @@ async def erase(ctx: ServiceContext, actor: str, account_id: str) -> tuple[bool,
         repo = AccountRepository(conn)
         await repo.withdraw_consent(subject, now)
         await repo.erase(subject, now)
+        await UnlockRequestRepository(conn).forget_account_id(subject)
         inbox_id = await record(
             conn, ctx, EntryKind.ERASURE, actor, subject, {"key_destroyed": existed}, now
         )

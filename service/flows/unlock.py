@@ -41,6 +41,8 @@ from service.persistence.accounts import AccountRepository, AccountSnapshot
 from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
 
 CONTEXT_AAD = b"unlock_request_context"
+ACCOUNT_ID_PURPOSE = b"unlock_request.account_id"
+ERASED = "[erased]"
 MAX_LISTED = 100
 
 
@@ -269,7 +271,8 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
             now,
         )
         stored = StoredDecision(
-            decision=out,
+            # The account id rests sealed in its own column, never in the stored JSON.
+            decision=msgspec.structs.replace(out, account_id=""),
             score=decision.assessment.score,
             weights={r.code.value: r.weight for r in decision.assessment.reasons},
             floors_applied=[c.value for c in decision.assessment.floors_applied],
@@ -277,6 +280,7 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
         await UnlockRequestRepository(conn).insert(
             id=request_id,
             subject=subject,
+            account_id_sealed=ctx.sealer.seal(body.account_id, ACCOUNT_ID_PURPOSE),
             known_account=known,
             status=out.status,
             lock_reason=body.lock_reason.value,
@@ -305,16 +309,20 @@ async def get(ctx: ServiceContext, request_id: str) -> dto.DecisionOut:
         if row is None:
             raise UnlockRequestNotFound("No unlock request with this id.")
         index = await AuditStore(conn).index_of(row.audit_inbox_id)
-    return _with_state(row, index, now)
+    return _with_state(ctx, row, index, now)
 
 
-def _with_state(row: UnlockRequestRow, index: int | None, now: datetime) -> dto.DecisionOut:
+def _with_state(
+    ctx: ServiceContext, row: UnlockRequestRow, index: int | None, now: datetime
+) -> dto.DecisionOut:
     stored = _DECODER.decode(row.decision_json)
     status = row.status
     if status == "pending_verification" and now >= row.expires_at:
         status = "expired"
+    sealed = row.account_id_sealed
+    account_id = ERASED if sealed is None else ctx.sealer.open(sealed, ACCOUNT_ID_PURPOSE)
     return msgspec.structs.replace(
-        stored.decision, status=status, audit=dto.AuditRefOut(index=index)
+        stored.decision, account_id=account_id, status=status, audit=dto.AuditRefOut(index=index)
     )
 
 
@@ -324,4 +332,6 @@ async def list_for_account(ctx: ServiceContext, account_id: str) -> list[dto.Dec
     async with ctx.engine.connect() as conn:
         rows = await UnlockRequestRepository(conn).for_subject(subject, MAX_LISTED)
         store = AuditStore(conn)
-        return [_with_state(row, await store.index_of(row.audit_inbox_id), now) for row in rows]
+        return [
+            _with_state(ctx, row, await store.index_of(row.audit_inbox_id), now) for row in rows
+        ]

@@ -93,6 +93,8 @@ unlock_requests = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("subject", SUBJECT, nullable=False),
+    # The platform's account id, sealed (service/sealer.py); removed by erasure.
+    Column("account_id_sealed", Text, nullable=True),
     # False for an account we do not know: answered like any other, never able to succeed.
     Column("known_account", Boolean, nullable=False),
     Column("status", String(32), nullable=False),

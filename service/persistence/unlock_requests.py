@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from policy.model import RequestHistory
@@ -16,6 +16,7 @@ from service.persistence.tables import unlock_requests, verification_attempts
 class UnlockRequestRow:
     id: str
     subject: str
+    account_id_sealed: str | None
     known_account: bool
     status: str
     decision_json: str
@@ -27,6 +28,7 @@ class UnlockRequestRow:
 _COLUMNS = (
     unlock_requests.c.id,
     unlock_requests.c.subject,
+    unlock_requests.c.account_id_sealed,
     unlock_requests.c.known_account,
     unlock_requests.c.status,
     unlock_requests.c.decision_json,
@@ -81,3 +83,11 @@ class UnlockRequestRepository:
             )
         ).all()
         return [UnlockRequestRow(*r) for r in rows]
+
+    async def forget_account_id(self, subject: str) -> None:
+        """Erasure: the account id sealed on its requests is removed; the decisions stay."""
+        await self._conn.execute(
+            update(unlock_requests)
+            .where(unlock_requests.c.subject == subject)
+            .values(account_id_sealed=None)
+        )

@@ -52,6 +52,7 @@ def upgrade() -> None:
         "unlock_requests",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("subject", sa.String(length=64), nullable=False),
+        sa.Column("account_id_sealed", sa.Text(), nullable=True),
         sa.Column("known_account", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("lock_reason", sa.String(length=32), nullable=False),

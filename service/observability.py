@@ -1,0 +1,442 @@
+"""Operations: request ids, JSON logs without secrets, Prometheus metrics, readiness.
+
+Wiring, in ``service/app.py``'s ``create_app`` (nothing here runs at import)::
+
+    from service.observability import Metrics, OperationsController, configure_logging
+    from service.observability import install_observability
+
+    configure_logging(settings.log_level)          # idempotent; every worker calls create_app
+    metrics = Metrics()
+    app = Litestar(route_handlers=[..., OperationsController], ...)   # middleware unchanged
+    install_observability(app, metrics)            # after Litestar(...), before returning app
+    app.state.metrics = metrics                    # /metrics and the unlock route read it
+
+``install_observability`` wraps Litestar's outermost ASGI handler (as Litestar does itself for its
+OpenTelemetry plugin), so the request id, the access log line and the metrics cover *every* HTTP
+response: also 401s raised by the authentication middleware and 404/405s for paths no route
+matches. ``observability_middleware(metrics)`` returns the same middleware for
+``Litestar(middleware=[...])`` instead, but Litestar runs that list only for matched routes and
+responses made from exceptions raised by later middleware (the 401s) bypass its ``send``: use it
+only where that is acceptable.
+
+Metrics are per process: with several uvicorn workers each scrape sees one worker's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any, Final
+
+from litestar import Controller, Litestar, Request, Response, get
+from litestar.enums import ScopeType
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import ResponseSpec
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.errors import PROBLEM_JSON, TYPE_BASE, problem_response
+from service.routes.problems import Problem
+
+__all__ = [
+    "REDACTED",
+    "REQUEST_ID_HEADER",
+    "JsonFormatter",
+    "Metrics",
+    "ObservabilityMiddleware",
+    "OperationsController",
+    "RedactingFilter",
+    "configure_logging",
+    "current_request_id",
+    "install_observability",
+    "observability_middleware",
+    "redact",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_HEADER_B = REQUEST_ID_HEADER.lower().encode("latin-1")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+UNMATCHED_ROUTE = "<unmatched>"  # one label for every path no route matches: bounded cardinality
+READINESS_TIMEOUT_S = 2.0
+
+_request_id: ContextVar[str | None] = ContextVar("fairunlock_request_id", default=None)
+
+access_log = logging.getLogger("fairunlock.access")
+log = logging.getLogger("fairunlock.observability")
+
+
+def current_request_id() -> str | None:
+    """The id of the request this code runs for, or None outside a request."""
+    return _request_id.get()
+
+
+# -- Redaction ---------------------------------------------------------------------------------
+
+REDACTED: Final = "[redacted]"
+
+_SECRET_PATTERNS = re.compile(
+    "|".join(
+        (
+            # API keys: "fu_" + token_urlsafe (service/persistence/api_keys.py).
+            r"(?<![A-Za-z0-9])fu_[A-Za-z0-9_-]{8,}",
+            # JWS/JWT (and the first parts of a JWE): the header is base64url JSON, so "eyJ".
+            r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}",
+            # E.164 phone numbers.
+            r"\+\d{8,15}\b",
+            # Base32 TOTP secrets (pyotp's are upper case), padding included.
+            r"\b[A-Z2-7]{16,}=*",
+            # One-time and recovery codes of 6-8 digits; \b keeps digits inside hex ids intact.
+            r"\b\d{6,8}\b",
+        )
+    )
+)
+
+
+def redact(value: str) -> str:
+    """``value`` with everything that looks like a secret replaced by ``[redacted]``."""
+    return _SECRET_PATTERNS.sub(REDACTED, value)
+
+
+def _redact_any(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_any(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_any(v) for v in value]
+    return value
+
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record so no secret reaches a handler: the formatted message and every extra.
+
+    Installed on the handler (not a logger) because logger filters do not see records that
+    propagate from child loggers.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Formatting first means secrets passed as %-args (strings or ints) are caught too.
+        record.msg = redact(record.getMessage())
+        record.args = None
+        for key, value in _extra_fields(record).items():
+            setattr(record, key, _redact_any(value))
+        return True
+
+
+# -- JSON logs ---------------------------------------------------------------------------------
+
+
+def _rfc3339(created: float) -> str:
+    return (
+        datetime.fromtimestamp(created, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, extras, error."""
+
+    def __init__(self, *, include_traceback: bool = False) -> None:
+        super().__init__()
+        self.include_traceback = include_traceback
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": _rfc3339(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = _request_id.get()
+        if request_id is not None:
+            out["request_id"] = redact(request_id)
+        for key, value in _extra_fields(record).items():
+            out.setdefault(key, value)  # extras never overwrite the fields above
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            # Exception messages can quote input: they are redacted like everything else.
+            error: dict[str, Any] = {"type": type(exc).__name__, "message": redact(str(exc))}
+            if self.include_traceback:
+                error["traceback"] = redact("".join(traceback.format_exception(exc)))
+            out["error"] = error
+        return json.dumps(out, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+_HANDLER_MARK = "_fairunlock_json_handler"
+_OWN_LOGGERS = ("fairunlock", "service", "audit", "policy")
+# uvicorn installs its own handlers (and stops propagation); routing them through ours keeps
+# every line JSON and redacted.
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
+    """Send every log record to ``stream`` (stderr) as redacted JSON lines. Safe to call again.
+
+    Tracebacks are included only at DEBUG; above it an exception is its type and message.
+    """
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter(include_traceback=numeric <= logging.DEBUG))
+    handler.addFilter(RedactingFilter())
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    for name in _OWN_LOGGERS:
+        logging.getLogger(name).setLevel(numeric)
+    for name in _UVICORN_LOGGERS:
+        uvicorn_logger = logging.getLogger(name)
+        for old in list(uvicorn_logger.handlers):
+            uvicorn_logger.removeHandler(old)
+        uvicorn_logger.propagate = True
+
+
+# -- Metrics -----------------------------------------------------------------------------------
+
+# 1 ms ... 2.5 s: the p99 target is 25 ms, so the low end is fine-grained.
+LATENCY_BUCKETS_S: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own (never the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "fairunlock_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "fairunlock_http_request_duration_seconds",
+            "Time from receiving a request to the end of its response.",
+            ("method", "route"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "fairunlock_decisions",
+            "Unlock decisions made, by risk level and status.",
+            ("level", "status"),
+            registry=self.registry,
+        )
+        self.offers_with_face = Counter(
+            "fairunlock_offers_with_face",
+            "Decisions whose offer lists face verification (always as an optional alternative).",
+            registry=self.registry,
+        )
+        self.review_cases_overdue = Gauge(
+            "fairunlock_review_cases_overdue",
+            "Open review cases past their due time.",
+            registry=self.registry,
+        )
+        self.audit_backlog = Gauge(
+            "fairunlock_audit_backlog",
+            "Audit entries written but not yet integrated into the log.",
+            registry=self.registry,
+        )
+
+    def observe_request(self, method: str, route: str, status: int, duration_s: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(duration_s)
+
+    def record_decision(self, level: str, status: str, offered_face: bool) -> None:
+        self.decisions.labels(str(level), str(status)).inc()
+        if offered_face:
+            self.offers_with_face.inc()
+
+    def set_review_cases_overdue(self, count: int) -> None:
+        self.review_cases_overdue.set(count)
+
+    def set_audit_backlog(self, count: int) -> None:
+        self.audit_backlog.set(count)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# -- The middleware ----------------------------------------------------------------------------
+
+
+def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == _REQUEST_ID_HEADER_B:
+            candidate = value.decode("latin-1")
+            return candidate if _SANE_REQUEST_ID.fullmatch(candidate) else None
+    return None
+
+
+class ObservabilityMiddleware:
+    """Plain ASGI: request id (header, scope state, log context), one access line, metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (_REQUEST_ID_HEADER_B, request_id.encode("latin-1"))
+        method = scope["method"]
+        path = scope["path"]  # read now: routing rewrites it; ASGI paths carry no query string
+        status = 500  # if the app ends without answering, the server answers 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", ()) if h[0] != header[0]]
+                headers.append(header)
+                message["headers"] = headers
+            await send(message)
+
+        token = _request_id.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Only reached when mounted as route middleware and a later middleware raised
+            # (e.g. 401 from authentication): Litestar's outer handler will answer with this.
+            status = getattr(exc, "status_code", 500)
+            raise
+        finally:
+            duration = time.perf_counter() - started
+            route = scope.get("path_template") or UNMATCHED_ROUTE
+            self.metrics.observe_request(method, route, status, duration)
+            if access_log.isEnabledFor(logging.INFO):
+                user = scope.get("user")
+                access_log.info(
+                    "%s %s %s",
+                    method,
+                    path,
+                    status,
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 3),
+                        "api_key_name": getattr(user, "name", None),
+                    },
+                )
+            _request_id.reset(token)
+
+
+def install_observability(app: Litestar, metrics: Metrics) -> None:
+    """Wrap the app's outermost HTTP handler so every response is observed (see module doc)."""
+    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, metrics)
+
+
+def observability_middleware(metrics: Metrics) -> list[DefineMiddleware]:
+    """The same middleware for ``Litestar(middleware=...)``; covers matched routes only."""
+    return [DefineMiddleware(ObservabilityMiddleware, metrics=metrics)]
+
+
+# -- Operations routes -------------------------------------------------------------------------
+
+_METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";", 1)[0]
+
+
+class OperationsController(Controller):
+    path = "/"
+    tags = ["operations"]  # noqa: RUF012 - Litestar reads this class attribute
+
+    @get(
+        "/health/ready",
+        opt={"public": True},
+        summary="Readiness",
+        operation_id="health_ready",
+        responses={
+            503: ResponseSpec(
+                data_container=Problem,
+                description="The database did not answer",
+                media_type=PROBLEM_JSON,
+                generate_examples=False,
+            )
+        },
+    )
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+        """Ready when the database answers `SELECT 1` within 2 s; otherwise 503."""
+        engine: AsyncEngine = request.app.state.engine
+        try:
+            await asyncio.wait_for(_select_one(engine), timeout=READINESS_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("readiness: database timed out", extra={"timeout_s": READINESS_TIMEOUT_S})
+            return _unavailable(f"The database did not answer within {READINESS_TIMEOUT_S:g} s.")
+        except Exception as exc:
+            # Any failure to reach the database means not ready; the type is enough to diagnose.
+            log.warning("readiness: database unavailable", extra={"error_type": type(exc).__name__})
+            return _unavailable(f"The database is not reachable ({type(exc).__name__}).")
+        return Response({"status": "ready", "database": "ok"})
+
+    @get(
+        "/metrics",
+        opt={"public": True},
+        summary="Prometheus metrics",
+        operation_id="metrics",
+        media_type=_METRICS_MEDIA_TYPE,
+    )
+    async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Prometheus text exposition of this worker's metrics."""
+        metrics: Metrics = request.app.state.metrics
+        body, content_type = metrics.render()
+        return Response(body, headers={"content-type": content_type})
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+def _unavailable(detail: str) -> Response[dict[str, Any]]:
+    # The type names the general condition; the code says which dependency is down.
+    return problem_response(
+        503, "database_unavailable", "Service unavailable", detail, type=TYPE_BASE + "unavailable"
+    )

@@ -1,0 +1,86 @@
+"""Every route in the app's route table: 401 without a key, 403 for a role it does not name, and
+through the guard for each role it does (ASVS4-4.1.1, 4.1.3; STYLE.md habit 11)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from litestar.routes import HTTPRoute
+
+from service.persistence.api_keys import Role
+from tests.service.conftest import Api
+
+PATH_VALUES = {
+    "account_id": "acct-1",
+    "request_id": "00000000-0000-0000-0000-000000000000",
+    "provider": "gov-eid",
+}
+
+
+def _concrete(path: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return PATH_VALUES.get(name, "1")
+
+    return re.sub(r"\{(\w+)(?::\w+)?\}", value, path)
+
+
+def _guarded_routes(api: Api) -> list[tuple[str, str, frozenset[Role]]]:
+    out = []
+    for route in api.app.routes:
+        if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
+            continue
+        for handler in route.route_handlers:
+            if handler.http_methods == {"OPTIONS"} or handler.opt.get("public"):
+                continue
+            roles: set[Role] = set()
+            for guard in handler.resolve_guards():
+                roles |= set(getattr(guard, "roles", ()))
+            assert roles, f"{route.path} has a guard that names no role"
+            for method in handler.http_methods:
+                out.append((method, _concrete(route.path), frozenset(roles)))
+    return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+def _call(api: Api, method: str, path: str, role: Role | None) -> Any:
+    body = {} if method in {"POST", "PUT", "PATCH"} else None
+    return api.client.request(method, path, json=body, headers=api.headers(role))
+
+
+def test_role_matrix_over_the_whole_route_table(sqlite_api: Api) -> None:
+    routes = _guarded_routes(sqlite_api)
+    assert len(routes) >= 15, routes
+    for method, path, allowed in routes:
+        anonymous = _call(sqlite_api, method, path, None)
+        assert anonymous.status_code == 401, (method, path, anonymous.text)
+        assert anonymous.json()["code"] == "unauthenticated"
+        for role in Role:
+            r = _call(sqlite_api, method, path, role)
+            if role in allowed:
+                assert r.status_code not in (401, 403), (method, path, role, r.text)
+            else:
+                assert r.status_code == 403, (method, path, role, r.status_code)
+                assert r.json()["code"] == "forbidden"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer fu_not-a-real-key", "Basic dXNlcjpwYXNz", "Bearer", "fu_x", "Bearer " + "a" * 500],
+)
+def test_unknown_or_malformed_credentials_are_401(sqlite_api: Api, header: str) -> None:
+    r = sqlite_api.client.get("/v1/accounts/acct-1/methods", headers={"Authorization": header})
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_public_routes_are_only_health_and_metrics(sqlite_api: Api) -> None:
+    public = sorted(
+        route.path
+        for route in sqlite_api.app.routes
+        if isinstance(route, HTTPRoute)
+        for h in route.route_handlers
+        if h.opt.get("public")
+    )
+    assert all(p.startswith(("/health", "/metrics")) for p in public), public
