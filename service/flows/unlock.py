@@ -250,6 +250,10 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
         else:
             account, phone_masked = phantom_account(subject)
             context_ciphertext = None
+            # The same key look-up and cipher work a known account costs, discarded: no timing
+            # difference tells an unknown account from a known one (OWASP-FP-1/2).
+            await ctx.data_keys.is_destroyed(conn, body.account_id)
+            ctx.sealer.seal(context_json.decode(), CONTEXT_AAD)
         decision = decide(facts, account, history, policy, now)
         out = _decision_out(
             request_id,
