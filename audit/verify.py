@@ -389,7 +389,9 @@ def _verify_entries(
     carry = b""
     with path.open("rb") as handle:
         while chunk := handle.read(_READ_SIZE):
-            lines = (carry + chunk).split(b"\n")
+            data = carry + chunk
+            has_cr = b"\r" in data  # one scan per chunk instead of one per line
+            lines = data.split(b"\n")
             carry = lines.pop()  # incomplete last line, continued by the next chunk
             for line in lines:
                 line_no += 1
@@ -407,7 +409,7 @@ def _verify_entries(
                     or not line.startswith(line_start)
                     or not line.endswith(line_end)
                     or line.find(marker, position) < 0
-                    or b"\r" in line
+                    or (has_cr and b"\r" in line)
                 ):
                     raise _describe_bad_line(line, line_no, size, log_json)
                 if full_parse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -829,3 +830,39 @@ def test_importing_the_verifier_loads_no_third_party_code_but_cryptography() -> 
     assert others <= {"cryptography", "_cffi_backend", "_openssl"}, others
     assert "rfc8785" not in loaded
     assert "sqlalchemy" not in loaded
+
+
+def test_carriage_return_is_found_in_a_line_spanning_two_read_chunks(tmp_path: Path) -> None:
+    """The verifier reads 1 MiB chunks; a CR in the part of a line carried over must count."""
+    lines = list(_many_lines(6000))  # ~1.3 MB, so some line straddles the first chunk boundary
+    line_ends = list(itertools.accumulate(len(line) + 1 for line in lines))
+    straddling = next(number for number, end in enumerate(line_ends) if end > 1 << 20)
+    offset = line_ends[straddling] - len(lines[straddling]) - 1
+    cut = (1 << 20) - offset - 5  # a byte of that line inside the first chunk
+    assert 0 < cut < len(lines[straddling]) - 10
+    line = lines[straddling]
+    lines[straddling] = line[:cut] + b"\r" + line[cut + 1 :]
+    bundle = tmp_path / "cr"
+    write_bundle(
+        bundle,
+        iter(lines[:straddling]),
+        start=0,
+        prefix=CompactRange.empty(),
+        signer=SIGNER,
+        origin=ORIGIN,
+    )
+    # Replace the bundle's entries with the CR-bearing lines and reseal, so only the line
+    # check stands between the CR and a pass.
+    _write_lines(bundle, lines)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_bytes())
+    leaves = [leaf_hash(x) for x in lines]
+    (bundle / CHECKPOINT_FILE).write_text(
+        SIGNER.sign(Checkpoint(ORIGIN, len(lines), root_from_leaf_hashes(leaves)))
+    )
+    manifest["to"] = len(lines)
+    manifest["root"] = base64.b64encode(root_from_leaf_hashes(leaves)).decode()
+    raw = json.dumps(manifest).encode()
+    (bundle / MANIFEST_FILE).write_bytes(raw)
+    _reseal(bundle)
+    with pytest.raises(VerificationError, match=f"line {straddling + 1}: contains a carriage"):
+        verify_bundle(bundle, SIGNER.public_key)
