@@ -4,9 +4,10 @@ The bundle writer is synchronous and CPU-bound (hashing, file writes), so it run
 thread, pulling leaves from the event loop one bounded range read at a time, with the next read in
 flight while the current slice is written. Memory holds two slices, however large the log.
 
-Before the bundle is signed, the exported leaves (with the stored hashes of [0, start) and of
-[end, latest)) must reproduce the root of the latest checkpoint the integrator signed: an export
-never signs a tree that disagrees with what the log already published. Every export then appends
+Before the bundle is signed, the exported leaves with the stored hashes of [0, start) must
+reproduce a checkpoint the integrator signed — the one at ``end`` when it exists, else (adding
+the stored hashes of [end, latest)) the latest: an export never signs a tree that disagrees with
+what the log already published. Every export then appends
 an ``export`` entry naming who exported which range and why.
 """
 
@@ -15,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.bundle import write_bundle
-from audit.checkpoint import CheckpointSigner
+from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind
 from audit.merkle import CompactRange
 from audit.store import AuditStore, AuditStoreError, StoredCheckpoint, append_event_now
@@ -67,8 +69,12 @@ async def compact_range_of(engine: AsyncEngine, size: int, chunk: int = 65_536) 
 class _CheckedLeaves:
     """The entries iterator handed to write_bundle (runs in the writer's thread).
 
-    It hashes what it yields and, once exhausted, folds in the stored hashes up to the latest
-    checkpoint; a mismatch raises before write_bundle reaches its signing step.
+    With ``hash_leaves`` (the range ends where no checkpoint was stored) it hashes what it yields
+    and, once exhausted, folds in the stored hashes up to the latest checkpoint, raising on a
+    mismatch before write_bundle reaches its signing step; ``root`` is then the root at ``end``.
+    Without it (a checkpoint exists at ``end``) it only streams: _GuardedSigner compares the
+    root write_bundle computed with that checkpoint, and hashing twice would cost a third of
+    the export's time.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class _CheckedLeaves:
         end: int,
         latest: StoredCheckpoint,
         chunk: int,
+        hash_leaves: bool,
     ) -> None:
         self._engine = engine
         self._loop = loop
@@ -87,6 +94,8 @@ class _CheckedLeaves:
         self._end = end
         self._latest = latest
         self._chunk = chunk
+        self._hash_leaves = hash_leaves
+        self.root: bytes | None = None
 
     def _submit(self, coro_start: int, kind: str) -> Future[list[bytes]]:
         end = self._end if kind == "leaves" else self._latest.size
@@ -98,13 +107,18 @@ class _CheckedLeaves:
         sha256 = hashlib.sha256
         compact = self._compact
         position = compact.size
+        # The next slice is read on the event loop while this thread writes the current one.
         pending = self._submit(position, "leaves") if position < self._end else None
         while pending is not None:
             leaves = pending.result()
             position += len(leaves)
             pending = self._submit(position, "leaves") if position < self._end else None
-            compact.extend(sha256(b"\x00" + leaf).digest() for leaf in leaves)
+            if self._hash_leaves:
+                compact.extend(sha256(b"\x00" + leaf).digest() for leaf in leaves)
             yield from leaves
+        if not self._hash_leaves:
+            return
+        self.root = compact.root()
         while position < self._latest.size:
             hashes = self._submit(position, "hashes").result()
             position += len(hashes)
@@ -114,6 +128,40 @@ class _CheckedLeaves:
                 f"the stored log does not reproduce its checkpoint of size {self._latest.size}: "
                 "leaves or hashes were altered in the database; nothing was signed"
             )
+
+
+class _GuardedSigner:
+    """The signer write_bundle gets: it signs only a checkpoint the stored log vouches for.
+
+    AUDIT.md §11.8: a log signer must never sign a tree inconsistent with what it signed before.
+    The checkpoint is signed before the manifest, so a refusal here leaves nothing signed.
+    """
+
+    def __init__(self, signer: CheckpointSigner, size: int, root: Callable[[], bytes | None]):
+        self.name = signer.name
+        self.public_key = signer.public_key
+        self.key_id = signer.key_id
+        self._signer = signer
+        self._size = size
+        self._root = root
+        self._approved = False
+
+    def verifier_key(self) -> str:
+        return self._signer.verifier_key()
+
+    def sign(self, checkpoint: Checkpoint) -> str:
+        if checkpoint.size != self._size or checkpoint.root != self._root():
+            raise AuditStoreError(
+                f"the exported entries do not reproduce the log's checkpoint of size {self._size}:"
+                " leaves or hashes were altered in the database; nothing was signed"
+            )
+        self._approved = True
+        return self._signer.sign(checkpoint)
+
+    def sign_bytes(self, data: bytes) -> bytes:
+        if not self._approved:
+            raise AuditStoreError("refusing to sign a manifest before its checked checkpoint")
+        return self._signer.sign_bytes(data)
 
 
 async def export_bundle(
@@ -138,9 +186,20 @@ async def export_bundle(
         raise ExportRangeError(
             f"range [{start}, {end}) is not inside the log of {latest.size} entries"
         )
+    async with engine.connect() as conn:
+        at_end = await AuditStore(conn).checkpoint_at(end)
     prefix = await compact_range_of(engine, start)
     entries = _CheckedLeaves(
-        engine, asyncio.get_running_loop(), prefix=prefix, end=end, latest=latest, chunk=chunk
+        engine,
+        asyncio.get_running_loop(),
+        prefix=prefix,
+        end=end,
+        latest=latest,
+        chunk=chunk,
+        hash_leaves=at_end is None,
+    )
+    guarded = _GuardedSigner(
+        signer, end, (lambda: at_end.root) if at_end is not None else (lambda: entries.root)
     )
     manifest = await asyncio.to_thread(
         write_bundle,
@@ -148,7 +207,7 @@ async def export_bundle(
         entries,
         start=start,
         prefix=prefix,
-        signer=signer,
+        signer=cast(CheckpointSigner, guarded),
         origin=origin,
         purpose=purpose,
     )
