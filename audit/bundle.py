@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from audit.checkpoint import Checkpoint, CheckpointSigner, public_key_pem
 from audit.merkle import CompactRange
@@ -43,6 +44,67 @@ def _write_small(path: Path, data: bytes) -> FileDigest:
     return FileDigest(hashlib.sha256(data).hexdigest(), len(data))
 
 
+def _flush(handle: BinaryIO, batch: list[bytes], file_hash: hashlib._Hash, first: int) -> int:
+    """Write a batch of entries as lines, hash them, empty the batch; bytes written.
+
+    `first` is the position in the export of the batch's first entry, for the error message.
+    """
+    batch.append(b"")  # the join then ends in a newline
+    data = b"\n".join(batch)
+    # Line breaks inside entries are looked for once per batch, not once per entry.
+    if data.count(b"\n") != len(batch) - 1 or b"\r" in data:
+        bad = next(n for n, entry in enumerate(batch) if b"\n" in entry or b"\r" in entry)
+        raise BundleError(f"entry {first + bad} contains a line break")
+    handle.write(data)
+    file_hash.update(data)
+    batch.clear()
+    return len(data)
+
+
+def _write_entries(
+    path: Path, entries: Iterable[bytes], compact: CompactRange, origin: str
+) -> FileDigest:
+    """Stream entries to path as lines while extending `compact` with their leaf hashes."""
+    hashes = compact.hashes
+    start = size = compact.size
+    marker = log_marker(origin)
+    index_key, index_key_size = ENTRY_INDEX_KEY, len(ENTRY_INDEX_KEY)
+    line_start, line_end = ENTRY_LINE_START, ENTRY_LINE_END
+    file_hash = hashlib.sha256()
+    file_bytes = 0
+    sha256 = hashlib.sha256
+    batch: list[bytes] = []
+    with path.open("xb") as handle:
+        for entry in entries:
+            # verify.entry_line_matches inlined: the call overhead alone was a third of the
+            # writer's time. The `%d,` test pins the whole index (no longer number can follow).
+            position = entry.rfind(index_key)
+            if (
+                position < 0
+                or not entry.startswith(b"%d," % size, position + index_key_size)
+                or not entry.startswith(line_start)
+                or not entry.endswith(line_end)
+                or entry.find(marker, position) < 0
+            ):
+                raise BundleError(
+                    f"entry {size - start} is not a canonical entry of {origin!r} with index {size}"
+                )
+            batch.append(entry)
+            hashes.append(sha256(b"\x00" + entry).digest())
+            bits = size
+            while bits & 1:
+                right = hashes.pop()
+                hashes[-1] = sha256(b"\x01" + hashes[-1] + right).digest()
+                bits >>= 1
+            size += 1
+            if len(batch) >= _WRITE_BATCH:
+                file_bytes += _flush(handle, batch, file_hash, size - len(batch) - start)
+        if batch:
+            file_bytes += _flush(handle, batch, file_hash, size - len(batch) - start)
+    compact.size = size
+    return FileDigest(file_hash.hexdigest(), file_bytes)
+
+
 def write_bundle(
     out_dir: Path,
     entries: Iterable[bytes],
@@ -71,59 +133,11 @@ def write_bundle(
             raise FileExistsError(f"{out_dir / name} exists; an export never overwrites")
 
     compact = prefix.copy()
-    hashes = compact.hashes
-    size = start
-    marker = log_marker(origin)
-    index_key, index_key_size = ENTRY_INDEX_KEY, len(ENTRY_INDEX_KEY)
-    line_start, line_end = ENTRY_LINE_START, ENTRY_LINE_END
-    file_hash = hashlib.sha256()
-    file_bytes = 0
-    sha256 = hashlib.sha256
-    batch: list[bytes] = []
-    with (out_dir / ENTRIES_FILE).open("xb") as handle:
-        for entry in entries:
-            # verify.entry_line_matches inlined: the call overhead alone was a third of the
-            # writer's time. The `%d,` test pins the whole index (no longer number can follow).
-            position = entry.rfind(index_key)
-            if (
-                position < 0
-                or not entry.startswith(b"%d," % size, position + index_key_size)
-                or not entry.startswith(line_start)
-                or not entry.endswith(line_end)
-                or entry.find(marker, position) < 0
-                or b"\n" in entry
-                or b"\r" in entry
-            ):
-                raise BundleError(
-                    f"entry {size - start} is not a canonical entry of {origin!r} "
-                    f"with index {size} (or contains a line break)"
-                )
-            batch.append(entry)
-            hashes.append(sha256(b"\x00" + entry).digest())
-            bits = size
-            while bits & 1:
-                right = hashes.pop()
-                hashes[-1] = sha256(b"\x01" + hashes[-1] + right).digest()
-                bits >>= 1
-            size += 1
-            if len(batch) >= _WRITE_BATCH:
-                batch.append(b"")  # join then ends in a newline
-                data = b"\n".join(batch)
-                handle.write(data)
-                file_hash.update(data)
-                file_bytes += len(data)
-                batch.clear()
-        if batch:
-            batch.append(b"")
-            data = b"\n".join(batch)
-            handle.write(data)
-            file_hash.update(data)
-            file_bytes += len(data)
-    compact.size = size
+    entries_digest = _write_entries(out_dir / ENTRIES_FILE, entries, compact, origin)
 
-    checkpoint_note = signer.sign(Checkpoint(origin, size, compact.root())).encode()
+    checkpoint_note = signer.sign(Checkpoint(origin, compact.size, compact.root())).encode()
     files = {
-        ENTRIES_FILE: FileDigest(file_hash.hexdigest(), file_bytes),
+        ENTRIES_FILE: entries_digest,
         CHECKPOINT_FILE: _write_small(out_dir / CHECKPOINT_FILE, checkpoint_note),
         PREFIX_FILE: _write_small(out_dir / PREFIX_FILE, prefix.to_lines().encode("ascii")),
         PUBLIC_KEY_FILE: _write_small(
@@ -133,7 +147,7 @@ def write_bundle(
     manifest = Manifest(
         origin=origin,
         start=start,
-        end=size,
+        end=compact.size,
         root=compact.root(),
         checkpoint_sha256=files[CHECKPOINT_FILE].sha256,
         files=files,

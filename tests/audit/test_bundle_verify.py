@@ -594,6 +594,20 @@ def test_full_parse_catches_a_look_alike_the_byte_check_accepts(
 # --- writer refuses what would not verify -------------------------------------------------------
 
 
+def test_writer_refuses_a_line_break_in_a_later_batch_naming_the_entry(tmp_path: Path) -> None:
+    lines = list(_many_lines(9000))  # more than one write batch
+    lines[8500] = lines[8500].replace(b'"actor":"', b'"actor":"\n')
+    with pytest.raises(BundleError, match="entry 8500 contains a line break"):
+        write_bundle(
+            tmp_path / "b",
+            iter(lines),
+            start=0,
+            prefix=CompactRange.empty(),
+            signer=SIGNER,
+            origin=ORIGIN,
+        )
+
+
 def test_writer_refuses_a_wrong_index(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="index 2"):
         write_bundle(
@@ -609,10 +623,17 @@ def test_writer_refuses_a_wrong_index(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "bad_line",
-    [LOG[0] + b"\n", LOG[0].replace(ORIGIN.encode(), b"other.example/audit"), b"", LOG[0] + b"x"],
+    [
+        LOG[0] + b"\n",
+        LOG[0].replace(ORIGIN.encode(), b"other.example/audit"),
+        b"",
+        LOG[0] + b"x",
+        LOG[0].replace(b'"actor":"', b'"actor":"\n'),
+        LOG[0].replace(b'"actor":"', b'"actor":"\r'),
+    ],
 )
 def test_writer_refuses_malformed_lines(tmp_path: Path, bad_line: bytes) -> None:
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match="entry 0 "):
         write_bundle(
             tmp_path / "b",
             iter([bad_line]),
