@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import sys
@@ -32,6 +33,7 @@ from audit.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_public_key_pem,
+    parse_checkpoint_note,
     parse_verifier_key,
     verify_checkpoint,
 )
@@ -476,15 +478,14 @@ def verify_bundle(
     _check_files(bundle_dir, manifest)
     checkpoint = _check_checkpoint(bundle_dir, manifest, public_key)
     prefix = _check_prefix(bundle_dir, manifest)
-    previous = None
+    # The previous checkpoint is judged after the bundle itself (documented order), but its
+    # size is needed now: the root at that size is taken while streaming.
+    snapshot_size = None
     if previous_checkpoint is not None:
-        previous = _check_previous(previous_checkpoint, manifest, public_key)
+        with contextlib.suppress(CheckpointError):  # _check_previous reports it below
+            snapshot_size = parse_checkpoint_note(previous_checkpoint)[0].size
     compact, previous_root = _verify_entries(
-        bundle_dir / ENTRIES_FILE,
-        manifest,
-        prefix,
-        None if previous is None else previous.size,
-        full_parse,
+        bundle_dir / ENTRIES_FILE, manifest, prefix, snapshot_size, full_parse
     )
     if compact.root() != checkpoint.root:
         raise VerificationError(
@@ -492,7 +493,9 @@ def verify_bundle(
             f"the root recomputed from {ENTRIES_FILE} does not match the signed checkpoint "
             "(an entry was altered, or the prefix compact range is wrong)",
         )
-    if previous is not None:
+    previous = None
+    if previous_checkpoint is not None:
+        previous = _check_previous(previous_checkpoint, manifest, public_key)
         expected = EMPTY_ROOT if previous.size == 0 else previous_root
         if expected != previous.root:
             raise VerificationError(

@@ -524,6 +524,32 @@ def test_fork_is_caught_in_a_delta_bundle_too(
     assert "is not a prefix of this tree" in err
 
 
+def test_bundle_failures_are_reported_before_previous_checkpoint_failures(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bundle: Path, key_file: Path
+) -> None:
+    lines = _lines(bundle)
+    _write_lines(bundle, lines[:7] + lines[8:])
+    _reseal(bundle)
+    previous = tmp_path / "previous"
+    previous.write_text(_checkpoint(LOG, 30))  # would also fail: size went down
+    code, _, err = _run(capsys, bundle, key_file, "--previous", str(previous))
+    assert code == 1
+    assert "FAILED entry: entries.jsonl line 8: index is 8, expected 7" in err
+    previous.write_text("not a checkpoint")
+    code, _, err = _run(capsys, bundle, key_file, "--previous", str(previous))
+    assert "FAILED entry: entries.jsonl line 8" in err
+
+
+def test_malformed_previous_checkpoint_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bundle: Path, key_file: Path
+) -> None:
+    previous = tmp_path / "previous"
+    previous.write_text("not a checkpoint\n")
+    code, _, err = _run(capsys, bundle, key_file, "--previous", str(previous))
+    assert code == 1
+    assert "FAILED previous: previous checkpoint: note has no blank line" in err
+
+
 def test_previous_checkpoint_signed_by_another_key_fails(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, bundle: Path, key_file: Path
 ) -> None:
