@@ -64,6 +64,16 @@ class SignalThresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    challenge_attempts: int
+    challenge_ttl_minutes: int
+    method_failures_per_day: int
+    source_failures_per_hour: int
+    sms_sends_per_hour: int
+    sms_sends_per_day: int
+
+
+@dataclass(frozen=True, slots=True)
 class Requirement:
     factors: int
     strong: int
@@ -169,6 +179,7 @@ class Policy:
     # Compiled from the above once at load, for the hot path.
     plans: Mapping[RiskLevel, LevelPlan]
     decision_ttl_minutes: int
+    limits: Limits
     catalogs: Mapping[Locale, Catalog]
     # The parsed documents, for `GET /v1/policy` and for the hash.
     document: Mapping[str, Any]
@@ -247,6 +258,7 @@ _TOP_KEYS = {
     "requirements",
     "methods",
     "decision",
+    "limits",
 }
 
 
@@ -417,6 +429,19 @@ def _methods(doc: Mapping[str, Any]) -> tuple[tuple[Method, ...], dict[Method, M
         if method not in order:
             raise PolicyError("SCHEMA", f"[methods.{method.value}] is not in [methods].order")
     return order, rules
+
+
+def _limits(doc: Mapping[str, Any]) -> Limits:
+    raw = _table(doc, "limits", "policy")
+    names = list(Limits.__dataclass_fields__)
+    _only_keys(raw, set(names), "[limits]")
+    values = {name: _int(raw, name, "limits", minimum=1) for name in names}
+    if values["sms_sends_per_hour"] > values["sms_sends_per_day"]:
+        raise PolicyError("SCHEMA", "[limits].sms_sends_per_hour must not exceed sms_sends_per_day")
+    # NIST SP 800-63B 3.2.2: at most 100 consecutive failures on one authenticator.
+    if values["method_failures_per_day"] > 100:
+        raise PolicyError("LIMIT_TOO_HIGH", "[limits].method_failures_per_day must be at most 100")
+    return Limits(**values)
 
 
 def _check_principles(
@@ -610,6 +635,7 @@ def load_policy(policy_text: str, catalog_texts: Mapping[str, str]) -> Policy:
     decision = _table(doc, "decision", "policy")
     _only_keys(decision, {"ttl_minutes"}, "[decision]")
     ttl = _int(decision, "ttl_minutes", "decision", minimum=1)
+    limits = _limits(doc)
 
     unknown_locales = sorted(set(catalog_texts) - {loc.value for loc in Locale})
     if unknown_locales:
@@ -645,6 +671,7 @@ def load_policy(policy_text: str, catalog_texts: Mapping[str, str]) -> Policy:
         methods=MappingProxyType(rules),
         plans=MappingProxyType(_plans(order, rules, requirements)),
         decision_ttl_minutes=ttl,
+        limits=limits,
         catalogs=MappingProxyType(catalogs),
         document=MappingProxyType(hashed),
     )

@@ -20,6 +20,12 @@ from service.errors import EXCEPTION_HANDLERS
 from service.http import require_json_body
 from service.keystore import KeyStore
 from service.notice import load_shipped_notice
+from service.observability import (
+    Metrics,
+    OperationsController,
+    configure_logging,
+    install_observability,
+)
 from service.policy_source import load_configured_policy
 from service.routes.accounts import AccountController, FaceNoticeController
 from service.routes.audit import AuditController
@@ -47,6 +53,8 @@ def openapi_config() -> OpenAPIConfig:
 
 
 def create_app(settings: Settings) -> Litestar:
+    configure_logging(settings.log_level)
+    metrics = Metrics()
     engine = create_engine(settings.resolved_database_url)
     # Keys load once per process, here: a production start without them fails naming the variable.
     keystore = KeyStore.load(settings)
@@ -91,6 +99,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[
             HealthController,
+            OperationsController,
             AccountController,
             FaceNoticeController,
             UnlockRequestController,
@@ -112,4 +121,6 @@ def create_app(settings: Settings) -> Litestar:
     app.state.audit_signer = audit_signer
     app.state.data_keys = ctx.data_keys
     app.state.ctx = ctx
+    app.state.metrics = metrics
+    install_observability(app, metrics)
     return app

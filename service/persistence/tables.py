@@ -110,6 +110,12 @@ unlock_requests = Table(
     Column("context_ciphertext", Text, nullable=True),
     # The decision's audit entry; its log index is looked up through it (audit_log.inbox_id).
     Column("audit_inbox_id", BigInteger, nullable=False),
+    # Methods proven so far (JSON list), and why a person must look although methods remain.
+    Column("factors_satisfied", Text, nullable=False, server_default="[]"),
+    Column("review_reason", String(64), nullable=True),
+    # Keyed digest of the request's source address: per-source throttling without the address.
+    Column("source_index", String(64), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Index("ix_unlock_requests_subject_created", "subject", "created_at"),
@@ -123,16 +129,77 @@ verification_attempts = Table(
     Column("unlock_request_id", String(36), nullable=True),
     Column("method", String(32), nullable=False),
     Column("outcome", String(32), nullable=False),
+    Column("source_index", String(64), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_verification_attempts_subject_created", "subject", "created_at"),
+    Index("ix_verification_attempts_source_created", "source_index", "created_at"),
+)
+
+challenges = Table(
+    "challenges",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "unlock_request_id",
+        String(36),
+        ForeignKey("unlock_requests.id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("subject", SUBJECT, nullable=False),
+    Column("method", String(32), nullable=False),
+    Column("provider", String(64), nullable=True),
+    # open -> succeeded | failed (attempts used up) | expired; changed only by conditional updates.
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    # SMS: keyed hash of the code. OIDC and face: sealed state, nonce and verifier.
+    Column("secret_hash", String(64), nullable=True),
+    Column("secret_sealed", Text, nullable=True),
+    Column("delivery_id", String(36), nullable=True),
+    Column("sends", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("completed_at", UtcDateTime(), nullable=True),
+)
+
+sms_sends = Table(
+    "sms_sends",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # Keyed digest of the destination number: limits per destination without storing it.
+    Column("destination_index", String(64), nullable=False),
+    Column("delivery_id", String(36), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_sms_sends_destination_created", "destination_index", "created_at"),
+)
+
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # account_unlocked (webhook to the account system) | notify_person (every channel on file)
+    Column("kind", String(32), nullable=False),
+    Column("subject", SUBJECT, nullable=False),
+    # The event body; personal data (a phone number) only sealed, never in clear.
+    Column("payload", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    Column("last_error", String(200), nullable=True),
+    Index("ix_outbox_events_pending", "delivered_at", "next_attempt_at"),
 )
 
 __all__ = [
     "accounts",
+    "challenges",
     "face_consents",
     "linked_identities",
+    "outbox_events",
     "phones",
     "recovery_codes",
+    "sms_sends",
     "totp_enrolments",
     "unlock_requests",
     "verification_attempts",

@@ -49,6 +49,38 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_api_keys_name")),
     )
     op.create_table(
+        "outbox_events",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("subject", sa.String(length=64), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=200), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_events")),
+    )
+    with op.batch_alter_table("outbox_events", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_outbox_events_pending", ["delivered_at", "next_attempt_at"], unique=False
+        )
+
+    op.create_table(
+        "sms_sends",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("destination_index", sa.String(length=64), nullable=False),
+        sa.Column("delivery_id", sa.String(length=36), nullable=False),
+        sa.Column("purpose", sa.String(length=32), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sms_sends")),
+    )
+    with op.batch_alter_table("sms_sends", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_sms_sends_destination_created", ["destination_index", "created_at"], unique=False
+        )
+
+    op.create_table(
         "unlock_requests",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("subject", sa.String(length=64), nullable=False),
@@ -64,6 +96,10 @@ def upgrade() -> None:
         sa.Column("decision_json", sa.Text(), nullable=False),
         sa.Column("context_ciphertext", sa.Text(), nullable=True),
         sa.Column("audit_inbox_id", sa.BigInteger(), nullable=False),
+        sa.Column("factors_satisfied", sa.Text(), server_default="[]", nullable=False),
+        sa.Column("review_reason", sa.String(length=64), nullable=True),
+        sa.Column("source_index", sa.String(length=64), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_unlock_requests")),
@@ -80,12 +116,44 @@ def upgrade() -> None:
         sa.Column("unlock_request_id", sa.String(length=36), nullable=True),
         sa.Column("method", sa.String(length=32), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=False),
+        sa.Column("source_index", sa.String(length=64), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_verification_attempts")),
     )
     with op.batch_alter_table("verification_attempts", schema=None) as batch_op:
         batch_op.create_index(
+            "ix_verification_attempts_source_created", ["source_index", "created_at"], unique=False
+        )
+        batch_op.create_index(
             "ix_verification_attempts_subject_created", ["subject", "created_at"], unique=False
+        )
+
+    op.create_table(
+        "challenges",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("unlock_request_id", sa.String(length=36), nullable=False),
+        sa.Column("subject", sa.String(length=64), nullable=False),
+        sa.Column("method", sa.String(length=32), nullable=False),
+        sa.Column("provider", sa.String(length=64), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("secret_hash", sa.String(length=64), nullable=True),
+        sa.Column("secret_sealed", sa.Text(), nullable=True),
+        sa.Column("delivery_id", sa.String(length=36), nullable=True),
+        sa.Column("sends", sa.Integer(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["unlock_request_id"],
+            ["unlock_requests.id"],
+            name=op.f("fk_challenges_unlock_request_id_unlock_requests"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_challenges")),
+    )
+    with op.batch_alter_table("challenges", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_challenges_unlock_request_id"), ["unlock_request_id"], unique=False
         )
 
     op.create_table(
@@ -242,14 +310,27 @@ def downgrade() -> None:
         batch_op.drop_index("ix_face_consents_subject_granted")
 
     op.drop_table("face_consents")
+    with op.batch_alter_table("challenges", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_challenges_unlock_request_id"))
+
+    op.drop_table("challenges")
     with op.batch_alter_table("verification_attempts", schema=None) as batch_op:
         batch_op.drop_index("ix_verification_attempts_subject_created")
+        batch_op.drop_index("ix_verification_attempts_source_created")
 
     op.drop_table("verification_attempts")
     with op.batch_alter_table("unlock_requests", schema=None) as batch_op:
         batch_op.drop_index("ix_unlock_requests_subject_created")
 
     op.drop_table("unlock_requests")
+    with op.batch_alter_table("sms_sends", schema=None) as batch_op:
+        batch_op.drop_index("ix_sms_sends_destination_created")
+
+    op.drop_table("sms_sends")
+    with op.batch_alter_table("outbox_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbox_events_pending")
+
+    op.drop_table("outbox_events")
     op.drop_table("api_keys")
     op.drop_table("accounts")
     op.drop_table("account_data_keys")

@@ -1,0 +1,324 @@
+"""Challenges, attempts, SMS sends and the outbox. Every state change that must happen at most once
+(a challenge succeeding, a code being used, a TOTP step being consumed) is a conditional UPDATE
+whose row count says whether this caller won."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.persistence.tables import (
+    challenges,
+    outbox_events,
+    recovery_codes,
+    sms_sends,
+    totp_enrolments,
+    unlock_requests,
+    verification_attempts,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRow:
+    id: str
+    unlock_request_id: str
+    subject: str
+    method: str
+    provider: str | None
+    status: str
+    attempts: int
+    secret_hash: str | None
+    secret_sealed: str | None
+    delivery_id: str | None
+    sends: int
+    created_at: datetime
+    expires_at: datetime
+
+
+_CHALLENGE_COLUMNS = (
+    challenges.c.id,
+    challenges.c.unlock_request_id,
+    challenges.c.subject,
+    challenges.c.method,
+    challenges.c.provider,
+    challenges.c.status,
+    challenges.c.attempts,
+    challenges.c.secret_hash,
+    challenges.c.secret_sealed,
+    challenges.c.delivery_id,
+    challenges.c.sends,
+    challenges.c.created_at,
+    challenges.c.expires_at,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UnusedCode:
+    id: str
+    code_hash: str
+
+
+class ChallengeRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def create(self, row: ChallengeRow) -> None:
+        await self._conn.execute(
+            insert(challenges).values({c.name: getattr(row, c.name) for c in _CHALLENGE_COLUMNS})
+        )
+
+    async def get(self, challenge_id: str) -> ChallengeRow | None:
+        row = (
+            await self._conn.execute(
+                select(*_CHALLENGE_COLUMNS).where(challenges.c.id == challenge_id)
+            )
+        ).first()
+        return None if row is None else ChallengeRow(**row._mapping)
+
+    async def open_for(
+        self, unlock_request_id: str, method: str, now: datetime
+    ) -> ChallengeRow | None:
+        row = (
+            await self._conn.execute(
+                select(*_CHALLENGE_COLUMNS)
+                .where(
+                    challenges.c.unlock_request_id == unlock_request_id,
+                    challenges.c.method == method,
+                    challenges.c.status == "open",
+                    challenges.c.expires_at > now,
+                )
+                .order_by(challenges.c.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+        return None if row is None else ChallengeRow(**row._mapping)
+
+    async def resend(
+        self, challenge_id: str, secret_hash: str, delivery_id: str, expires_at: datetime
+    ) -> None:
+        # A new code replaces the old one; the attempt count carries over (NIST-63B4-3.1.3.2).
+        await self._conn.execute(
+            update(challenges)
+            .where(challenges.c.id == challenge_id)
+            .values(
+                secret_hash=secret_hash,
+                delivery_id=delivery_id,
+                sends=challenges.c.sends + 1,
+                expires_at=expires_at,
+            )
+        )
+
+    async def complete(self, challenge_id: str, now: datetime) -> bool:
+        """Open -> succeeded, at most once: True only for the caller that made the change."""
+        result = await self._conn.execute(
+            update(challenges)
+            .where(challenges.c.id == challenge_id, challenges.c.status == "open")
+            .values(status="succeeded", completed_at=now)
+        )
+        return result.rowcount == 1
+
+    async def count_failure(self, challenge_id: str, max_attempts: int, now: datetime) -> int:
+        """Add a failed attempt; closes the challenge at the limit. Returns the attempts left."""
+        await self._conn.execute(
+            update(challenges)
+            .where(challenges.c.id == challenge_id, challenges.c.status == "open")
+            .values(attempts=challenges.c.attempts + 1)
+        )
+        attempts = (
+            await self._conn.execute(
+                select(challenges.c.attempts).where(challenges.c.id == challenge_id)
+            )
+        ).scalar_one()
+        if attempts >= max_attempts:
+            await self._conn.execute(
+                update(challenges)
+                .where(challenges.c.id == challenge_id, challenges.c.status == "open")
+                .values(status="failed", completed_at=now)
+            )
+        return max(0, max_attempts - int(attempts))
+
+    async def expire(self, challenge_id: str, now: datetime) -> None:
+        await self._conn.execute(
+            update(challenges)
+            .where(challenges.c.id == challenge_id, challenges.c.status == "open")
+            .values(status="expired", completed_at=now)
+        )
+
+    # --- attempts and throttles -------------------------------------------------------------
+
+    async def record_attempt(
+        self,
+        subject: str,
+        unlock_request_id: str,
+        method: str,
+        outcome: str,
+        source_index: str | None,
+        now: datetime,
+    ) -> None:
+        await self._conn.execute(
+            insert(verification_attempts).values(
+                id=str(uuid.uuid4()),
+                subject=subject,
+                unlock_request_id=unlock_request_id,
+                method=method,
+                outcome=outcome,
+                source_index=source_index,
+                created_at=now,
+            )
+        )
+
+    async def failures_since(self, subject: str, method: str, since: datetime) -> list[datetime]:
+        rows = await self._conn.execute(
+            select(verification_attempts.c.created_at)
+            .where(
+                verification_attempts.c.subject == subject,
+                verification_attempts.c.method == method,
+                verification_attempts.c.outcome != "success",
+                verification_attempts.c.created_at >= since,
+            )
+            .order_by(verification_attempts.c.created_at)
+        )
+        return [r[0] for r in rows]
+
+    async def source_failures_since(self, source_index: str, since: datetime) -> list[datetime]:
+        rows = await self._conn.execute(
+            select(verification_attempts.c.created_at)
+            .where(
+                verification_attempts.c.source_index == source_index,
+                verification_attempts.c.outcome != "success",
+                verification_attempts.c.created_at >= since,
+            )
+            .order_by(verification_attempts.c.created_at)
+        )
+        return [r[0] for r in rows]
+
+    async def throttled_methods(self, subject: str, since: datetime, limit: int) -> set[str]:
+        rows = await self._conn.execute(
+            select(verification_attempts.c.method)
+            .where(
+                verification_attempts.c.subject == subject,
+                verification_attempts.c.outcome != "success",
+                verification_attempts.c.created_at >= since,
+            )
+            .group_by(verification_attempts.c.method)
+            .having(func.count() >= limit)
+        )
+        return {r[0] for r in rows}
+
+    async def sms_sends_since(self, destination_index: str, since: datetime) -> list[datetime]:
+        rows = await self._conn.execute(
+            select(sms_sends.c.created_at)
+            .where(
+                sms_sends.c.destination_index == destination_index, sms_sends.c.created_at >= since
+            )
+            .order_by(sms_sends.c.created_at)
+        )
+        return [r[0] for r in rows]
+
+    async def record_sms_send(
+        self, destination_index: str, delivery_id: str, purpose: str, now: datetime
+    ) -> None:
+        await self._conn.execute(
+            insert(sms_sends).values(
+                id=str(uuid.uuid4()),
+                destination_index=destination_index,
+                delivery_id=delivery_id,
+                purpose=purpose,
+                created_at=now,
+            )
+        )
+
+    # --- proofs that are used once ----------------------------------------------------------
+
+    async def consume_totp_step(self, subject: str, step: int) -> bool:
+        """Advance the last accepted TOTP step; False if this or a later step was used already."""
+        result = await self._conn.execute(
+            update(totp_enrolments)
+            .where(
+                totp_enrolments.c.subject == subject,
+                totp_enrolments.c.confirmed_at.is_not(None),
+                (totp_enrolments.c.last_step.is_(None)) | (totp_enrolments.c.last_step < step),
+            )
+            .values(last_step=step)
+        )
+        return result.rowcount == 1
+
+    async def unused_recovery_codes(self, subject: str) -> list[UnusedCode]:
+        rows = await self._conn.execute(
+            select(recovery_codes.c.id, recovery_codes.c.code_hash).where(
+                recovery_codes.c.subject == subject, recovery_codes.c.used_at.is_(None)
+            )
+        )
+        return [UnusedCode(r.id, r.code_hash) for r in rows]
+
+    async def use_recovery_code(self, code_id: str, now: datetime) -> bool:
+        result = await self._conn.execute(
+            update(recovery_codes)
+            .where(recovery_codes.c.id == code_id, recovery_codes.c.used_at.is_(None))
+            .values(used_at=now)
+        )
+        return result.rowcount == 1
+
+    # --- the unlock request's factors and outcome --------------------------------------------
+
+    async def lock_request(
+        self, unlock_request_id: str
+    ) -> tuple[str, list[str], str | None] | None:
+        """Status, satisfied factors and review reason, locked for this transaction on PostgreSQL
+        (SQLite's BEGIN IMMEDIATE already serialises writers)."""
+        stmt = select(
+            unlock_requests.c.status,
+            unlock_requests.c.factors_satisfied,
+            unlock_requests.c.review_reason,
+        ).where(unlock_requests.c.id == unlock_request_id)
+        if self._conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = (await self._conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return row.status, list(json.loads(row.factors_satisfied)), row.review_reason
+
+    async def update_request(
+        self,
+        unlock_request_id: str,
+        *,
+        status: str,
+        factors: list[str],
+        review_reason: str | None,
+        now: datetime,
+    ) -> None:
+        await self._conn.execute(
+            update(unlock_requests)
+            .where(unlock_requests.c.id == unlock_request_id)
+            .values(
+                status=status,
+                factors_satisfied=json.dumps(sorted(factors)),
+                review_reason=review_reason,
+                updated_at=now,
+            )
+        )
+
+    async def enqueue(
+        self, kind: str, subject: str, payload: dict[str, object], now: datetime
+    ) -> str:
+        event_id = str(uuid.uuid4())
+        await self._conn.execute(
+            insert(outbox_events).values(
+                id=event_id,
+                kind=kind,
+                subject=subject,
+                payload=json.dumps({"event_id": event_id, **payload}, sort_keys=True),
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
+        return event_id
+
+
+def window_start(now: datetime, hours: float) -> datetime:
+    return now - timedelta(hours=hours)
