@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit.bundle import BundleError, write_bundle
 from audit.checkpoint import Checkpoint, CheckpointSigner, public_key_pem
@@ -913,3 +915,31 @@ def test_carriage_return_is_found_in_a_line_spanning_two_read_chunks(tmp_path: P
     _reseal(bundle)
     with pytest.raises(VerificationError, match=f"line {straddling + 1}: contains a carriage"):
         verify_bundle(bundle, SIGNER.public_key)
+
+
+@given(
+    end=st.integers(1, 40),
+    start_fraction=st.floats(0, 1),
+    position_fraction=st.floats(0, 1, exclude_max=True),
+    bit=st.integers(0, 7),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_bit_flip_in_entries_fails_even_with_a_resigned_manifest(
+    tmp_path_factory: pytest.TempPathFactory,
+    end: int,
+    start_fraction: float,
+    position_fraction: float,
+    bit: int,
+) -> None:
+    start = int(start_fraction * end)
+    bundle = _bundle(tmp_path_factory.mktemp("flip") / "b", LOG, start=start, end=end)
+    verify_bundle(bundle, SIGNER.public_key)
+    data = bytearray((bundle / ENTRIES_FILE).read_bytes())
+    if not data:
+        return  # an empty delta has no byte to flip
+    data[int(position_fraction * len(data))] ^= 1 << bit
+    (bundle / ENTRIES_FILE).write_bytes(bytes(data))
+    _reseal(bundle)
+    with pytest.raises(VerificationError) as caught:
+        verify_bundle(bundle, SIGNER.public_key)
+    assert caught.value.check in {"entry", "root"}
