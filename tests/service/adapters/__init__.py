@@ -1,0 +1,1 @@
+"""Contract tests for the adapters: the real implementation and the fake pass the same tests."""
