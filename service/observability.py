@@ -7,9 +7,17 @@ Wiring, in ``service/app.py``'s ``create_app`` (nothing here runs at import)::
 
     configure_logging(settings.log_level)          # idempotent; every worker calls create_app
     metrics = Metrics()
-    app = Litestar(route_handlers=[..., OperationsController], ...)   # middleware unchanged
+    app = Litestar(
+        route_handlers=[..., OperationsController],  # middleware unchanged
+        logging_config=None,  # REQUIRED: see below
+        ...,
+    )
     install_observability(app, metrics)            # after Litestar(...), before returning app
     app.state.metrics = metrics                    # /metrics and the unlock route read it
+
+``logging_config=None`` matters: Litestar's default ``LoggingConfig`` runs ``dictConfig`` when the
+app is built and replaces the root logger's handlers with its own plain-text one, so every line
+would be neither JSON nor redacted. With ``None``, Litestar's loggers propagate to ours.
 
 ``install_observability`` wraps Litestar's outermost ASGI handler (as Litestar does itself for its
 OpenTelemetry plugin), so the request id, the access log line and the metrics cover *every* HTTP
