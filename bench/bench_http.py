@@ -1,0 +1,445 @@
+"""HTTP benchmark (issue 4): FairUnlock's POST /v1/unlock-requests against a trivial Litestar
+JSON endpoint served the same way (uvicorn, same worker count, 127.0.0.1) in the same run.
+
+    python -m bench.bench_http [--duration S] [--connections C] [--workers 1,2]
+                               [--target trivial|unlock] [--database sqlite|postgres]
+
+For each worker count: the trivial app (GET /hello, and POST /echo with the unlock request's
+body) and, with ``--target unlock``, ``fairunlock serve`` on a fresh data directory (and, for
+postgres, a fresh database ``fu_bench_<random>`` dropped afterwards) with a ``frontend`` key from
+``fairunlock keys create``. Each server gets a warm-up, then ``--runs`` measured runs; the table
+shows medians and the ratios unlock / trivial. Targets: >= 30 % of the trivial endpoint's
+requests/s and p99 <= 25 ms at 32 connections. Results go to ``bench/results/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.http_load import LoadResult, LoadSpec, free_port, run_load, serve, uvicorn_command
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TARGET_RATIO = 0.30
+TARGET_P99_MS = 25.0
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+UNLOCK_PATH = "/v1/unlock-requests"
+
+# DESIGN.md's request object; __A__ and __D__ vary the account and device per request, so the
+# service's history lookups see many accounts instead of one hot row.
+REQUEST_TEMPLATE = json.dumps(
+    {
+        "account_id": "bench-acct-__A__",
+        "lock_reason": "suspected_takeover",
+        "locale": "zh-CN",
+        "context": {
+            "ip": "203.0.113.7",
+            "device_id": "d-__D__",
+            "user_agent": "Mozilla/5.0 (bench)",
+            "geo": {"country": "CN", "lat": 31.23, "lon": 121.47},
+            "network": "residential",
+            "sim_swap_at": None,
+            "credential_changed_at": None,
+            "account_created_at": "2016-03-02T08:00:00Z",
+            "last_login": {
+                "at": "2026-11-20T09:12:00Z",
+                "device_id": "d-11aa",
+                "geo": {"country": "CN", "lat": 31.20, "lon": 121.44},
+            },
+            "known_device_ids": ["d-11aa", "d-5c02"],
+        },
+    },
+    separators=(",", ":"),
+)
+VARY = {"__A__": 100_000, "__D__": 997}
+
+
+@dataclass
+class Endpoint:
+    target: str  # trivial | unlock
+    name: str
+    method: str
+    path: str
+    body: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def spec(self, base_url: str, args: argparse.Namespace, duration_s: float) -> LoadSpec:
+        headers = dict(self.headers)
+        if self.body:
+            headers["Content-Type"] = "application/json"
+        return LoadSpec(
+            url=base_url + self.path,
+            method=self.method,
+            body_template=REQUEST_TEMPLATE if self.body else None,
+            headers=headers,
+            vary=VARY if self.body else {},
+            connections=args.connections,
+            duration_s=duration_s,
+        )
+
+
+@dataclass
+class Run:
+    endpoint: Endpoint
+    workers: int
+    rep: int
+    result: LoadResult
+    loadavg_before: float
+
+
+def _clean_env() -> dict[str, str]:
+    # Servers start from this environment, never from FAIRUNLOCK_* settings of the caller's shell.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _measure(
+    endpoint: Endpoint, base_url: str, args: argparse.Namespace, workers: int
+) -> list[Run]:
+    runs = []
+    for rep in range(1, args.runs + 1):
+        loadavg = os.getloadavg()[0]
+        result = run_load(endpoint.spec(base_url, args, args.duration), tool=args.tool)
+        runs.append(Run(endpoint, workers, rep, result, loadavg))
+        print(
+            f"  {endpoint.target}:{endpoint.name} workers={workers} run {rep}: "
+            f"{result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  "
+            f"errors {result.http_errors}+{result.socket_errors}  (load avg {loadavg:.2f})",
+            flush=True,
+        )
+    return runs
+
+
+def _warm_up(endpoint: Endpoint, base_url: str, args: argparse.Namespace) -> None:
+    if args.warmup > 0:
+        run_load(endpoint.spec(base_url, args, args.warmup), tool=args.tool)
+
+
+def bench_trivial(args: argparse.Namespace, workers: int, log_dir: Path) -> list[Run]:
+    port = free_port()
+    endpoints = [
+        Endpoint("trivial", "GET /hello", "GET", "/hello"),
+        Endpoint("trivial", "POST /echo", "POST", "/echo", body=True),
+    ]
+    command = uvicorn_command("bench.trivial_app:create_app", workers=workers, port=port)
+    runs: list[Run] = []
+    with serve(
+        command,
+        port=port,
+        env=_clean_env(),
+        cwd=ROOT,
+        ready_path="/hello",
+        log_path=log_dir / f"trivial-w{workers}.log",
+    ) as server:
+        for endpoint in endpoints:
+            _warm_up(endpoint, server.base_url, args)
+            runs += _measure(endpoint, server.base_url, args, workers)
+    return runs
+
+
+# -- FairUnlock --------------------------------------------------------------------------------
+
+
+async def _pg_admin(sql: str, admin_url: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def _postgres_database(admin_url: str) -> Iterator[str]:
+    name = f"fu_bench_{secrets.token_hex(4)}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"', admin_url))
+    try:
+        base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', admin_url))
+
+
+def _fairunlock(env: dict[str, str], *argv: str) -> str:
+    executable = shutil.which("fairunlock", path=str(Path(sys.executable).parent)) or "fairunlock"
+    completed = subprocess.run(
+        [executable, *argv],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"fairunlock {' '.join(argv)} failed ({completed.returncode}): "
+            f"{completed.stderr.strip()[-2000:]}"
+        )
+    return completed.stdout
+
+
+@contextmanager
+def _unlock_environment(args: argparse.Namespace) -> Iterator[tuple[dict[str, str], str]]:
+    """A fresh data directory (and database), migrated, with a frontend key: (env, key)."""
+    with tempfile.TemporaryDirectory(prefix="fu-bench-") as data_dir:
+        env = _clean_env()
+        env["FAIRUNLOCK_DATA_DIR"] = data_dir
+        if args.log_level:
+            env["FAIRUNLOCK_LOG_LEVEL"] = args.log_level
+        with (
+            _postgres_database(args.pg_admin_url) if args.database == "postgres" else _no_database()
+        ) as database_url:
+            if database_url is not None:
+                env["FAIRUNLOCK_DATABASE_URL"] = database_url
+            _fairunlock(env, "db", "upgrade")
+            out = _fairunlock(env, "keys", "create", "--role", "frontend", "--name", "bench")
+            key = out.strip().splitlines()[-1].strip()
+            yield env, key
+
+
+@contextmanager
+def _no_database() -> Iterator[None]:
+    yield None  # the embedded SQLite in the data directory
+
+
+def _preflight(endpoint: Endpoint, base_url: str) -> str | None:
+    """None when one request succeeds; otherwise why the unlock route cannot be measured."""
+    body = LoadSpec(url="", body_template=REQUEST_TEMPLATE, vary=VARY).body(0)
+    headers = {**endpoint.headers, "Content-Type": "application/json"}
+    response = httpx.post(base_url + endpoint.path, content=body, headers=headers, timeout=10)
+    if response.status_code == 404:
+        return f"{endpoint.method} {endpoint.path} answered 404: the route does not exist yet"
+    if not response.is_success:
+        return (
+            f"{endpoint.method} {endpoint.path} answered {response.status_code}: "
+            f"{response.text[:300]}"
+        )
+    return None
+
+
+def bench_unlock(args: argparse.Namespace, workers: int, log_dir: Path) -> tuple[list[Run], str]:
+    with _unlock_environment(args) as (env, key):
+        port = free_port()
+        executable = str(Path(sys.executable).parent / "fairunlock")
+        command = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--workers", str(workers)]
+        endpoint = Endpoint(
+            "unlock",
+            f"POST {UNLOCK_PATH}",
+            "POST",
+            UNLOCK_PATH,
+            body=True,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        with serve(
+            command,
+            port=port,
+            env=env,
+            cwd=ROOT,
+            ready_path="/health/live",
+            log_path=log_dir / f"unlock-{args.database}-w{workers}.log",
+        ) as server:
+            problem = _preflight(endpoint, server.base_url)
+            if problem is not None:
+                return [], problem
+            _warm_up(endpoint, server.base_url, args)
+            return _measure(endpoint, server.base_url, args, workers), ""
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def summarize(runs: list[Run]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.endpoint.target, run.endpoint.name, run.workers), []).append(run)
+    rows = []
+    for (target, name, workers), group in groups.items():
+        rps = [r.result.rps for r in group]
+        rows.append(
+            {
+                "target": target,
+                "endpoint": name,
+                "workers": workers,
+                "runs": len(group),
+                "rps_median": statistics.median(rps),
+                "rps_min": min(rps),
+                "rps_max": max(rps),
+                "p50_ms_median": statistics.median(r.result.p50_ms for r in group),
+                "p99_ms_median": statistics.median(r.result.p99_ms for r in group),
+                "http_errors": sum(r.result.http_errors for r in group),
+                "socket_errors": sum(r.result.socket_errors for r in group),
+            }
+        )
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_key = {(r["endpoint"], r["workers"]): r for r in rows}
+    out = []
+    for row in rows:
+        if row["target"] != "unlock":
+            continue
+        for reference in ("POST /echo", "GET /hello"):
+            trivial = by_key.get((reference, row["workers"]))
+            if trivial is None:
+                continue
+            ratio = row["rps_median"] / trivial["rps_median"]
+            out.append(
+                {
+                    "workers": row["workers"],
+                    "reference": reference,
+                    "ratio": round(ratio, 4),
+                    "meets_ratio": ratio >= TARGET_RATIO,
+                    "p99_ms": row["p99_ms_median"],
+                    "meets_p99": row["p99_ms_median"] <= TARGET_P99_MS,
+                }
+            )
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], args: Any) -> None:
+    print()
+    print(f"connections {args.connections}, {args.duration:g} s per run, medians of {args.runs}")
+    header = (
+        f"{'endpoint':<28} {'workers':>7} {'req/s (median)':>15} {'min..max':>17} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        span = f"{r['rps_min']:,.0f}..{r['rps_max']:,.0f}"
+        print(
+            f"{r['endpoint']:<28} {r['workers']:>7} {r['rps_median']:>15,.1f} {span:>17} "
+            f"{r['p50_ms_median']:>8.2f} {r['p99_ms_median']:>8.2f} "
+            f"{r['http_errors'] + r['socket_errors']:>7}"
+        )
+    for q in ratio_rows:
+        print(
+            f"unlock / {q['reference']} at {q['workers']} worker(s): {q['ratio']:.1%} "
+            f"({'meets' if q['meets_ratio'] else 'MISSES'} >= {TARGET_RATIO:.0%}); "
+            f"p99 {q['p99_ms']:.2f} ms "
+            f"({'meets' if q['meets_p99'] else 'MISSES'} <= {TARGET_P99_MS:g} ms)"
+        )
+
+
+def _workers(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or any(not 1 <= v <= 16 for v in values):
+        raise argparse.ArgumentTypeError("workers: a comma-separated list of 1..16")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded warm-up")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per configuration")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=_workers, default=[1, 2], help="e.g. 1,2")
+    parser.add_argument("--target", choices=["trivial", "unlock"], default="trivial")
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    parser.add_argument("--tool", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument(
+        "--log-level", default=None, help="FAIRUNLOCK_LOG_LEVEL for the service (default: its own)"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="results JSON path")
+    args = parser.parse_args(argv)
+    if not 1 <= args.duration <= 120 or not 1 <= args.connections <= 1024:
+        parser.error("--duration must be 1..120 s and --connections 1..1024")
+    if args.tool == "auto":
+        args.tool = "wrk" if shutil.which("wrk") else "httpx"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(UTC)
+    print(f"load generator: {args.tool}; workers {args.workers}; target {args.target}", flush=True)
+    if args.tool == "httpx":
+        print("  (wrk not found: the httpx client's own CPU cost caps the figures)", flush=True)
+    runs: list[Run] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="fu-bench-logs-") as logs:
+        log_dir = Path(logs)
+        for workers in args.workers:
+            runs += bench_trivial(args, workers, log_dir)
+            if args.target == "unlock":
+                unlock_runs, problem = bench_unlock(args, workers, log_dir)
+                runs += unlock_runs
+                if problem:
+                    notes.append(f"workers={workers}: {problem}")
+                    print(f"  unlock not measured: {problem}", flush=True)
+    rows = summarize(runs)
+    ratio_rows = ratios(rows)
+    print_table(rows, ratio_rows, args)
+    for note in notes:
+        print(f"NOTE: {note}")
+    output = args.output or RESULTS / f"http-{args.target}-{started:%Y%m%dT%H%M%SZ}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "settings": {
+                    "duration_s": args.duration,
+                    "warmup_s": args.warmup,
+                    "runs": args.runs,
+                    "connections": args.connections,
+                    "workers": args.workers,
+                    "target": args.target,
+                    "database": args.database if args.target == "unlock" else None,
+                    "tool": args.tool,
+                },
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "summary": rows,
+                "ratios": ratio_rows,
+                "notes": notes,
+                "runs": [
+                    {
+                        "target": r.endpoint.target,
+                        "endpoint": r.endpoint.name,
+                        "workers": r.workers,
+                        "rep": r.rep,
+                        "loadavg_before": r.loadavg_before,
+                        **r.result.as_dict(),
+                    }
+                    for r in runs
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"results: {output}")
+    return 1 if notes else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""HTTP load harness: start a server on loopback, load it for a fixed time, always stop it.
+
+- ``serve(command, port=..., env=...)`` starts a server process in its own process group, waits
+  until it answers HTTP, and on exit sends SIGTERM to the group, then SIGKILL after a grace period.
+- ``run_load(spec)`` loads one endpoint for ``spec.duration_s`` with ``spec.connections`` open
+  connections and returns requests/s and latency percentiles. It uses ``wrk`` when it is on PATH
+  (this module installs nothing: ``apt-get install wrk``) and otherwise a bounded asyncio + httpx
+  client, whose own CPU cost then limits what it can measure (results name the tool).
+
+Every URL is ``http://127.0.0.1:<port>``; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+LOOPBACK = "127.0.0.1"
+MAX_REQUESTS = 2_000_000  # the fallback client's hard bound, whatever the duration
+STOP_GRACE_S = 10.0
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or never answered; the message ends with its log's tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _check_loopback(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname != LOOPBACK:
+        raise ValueError(f"load only goes to http://{LOOPBACK}, not {url!r}")
+
+
+def uvicorn_command(factory: str, *, workers: int, port: int) -> list[str]:
+    """uvicorn as PERF.md ran it: no access log, warnings only."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    # The server runs in its own session, so its pid is its process group: workers go too.
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _wait_ready(server: Server, path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    url = server.base_url + path
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ServerFailed(
+                f"server exited with {server.process.returncode} before answering:\n"
+                + server.log_tail()
+            )
+        try:
+            httpx.get(url, timeout=1.0)
+        except httpx.TransportError:
+            time.sleep(0.1)
+            continue
+        return  # any HTTP answer means the server is up
+    raise ServerFailed(f"no answer from {url} within {timeout_s:g} s:\n" + server.log_tail())
+
+
+@contextmanager
+def serve(
+    command: list[str],
+    *,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ready_path: str = "/",
+    log_path: Path | None = None,
+    start_timeout_s: float = 60.0,
+) -> Iterator[Server]:
+    """Run ``command`` (which must listen on 127.0.0.1:``port``) for the ``with`` block."""
+    if log_path is None:
+        log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            server = Server(process, port, log_path)
+            _wait_ready(server, ready_path, start_timeout_s)
+            yield server
+        finally:
+            _stop(process)
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One endpoint under load. ``body_template`` placeholders (keys of ``vary``) are replaced by
+    the request number modulo the given value, so every request can carry other ids."""
+
+    url: str
+    method: str = "GET"
+    body_template: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    vary: Mapping[str, int] = field(default_factory=dict)
+    connections: int = 32
+    duration_s: float = 10.0
+    timeout_s: float = 10.0
+
+    def body(self, n: int) -> str | None:
+        if self.body_template is None:
+            return None
+        body = self.body_template
+        for placeholder, modulus in self.vary.items():
+            body = body.replace(placeholder, str(n % modulus))
+        return body
+
+
+@dataclass
+class LoadResult:
+    tool: str
+    requests: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    http_errors: int  # responses with status >= 400
+    socket_errors: int
+    latency_distribution_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_load(spec: LoadSpec, *, tool: str = "auto") -> LoadResult:
+    """Load ``spec.url``; ``tool`` is ``wrk``, ``httpx`` or ``auto`` (wrk when installed)."""
+    _check_loopback(spec.url)
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "httpx"
+    if tool == "wrk":
+        return _run_wrk(spec)
+    if tool == "httpx":
+        return asyncio.run(_run_httpx(spec))
+    raise ValueError(f"unknown load tool {tool!r}")
+
+
+# -- wrk ---------------------------------------------------------------------------------------
+
+
+def _lua_string(value: str) -> str:
+    level = 1
+    while f"]{'=' * level}]" in value:
+        level += 1
+    return f"[{'=' * level}[{value}]{'=' * level}]"
+
+
+def _wrk_script(spec: LoadSpec) -> str:
+    lines = [f"wrk.method = {_lua_string(spec.method)}"]
+    lines += [
+        f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}"
+        for name, value in spec.headers.items()
+    ]
+    if spec.body_template is not None:
+        mods = ", ".join(f"{{{_lua_string(k)}, {v}}}" for k, v in spec.vary.items())
+        lines += [
+            f"local template = {_lua_string(spec.body_template)}",
+            f"local mods = {{{mods}}}",
+            "local n = 0",
+            "request = function()",
+            "  n = n + 1",
+            "  local body = template",
+            "  for _, m in ipairs(mods) do",
+            "    body = (string.gsub(body, m[1], tostring(n % m[2])))",
+            "  end",
+            "  return wrk.format(nil, nil, nil, body)",
+            "end",
+        ]
+    # Exact figures (microseconds) and every error class, in one parseable line.
+    lines += [
+        "done = function(summary, latency, requests)",
+        "  local e = summary.errors",
+        '  io.write(string.format("FU_RESULT %d %d %d %d %d %d %d %d %d\\n",',
+        "    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),",
+        "    e.connect, e.read, e.write, e.status, e.timeout))",
+        "end",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+_DISTRIBUTION = re.compile(r"^\s+(\d+(?:\.\d+)?)%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
+
+
+def parse_wrk_latency(output: str) -> dict[str, float]:
+    """The ``--latency`` table (50/75/90/99 %) in milliseconds."""
+    return {
+        f"p{pct}": round(float(value) * _UNITS_MS[unit], 3)
+        for pct, value, unit in _DISTRIBUTION.findall(output)
+    }
+
+
+def _run_wrk(spec: LoadSpec) -> LoadResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_wrk_script(spec))
+    try:
+        command = [
+            "wrk",
+            "-t1",  # one thread: the generator shares the 2 cores with the server (PERF.md §1)
+            f"-c{spec.connections}",
+            f"-d{max(1, round(spec.duration_s))}s",
+            f"--timeout={max(1, round(spec.timeout_s))}s",
+            "--latency",
+            "-s",
+            script.name,
+            spec.url,
+        ]
+        completed = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=spec.duration_s + spec.timeout_s + 30,
+            check=False,
+        )
+    finally:
+        os.unlink(script.name)
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()}")
+    match = re.search(r"^FU_RESULT ([\d ]+)$", completed.stdout, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result line:\n{completed.stdout}")
+    requests, duration_us, p50_us, p99_us, connect, read, write, status, timeouts = map(
+        int, match.group(1).split()
+    )
+    duration_s = duration_us / 1e6
+    return LoadResult(
+        tool="wrk",
+        requests=requests,
+        duration_s=round(duration_s, 3),
+        rps=round(requests / duration_s, 1) if duration_s else 0.0,
+        p50_ms=round(p50_us / 1000, 3),
+        p99_ms=round(p99_us / 1000, 3),
+        http_errors=status,  # wrk counts responses with status > 399 here
+        socket_errors=connect + read + write + timeouts,
+        latency_distribution_ms=parse_wrk_latency(completed.stdout),
+    )
+
+
+# -- the fallback client -----------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+async def _run_httpx(spec: LoadSpec) -> LoadResult:
+    parts = urlsplit(spec.url)
+    path = parts.path or "/"
+    limits = httpx.Limits(
+        max_connections=spec.connections, max_keepalive_connections=spec.connections
+    )
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors = 0
+    numbers = itertools.count()
+    async with httpx.AsyncClient(
+        base_url=f"{parts.scheme}://{parts.netloc}",
+        limits=limits,
+        timeout=spec.timeout_s,
+        headers=dict(spec.headers),
+    ) as client:
+        started = time.perf_counter()
+        deadline = started + spec.duration_s
+
+        async def connection() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline and len(latencies) + errors < MAX_REQUESTS:
+                body = spec.body(next(numbers))
+                sent = time.perf_counter()
+                try:
+                    response = await client.request(
+                        spec.method, path, content=body.encode() if body is not None else None
+                    )
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - sent)
+                statuses[response.status_code] += 1
+
+        await asyncio.gather(*(connection() for _ in range(spec.connections)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    distribution = {f"p{q}": round(_percentile(latencies, q) * 1000, 3) for q in (50, 75, 90, 99)}
+    return LoadResult(
+        tool="httpx",
+        requests=len(latencies),
+        duration_s=round(elapsed, 3),
+        rps=round(len(latencies) / elapsed, 1),
+        p50_ms=distribution["p50"],
+        p99_ms=distribution["p99"],
+        http_errors=sum(n for status, n in statuses.items() if status >= 400),
+        socket_errors=errors,
+        latency_distribution_ms=distribution,
+    )
