@@ -32,8 +32,9 @@ from typing import Any
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, insert
 
 from audit.entry import AuditEvent, EntryKind
-from audit.store import AuditStore, GroupAppender, append_event_now, create_schema
+from audit.store import AuditStore, GroupAppender, append_event_now
 from service.db import create_engine
+from service.schema import upgrade
 
 PG_ADMIN = os.environ.get(
     "FAIRUNLOCK_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -155,10 +156,11 @@ def _run(url: str, mode: str, processes: int, tasks: int, seconds: float) -> tup
 def bench_backend(
     name: str, url: str, processes: int, tasks: int, group_tasks: int, seconds: float
 ) -> list[str]:
+    upgrade(url)  # the migrations, as the app and the CLI apply them
+
     async def prepare() -> None:
         engine = create_engine(url)
         try:
-            await create_schema(engine)
             async with engine.begin() as conn:
                 await conn.run_sync(_baseline_meta.create_all)
         finally:

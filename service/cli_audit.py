@@ -118,19 +118,18 @@ def _run(body: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
 
 
 async def _prepare(settings: Settings) -> tuple[Any, Any]:
-    """Engine and key store; development also creates the audit tables if absent."""
-    from audit.store import create_schema
+    """Engine and key store; development migrates the database first, as the app does."""
     from service.db import create_engine
     from service.keystore import KeyStore
+    from service.schema import upgrade
 
     keystore = KeyStore.load(settings)
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.resolved_database_url)
     if not settings.is_production:
-        # No migrations yet for development databases; production runs `fairunlock db upgrade`.
-        await create_schema(engine)
-    return engine, keystore
+        # Production runs `fairunlock db upgrade` as a deliberate step.
+        await asyncio.to_thread(upgrade, settings.resolved_database_url)
+    return create_engine(settings.resolved_database_url), keystore
 
 
 def _integrate(args: argparse.Namespace) -> int:

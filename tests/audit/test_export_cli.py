@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from audit.entry import AuditEvent, EntryKind, decode_entry
-from audit.store import append_event_now, create_schema
+from audit.store import append_event_now
 from service.db import create_engine
+from service.schema import upgrade
 
 ORIGIN = "cli.fairunlock/audit"
 
@@ -33,10 +34,11 @@ def fairunlock(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def seed(data_dir: Path, count: int) -> None:
+    url = f"sqlite+aiosqlite:///{data_dir / 'fairunlock.sqlite3'}"
+
     async def main() -> None:
-        engine = create_engine(f"sqlite+aiosqlite:///{data_dir / 'fairunlock.sqlite3'}")
+        engine = create_engine(url)
         try:
-            await create_schema(engine)
             for n in range(count):
                 await append_event_now(
                     engine,
@@ -46,6 +48,7 @@ def seed(data_dir: Path, count: int) -> None:
             await engine.dispose()
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(url)  # the migrations, as `fairunlock db upgrade` and the app apply them
     asyncio.run(main())
 
 

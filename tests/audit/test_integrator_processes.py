@@ -25,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.entry import AuditEvent, EntryKind, decode_entry, event_to_payload
 from audit.export import export_bundle
-from audit.store import AuditStore, append_event_now, create_schema
+from audit.store import AuditStore, append_event_now
 from audit.verify import verify_bundle
 from service.db import create_engine
 from service.keystore import KeyStore
+from service.schema import upgrade
 from service.settings import Settings
 from tests.audit.test_store import db_url
 
@@ -92,7 +93,8 @@ def _peek(url: str) -> tuple[int, int]:
     if url.startswith("sqlite"):
         conn = sqlite3.connect(f"file:{url.split(':///', 1)[1]}?mode=ro", uri=True)
         try:
-            (size,) = conn.execute("SELECT size FROM audit_head").fetchone()
+            head = conn.execute("SELECT size FROM audit_head").fetchone()
+            size = 0 if head is None else head[0]
             (backlog,) = conn.execute("SELECT count(*) FROM audit_inbox").fetchone()
             return int(size), int(backlog)
         finally:
@@ -140,14 +142,7 @@ def _export_and_verify(url: str, data_dir: Path, out: Path) -> list[dict[str, ob
 
 
 def test_concurrent_writer_processes_with_a_running_integrator(db_url: str, tmp_path: Path) -> None:
-    async def prepare() -> None:
-        engine = create_engine(db_url)
-        try:
-            await create_schema(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(prepare())
+    upgrade(db_url)
     integrator = _integrator(
         db_url, tmp_path, FAIRUNLOCK_AUDIT_BATCH_SIZE="500", FAIRUNLOCK_AUDIT_INTERVAL_MS="20"
     )
@@ -197,7 +192,6 @@ def test_sigkilled_integrator_loses_and_duplicates_nothing(db_url: str, tmp_path
         now = datetime.now(UTC)
         engine = create_engine(db_url)
         try:
-            await create_schema(engine)
             async with engine.begin() as conn:
                 await AuditStore(conn).enqueue_many(
                     [
@@ -210,6 +204,7 @@ def test_sigkilled_integrator_loses_and_duplicates_nothing(db_url: str, tmp_path
         finally:
             await engine.dispose()
 
+    upgrade(db_url)
     asyncio.run(seed())
     integrator = _integrator(db_url, tmp_path, "--once", "--batch-size", str(batch))
     # Kill once at least one batch is committed and more remain: the integrator works batch
