@@ -943,3 +943,37 @@ def test_any_bit_flip_in_entries_fails_even_with_a_resigned_manifest(
     with pytest.raises(VerificationError) as caught:
         verify_bundle(bundle, SIGNER.public_key)
     assert caught.value.check in {"entry", "root"}
+
+
+@given(
+    prefix_size=st.integers(0, 2500),
+    count=st.integers(0, 3500),
+    cuts=st.lists(st.integers(0, 3500), max_size=6),
+    snapshot_fraction=st.none() | st.floats(0, 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_bulk_root_builder_equals_leaf_by_leaf_compact_range(
+    prefix_size: int, count: int, cuts: list[int], snapshot_fraction: float | None
+) -> None:
+    """The verifier hashes aligned blocks of leaves in bulk; whatever the delta start, the way
+    the file splits into read chunks, and the --previous size, it must agree with CompactRange."""
+    from audit.verify import _RootBuilder
+
+    lines = [b"line %d" % index for index in range(prefix_size + count)]
+    leaves = [leaf_hash(line) for line in lines]
+    prefix = CompactRange.empty()
+    prefix.extend(leaves[:prefix_size])
+    snapshot = None
+    if snapshot_fraction is not None:
+        snapshot = prefix_size + int(snapshot_fraction * count)
+    builder = _RootBuilder(prefix.copy(), snapshot)
+    bounds = sorted({0, count, *(cut for cut in cuts if cut <= count)})
+    for low, high in itertools.pairwise(bounds):
+        builder.add_lines(lines[prefix_size + low : prefix_size + high])
+    expected = CompactRange.empty()
+    expected.extend(leaves)
+    assert builder.finish() == expected
+    if snapshot is not None:
+        assert builder.snapshot_root == root_from_leaf_hashes(leaves[:snapshot])
+    else:
+        assert builder.snapshot_root is None
