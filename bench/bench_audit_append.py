@@ -68,14 +68,19 @@ def _event(writer: int, n: int) -> AuditEvent:
 
 
 def _writer(
-    url: str, mode: str, writer: int, tasks: int, start_at: float, seconds: float, out: Any
+    url: str, mode: str, writer: int, tasks: int, seconds: float, ready: Any, go: Any, out: Any
 ) -> None:
     async def main() -> tuple[int, float]:
         engine = create_engine(url, pool_size=tasks)
         appender = GroupAppender(engine)
         count = 0
         payload = b"x" * 300
-        stop_at = start_at + seconds
+        async with engine.connect():
+            pass  # connect before the clock starts
+        # Every process is imported and connected before any starts: a start barrier.
+        ready.put(writer)
+        await asyncio.to_thread(go.wait)
+        stop_at = time.time() + seconds
 
         async def loop(task: int) -> None:
             nonlocal count
@@ -91,7 +96,6 @@ def _writer(
                 n += 1
                 count += 1
 
-        await asyncio.sleep(max(0.0, start_at - time.time()))
         await asyncio.gather(*(loop(t) for t in range(tasks)))
         ended = time.time()
         await engine.dispose()
@@ -138,13 +142,18 @@ async def _contiguous(url: str) -> int:
 def _run(url: str, mode: str, processes: int, tasks: int, seconds: float) -> tuple[int, float]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    start_at = time.time() + 2.0  # let every process import and connect first
+    ready = ctx.Queue()
+    go = ctx.Event()
     workers = [
-        ctx.Process(target=_writer, args=(url, mode, w, tasks, start_at, seconds, queue))
+        ctx.Process(target=_writer, args=(url, mode, w, tasks, seconds, ready, go, queue))
         for w in range(processes)
     ]
     for w in workers:
         w.start()
+    for _ in workers:
+        ready.get(timeout=300)
+    start_at = time.time()
+    go.set()
     results = [queue.get(timeout=seconds + 120) for _ in workers]
     for w in workers:
         w.join()
