@@ -108,8 +108,34 @@ class Run:
 def _clean_env() -> dict[str, str]:
     # Servers start from this environment, never from FAIRUNLOCK_* settings of the caller's shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")}
-    env["PYTHONPATH"] = str(ROOT)
+    # The checkout first; a caller's PYTHONPATH stays (e.g. to try uvloop/httptools builds).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
+
+
+def server_stack(env: dict[str, str]) -> dict[str, bool]:
+    """Whether the servers' uvicorn can use uvloop and httptools (its "auto" picks them).
+
+    Without uvloop, uvicorn with --workers >= 2 answers each request about 40 ms late (measured
+    here: p50 46 ms at one connection, against 0.2 ms with uvloop): for several workers uvicorn
+    binds the socket itself as ``socket.socket(family=AF_INET)`` (proto 0), and asyncio sets
+    TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, so Nagle meets delayed ACKs.
+    """
+    probe = (
+        "import importlib.util as u; "
+        "print(*(bool(u.find_spec(m)) for m in ('uvloop', 'httptools')))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    uvloop, httptools = (part == "True" for part in completed.stdout.split())
+    return {"uvloop": uvloop, "httptools": httptools}
 
 
 def _measure(
@@ -377,7 +403,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(UTC)
-    print(f"load generator: {args.tool}; workers {args.workers}; target {args.target}", flush=True)
+    stack = server_stack(_clean_env())
+    print(
+        f"load generator: {args.tool}; workers {args.workers}; target {args.target}; "
+        f"server uvloop={stack['uvloop']} httptools={stack['httptools']}",
+        flush=True,
+    )
+    if not stack["uvloop"] and max(args.workers) > 1:
+        print(
+            "  WARNING: no uvloop: multi-worker latencies include ~40 ms Nagle stalls", flush=True
+        )
     if args.tool == "httpx":
         print("  (wrk not found: the httpx client's own CPU cost caps the figures)", flush=True)
     runs: list[Run] = []
@@ -412,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                     "target": args.target,
                     "database": args.database if args.target == "unlock" else None,
                     "tool": args.tool,
+                    "server_stack": stack,
                 },
                 "machine": {
                     "cpus": os.cpu_count(),
