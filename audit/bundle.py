@@ -8,24 +8,23 @@ format (file names, manifest) is defined in audit/verify.py, next to the code th
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
 
 from audit.checkpoint import Checkpoint, CheckpointSigner, public_key_pem
 from audit.merkle import CompactRange
 from audit.verify import (
     CHECKPOINT_FILE,
     ENTRIES_FILE,
-    ENTRY_INDEX_KEY,
-    ENTRY_LINE_END,
-    ENTRY_LINE_START,
     MANIFEST_FILE,
     MANIFEST_SIGNATURE_FILE,
     PREFIX_FILE,
     PUBLIC_KEY_FILE,
     FileDigest,
     Manifest,
+    RootBuilder,
+    first_bad_line,
     log_marker,
 )
 
@@ -44,65 +43,44 @@ def _write_small(path: Path, data: bytes) -> FileDigest:
     return FileDigest(hashlib.sha256(data).hexdigest(), len(data))
 
 
-def _flush(handle: BinaryIO, batch: list[bytes], file_hash: hashlib._Hash, first: int) -> int:
-    """Write a batch of entries as lines, hash them, empty the batch; bytes written.
-
-    `first` is the position in the export of the batch's first entry, for the error message.
-    """
-    batch.append(b"")  # the join then ends in a newline
-    data = b"\n".join(batch)
-    # Line breaks inside entries are looked for once per batch, not once per entry.
-    if data.count(b"\n") != len(batch) - 1 or b"\r" in data:
-        bad = next(n for n, entry in enumerate(batch) if b"\n" in entry or b"\r" in entry)
-        raise BundleError(f"entry {first + bad} contains a line break")
-    handle.write(data)
-    file_hash.update(data)
-    batch.clear()
-    return len(data)
-
-
 def _write_entries(
-    path: Path, entries: Iterable[bytes], compact: CompactRange, origin: str
-) -> FileDigest:
-    """Stream entries to path as lines while extending `compact` with their leaf hashes."""
-    hashes = compact.hashes
-    start = size = compact.size
+    path: Path, entries: Iterable[bytes], prefix: CompactRange, origin: str
+) -> tuple[FileDigest, CompactRange]:
+    """Stream entries to path as lines; their file digest and the compact range after them.
+
+    Entries are handled in batches: checked (verify.first_bad_line), hashed into the tree
+    (verify.RootBuilder, the verifier's own code) and written, so per-entry interpreter work
+    is small and memory is bounded by one batch.
+    """
     marker = log_marker(origin)
-    index_key, index_key_size = ENTRY_INDEX_KEY, len(ENTRY_INDEX_KEY)
-    line_start, line_end = ENTRY_LINE_START, ENTRY_LINE_END
+    builder = RootBuilder(prefix, None)
+    next_index = prefix.size
     file_hash = hashlib.sha256()
     file_bytes = 0
-    sha256 = hashlib.sha256
     batch: list[bytes] = []
     with path.open("xb") as handle:
-        for entry in entries:
-            # verify.entry_line_matches inlined: the call overhead alone was a third of the
-            # writer's time. The `%d,` test pins the whole index (no longer number can follow).
-            position = entry.rfind(index_key)
-            if (
-                position < 0
-                or not entry.startswith(b"%d," % size, position + index_key_size)
-                or not entry.startswith(line_start)
-                or not entry.endswith(line_end)
-                or entry.find(marker, position) < 0
-            ):
+        iterator = iter(entries)
+        while True:
+            batch[:] = itertools.islice(iterator, _WRITE_BATCH)
+            if not batch:
+                break
+            batch.append(b"")  # the join then ends in a newline
+            data = b"\n".join(batch)
+            del batch[-1]
+            # A line break inside an entry would split it into two lines of the export.
+            suspect = data.count(b"\n") != len(batch) or b"\r" in data
+            bad = first_bad_line(batch, next_index, marker, suspect=suspect)
+            if bad is not None:
                 raise BundleError(
-                    f"entry {size - start} is not a canonical entry of {origin!r} with index {size}"
+                    f"entry {next_index + bad - prefix.size} is not a canonical entry of "
+                    f"{origin!r} with index {next_index + bad} on one line"
                 )
-            batch.append(entry)
-            hashes.append(sha256(b"\x00" + entry).digest())
-            bits = size
-            while bits & 1:
-                right = hashes.pop()
-                hashes[-1] = sha256(b"\x01" + hashes[-1] + right).digest()
-                bits >>= 1
-            size += 1
-            if len(batch) >= _WRITE_BATCH:
-                file_bytes += _flush(handle, batch, file_hash, size - len(batch) - start)
-        if batch:
-            file_bytes += _flush(handle, batch, file_hash, size - len(batch) - start)
-    compact.size = size
-    return FileDigest(file_hash.hexdigest(), file_bytes)
+            builder.add_lines(batch)
+            handle.write(data)
+            file_hash.update(data)
+            file_bytes += len(data)
+            next_index += len(batch)
+    return FileDigest(file_hash.hexdigest(), file_bytes), builder.finish()
 
 
 def write_bundle(
@@ -132,8 +110,7 @@ def write_bundle(
             # Checked up front so a refused export leaves nothing half-written behind.
             raise FileExistsError(f"{out_dir / name} exists; an export never overwrites")
 
-    compact = prefix.copy()
-    entries_digest = _write_entries(out_dir / ENTRIES_FILE, entries, compact, origin)
+    entries_digest, compact = _write_entries(out_dir / ENTRIES_FILE, entries, prefix, origin)
 
     checkpoint_note = signer.sign(Checkpoint(origin, compact.size, compact.root())).encode()
     files = {

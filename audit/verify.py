@@ -371,6 +371,33 @@ def _describe_bad_line(line: bytes, line_no: int, index: int, log_json: bytes) -
     return fail("not a canonical entry (keys, order or spacing)")
 
 
+def first_bad_line(
+    lines: list[bytes], first_index: int, marker: bytes, suspect: bool = False
+) -> int | None:
+    """Offset of the first line that is not the canonical entry expected at its position.
+
+    entry_line_matches over a whole chunk in one generator, which costs far less interpreter
+    time than a statement-level loop. `suspect` (the chunk holds a CR or a stray newline) skips
+    straight to the line-by-line test, which also looks for line breaks.
+    """
+    line_start, line_end = ENTRY_LINE_START, ENTRY_LINE_END
+    expected = [b"%d," % index for index in range(first_index, first_index + len(lines))]
+    positions = [line.rfind(ENTRY_INDEX_KEY) for line in lines]
+    if not suspect and all(
+        position >= 0
+        and line.startswith(index, position + 9)  # 9 = len(ENTRY_INDEX_KEY)
+        and line.startswith(line_start)
+        and line.endswith(line_end)
+        and line.find(marker, position) >= 0
+        for line, index, position in zip(lines, expected, positions, strict=True)
+    ):
+        return None
+    for offset, line in enumerate(lines):
+        if not entry_line_matches(line, first_index + offset, marker):
+            return offset
+    return None
+
+
 def _check_lines(
     lines: list[bytes], first_index: int, first_line_no: int, has_cr: bool, context: _LineContext
 ) -> None:
@@ -385,26 +412,12 @@ def _check_lines(
             f"(size {context.end})",
             line_no,
         )
-    marker, line_start, line_end = context.marker, ENTRY_LINE_START, ENTRY_LINE_END
-    expected = [b"%d," % index for index in range(first_index, first_index + len(lines))]
-    positions = [line.rfind(ENTRY_INDEX_KEY) for line in lines]
-    # entry_line_matches over the whole chunk in one generator: far less interpreter overhead
-    # than a statement-level loop. 9 = len(ENTRY_INDEX_KEY).
-    if not has_cr and all(
-        position >= 0
-        and line.startswith(index, position + 9)
-        and line.startswith(line_start)
-        and line.endswith(line_end)
-        and line.find(marker, position) >= 0
-        for line, index, position in zip(lines, expected, positions, strict=True)
-    ):
-        return
-    for offset, line in enumerate(lines):  # slow path: find and describe the culprit
-        if not entry_line_matches(line, first_index + offset, marker):
-            raise _describe_bad_line(
-                line, first_line_no + offset, first_index + offset, context.log_json
-            )
-    # Only reached when the CR is in the carried-over start of the next chunk's first line.
+    # None also when the CR is in the carried-over start of the next chunk's first line.
+    offset = first_bad_line(lines, first_index, context.marker, suspect=has_cr)
+    if offset is not None:
+        raise _describe_bad_line(
+            lines[offset], first_line_no + offset, first_index + offset, context.log_json
+        )
 
 
 @dataclass(frozen=True)
@@ -418,8 +431,8 @@ _BLOCK_HEIGHT = 10
 _BLOCK = 1 << _BLOCK_HEIGHT
 
 
-class _RootBuilder:
-    """Compact range fed with leaf hashes in bulk.
+class RootBuilder:
+    """Compact range fed with entry lines in bulk (shared by the verifier and the writer).
 
     Aligned runs of _BLOCK leaves are reduced level by level with list comprehensions and
     appended as one perfect subtree; only unaligned leaves (a delta export's start, the tail,
@@ -493,7 +506,7 @@ def _verify_entries(
         marker=log_marker(manifest.origin),
         log_json=json.dumps(manifest.origin, ensure_ascii=False).encode(),
     )
-    builder = _RootBuilder(prefix, snapshot_size)
+    builder = RootBuilder(prefix, snapshot_size)
     next_index = prefix.size
     line_no = 0  # lines seen so far; messages count from 1
     carry = b""
