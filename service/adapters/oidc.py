@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 import httpx
 from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, JoseError, UnsupportedAlgorithmError
-from joserfc.jwk import KeySet, OctKey, OKPKey
+from joserfc.jwk import ECKey, KeySet, OctKey, OKPKey
 
 from service.providers import OidcProvider
 
@@ -72,6 +72,8 @@ DEFAULT_METADATA_TTL = timedelta(hours=1)
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 STATE_BYTES = 32  # 256 bits, above the 128-bit floor for state and nonce
 VERIFIER_BYTES = 48  # 64 base64url characters, inside RFC 7636's 43..128
+# Codes are opaque but short in practice; a longer one is not worth sending to the provider.
+MAX_CODE_LENGTH = 2048
 MAX_SUBJECT_LENGTH = 255  # OIDC Core 2: sub is at most 255 ASCII characters
 
 
@@ -390,8 +392,8 @@ class HttpOidcClient:
         check_state(state, expected_state)
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        if not code:
-            raise OidcError("exchange_failed", "empty code")
+        if not code or len(code) > MAX_CODE_LENGTH:
+            raise OidcError("exchange_failed", "empty or oversized code")
         metadata = await self._discover(provider)
         id_token = await self._exchange(provider, metadata, code=code, code_verifier=code_verifier)
         kid = read_jose_header(id_token).get("kid")
@@ -532,21 +534,24 @@ Signing = Literal["provider", "foreign_key", "unknown_kid", "none", "hs256_clien
 def sign_id_token(
     claims: Mapping[str, Any],
     *,
-    provider_key: OKPKey,
+    provider_key: OKPKey | ECKey,
     signing: Signing = "provider",
     client_secret: str = "",
 ) -> str:
-    """Sign like an honest provider (``"provider"``) or like the attacks the checks refuse: another
-    key under the provider's kid, an unknown kid, ``alg: none``, HS256 keyed by the client secret.
-    Used by the fake and by test providers."""
+    """Sign like an honest provider (``"provider"``: Ed25519 or ES256 by key type) or like the
+    attacks the checks refuse: another key under the provider's kid, an unknown kid, ``alg: none``,
+    HS256 keyed by the client secret. Used by the fake and by test providers."""
     payload = dict(claims)
     kid = provider_key.kid
+    alg = "ES256" if isinstance(provider_key, ECKey) else "Ed25519"
     if signing == "provider":
-        return jwt.encode({"alg": "Ed25519", "kid": kid}, payload, provider_key, ["Ed25519"])
+        return jwt.encode({"alg": alg, "kid": kid}, payload, provider_key, [alg])
     if signing in ("foreign_key", "unknown_kid"):
-        other = OKPKey.generate_key("Ed25519")
+        other: OKPKey | ECKey = (
+            ECKey.generate_key("P-256") if alg == "ES256" else OKPKey.generate_key("Ed25519")
+        )
         other_kid = kid if signing == "foreign_key" else "not-" + str(kid)
-        return jwt.encode({"alg": "Ed25519", "kid": other_kid}, payload, other, ["Ed25519"])
+        return jwt.encode({"alg": alg, "kid": other_kid}, payload, other, [alg])
     if signing == "hs256_client_secret":
         secret = OctKey.import_key(client_secret.encode())
         return jwt.encode({"alg": "HS256", "kid": kid}, payload, secret, ["HS256"])

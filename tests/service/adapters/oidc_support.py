@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 import httpx
-from joserfc.jwk import OKPKey
+from joserfc.jwk import ECKey
 
 from service.adapters.oidc import (
     AuthorizationRequest,
@@ -52,6 +52,10 @@ CLIENT_SECRET = "test-client-secret"
 # Never contacted: the drivers read the redirect's Location instead of following it.
 REDIRECT_URI = "http://127.0.0.1:9/oidc/callback"
 PROCESS_START_TIMEOUT = 20.0
+
+
+def new_es256_key() -> ECKey:
+    return ECKey.generate_key("P-256", parameters={"kid": secrets.token_hex(8), "use": "sig"})
 
 
 def free_port() -> int:
@@ -169,12 +173,11 @@ class Tenant:
 
 class ScriptedProvider:
     """A minimal OIDC provider: discovery, authorization (logs ``tenant.subject`` in at once),
-    token endpoint (client_secret_basic, single-use codes, PKCE S256), JWKS. One Ed25519 key."""
+    token endpoint (client_secret_basic, single-use codes, PKCE S256), JWKS. One ES256 key, so the
+    real client sees RS256 (the mock), ES256 (here); the fake signs Ed25519."""
 
     def __init__(self) -> None:
-        self.key = OKPKey.generate_key(
-            "Ed25519", parameters={"kid": secrets.token_hex(8), "use": "sig"}
-        )
+        self.key = new_es256_key()
         self.tenants: dict[str, Tenant] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -261,7 +264,7 @@ def _handler_for(provider: ScriptedProvider) -> type[BaseHTTPRequestHandler]:
                         "token_endpoint": f"{issuer}/token",
                         "jwks_uri": f"{issuer}/jwks",
                         "response_types_supported": ["code"],
-                        "id_token_signing_alg_values_supported": ["Ed25519"],
+                        "id_token_signing_alg_values_supported": ["ES256"],
                         "token_endpoint_auth_methods_supported": ["client_secret_basic"],
                         "code_challenge_methods_supported": ["S256"],
                     },

@@ -17,13 +17,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from joserfc.jwk import OKPKey
+from joserfc import jwt
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import KeySet, OKPKey
 
 from service.adapters.oidc import (
     OIDC_ERROR_CODES,
     AuthorizationRequest,
+    IdTokenExpectations,
     OidcError,
     VerifiedIdentity,
+    verify_id_token,
 )
 from service.providers import OidcProvider
 from tests.service.adapters.oidc_support import (
@@ -36,6 +40,7 @@ from tests.service.adapters.oidc_support import (
     Scenario,
     ScriptedProvider,
     Tenant,
+    new_es256_key,
     running_providers,
 )
 
@@ -341,10 +346,33 @@ async def test_the_jwks_is_cached_and_refetched_once_when_the_provider_rotates_i
         await complete_login()
         await complete_login()
         assert tenant.jwks_requests == 1
-        scripted.key = OKPKey.generate_key(
-            "Ed25519", parameters={"kid": secrets.token_hex(8), "use": "sig"}
-        )
+        scripted.key = new_es256_key()
         assert (await complete_login()).subject == "person-42"
         assert tenant.jwks_requests == 2
     finally:
         await real.aclose()
+
+
+# --- the shared ID token check -------------------------------------------------------------------
+
+
+def test_a_token_labelled_eddsa_verifies_without_a_warning() -> None:
+    # Providers still sign with the pre-RFC 9864 name; joserfc warns on it, which with
+    # filterwarnings=error would refuse every such login.
+    key = OKPKey.generate_key("Ed25519", parameters={"kid": "k1"})
+    now = datetime.now(UTC)
+    claims = {
+        "iss": "https://idp.example",
+        "sub": "person-42",
+        "aud": CLIENT_ID,
+        "iat": int(now.timestamp()),
+        "exp": int(now.timestamp()) + 600,
+        "nonce": "n-1",
+    }
+    with pytest.warns(SecurityWarning):
+        token = jwt.encode({"alg": "EdDSA", "kid": "k1"}, claims, key, ["EdDSA"])
+    keys = KeySet([OKPKey.import_key(key.as_dict(private=False))])
+    expect = IdTokenExpectations(
+        issuer="https://idp.example", client_id=CLIENT_ID, nonce="n-1", now=now
+    )
+    assert verify_id_token(token, keys, expect).subject == "person-42"
