@@ -74,7 +74,7 @@ def log_marker(origin: str) -> bytes:
 def entry_line_matches(line: bytes, index: int, marker: bytes) -> bool:
     """Cheap exact check that `line` is one canonical entry with this index and log marker.
 
-    The verifier inlines the same test in its hot loop.
+    first_bad_line applies the same test to a whole chunk of lines at once.
     """
     position = line.rfind(ENTRY_INDEX_KEY)
     return (
