@@ -396,11 +396,11 @@ class HttpOidcClient:
             raise OidcError("exchange_failed", "empty or oversized code")
         metadata = await self._discover(provider)
         id_token = await self._exchange(provider, metadata, code=code, code_verifier=code_verifier)
-        kid = read_jose_header(id_token).get("kid")
-        keys = await self._key_set(metadata.jwks_uri, refresh=False)
-        if not key_set_has_kid(keys, kid):
-            keys = await self._key_set(metadata.jwks_uri, refresh=True)
         try:
+            kid = read_jose_header(id_token).get("kid")
+            keys = await self._key_set(metadata.jwks_uri, refresh=False)
+            if not key_set_has_kid(keys, kid):
+                keys = await self._key_set(metadata.jwks_uri, refresh=True)
             return verify_id_token(
                 id_token,
                 keys,
@@ -414,7 +414,7 @@ class HttpOidcClient:
                 ),
             )
         except OidcError as exc:
-            _log.info("oidc id token refused provider=%s reason=%s", provider.name, exc.code)
+            _log.info("oidc id token not accepted provider=%s reason=%s", provider.name, exc.code)
             raise
 
     async def _get_json(self, url: str, what: str) -> Any:
