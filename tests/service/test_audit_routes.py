@@ -36,21 +36,24 @@ class Api:
         headers = {} if role is None else {"Authorization": f"Bearer {self.keys[role]}"}
         return self.client.get(path, headers=headers, params=params)
 
-    def append(self, count: int, *, integrate: bool = True, batch_size: int = 1000) -> None:
+    def append(self, count: int, *, integrate: bool = True, batch_size: int = 1000) -> list[int]:
         app = self.client.app
         engine = app.state.engine
 
-        async def body() -> None:
-            for n in range(count):
+        async def body() -> list[int]:
+            ids = [
                 await append_event_now(
                     engine,
                     AuditEvent(EntryKind.DECISION, "svc", "subj", {"n": n}, datetime.now(UTC)),
                 )
+                for n in range(count)
+            ]
             if integrate:
                 await integrate_all(engine, app.state.audit_signer, ORIGIN, batch_size)
+            return ids
 
         with self.client.portal() as portal:
-            portal.call(body)
+            return portal.call(body)
 
 
 def _settings(tmp_path: Path, **changes: Any) -> Settings:
@@ -209,13 +212,15 @@ def test_consistency_proofs_from_the_api_verify_between_checkpoints(api: Api) ->
 
 def test_the_apps_background_integrator_gives_entries_their_index(tmp_path: Path) -> None:
     for api in _start(_settings(tmp_path, audit_integrator=True, audit_interval_ms=10)):
-        api.append(3, integrate=False)
+        ids = api.append(3, integrate=False)
 
-        async def last_index(engine: Any = api.client.app.state.engine) -> int:
-            return await wait_integrated(engine, 3, timeout=10)
+        async def indices(
+            engine: Any = api.client.app.state.engine, ids: list[int] = ids
+        ) -> list[int]:
+            return [await wait_integrated(engine, i, timeout=10) for i in ids]
 
         with api.client.portal() as portal:
-            assert portal.call(last_index) == 2
+            assert portal.call(indices) == [0, 1, 2]
         assert (
             verify_checkpoint(
                 api.get("/v1/audit/checkpoint").text,
