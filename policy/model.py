@@ -140,6 +140,10 @@ class NotOfferedReason(StrEnum):
 class ReviewReason(StrEnum):
     LEVEL_REQUIRES_REVIEW = "LEVEL_REQUIRES_REVIEW"
     NO_USABLE_METHOD = "NO_USABLE_METHOD"
+    # Raised after the decision, by what happened next (the service records them on the request).
+    FACE_CHECK_FAILED = "FACE_CHECK_FAILED"
+    REPEATED_FAILURES = "REPEATED_FAILURES"
+    APPEALED = "APPEALED"
 
 
 # --- facts in ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from service.observability import (
     configure_logging,
     install_observability,
 )
+from service.outbox import OutboxDispatcher, WebhookConfig
 from service.policy_source import load_configured_policy
 from service.routes.accounts import AccountController, FaceNoticeController
 from service.routes.audit import AuditController
@@ -36,6 +37,7 @@ from service.routes.unlock_requests import UnlockRequestController
 from service.schema import upgrade
 from service.sealer import Sealer
 from service.settings import Settings
+from service.wiring import Adapters, build_adapters
 
 API_TITLE = "FairUnlock"
 API_VERSION = "1.0.0"
@@ -52,13 +54,15 @@ def openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar:
+    """Build the app. ``adapters`` replaces the real SMS, OIDC and face adapters (tests)."""
     configure_logging(settings.log_level)
     metrics = Metrics()
     engine = create_engine(settings.resolved_database_url)
     # Keys load once per process, here: a production start without them fails naming the variable.
     keystore = KeyStore.load(settings)
     audit_signer = keystore.signer(settings.audit_origin)
+    parties = adapters if adapters is not None else build_adapters(settings)
     # A policy that breaks a principle stops the start here, naming the rule.
     ctx = ServiceContext(
         settings=settings,
@@ -69,6 +73,14 @@ def create_app(settings: Settings) -> Litestar:
         notice=load_shipped_notice(),
         oidc_providers=settings.oidc_providers,
         sealer=Sealer(keystore.master_key),
+        sms=parties.sms,
+        oidc=parties.oidc,
+        face=parties.face,
+        face_audiences=parties.face_audiences,
+    )
+
+    outbox = OutboxDispatcher(
+        ctx, WebhookConfig.from_env(settings.adapter_env, production=settings.is_production)
     )
 
     @asynccontextmanager
@@ -88,13 +100,18 @@ def create_app(settings: Settings) -> Litestar:
         )
         if settings.audit_integrator:
             integrator.start()
+        outbox.start()
         try:
             yield
         finally:
             try:
+                await outbox.aclose()
                 await integrator.stop()
             finally:
-                await engine.dispose()
+                try:
+                    await parties.aclose()
+                finally:
+                    await engine.dispose()
 
     app = Litestar(
         route_handlers=[
@@ -121,6 +138,7 @@ def create_app(settings: Settings) -> Litestar:
     app.state.audit_signer = audit_signer
     app.state.data_keys = ctx.data_keys
     app.state.ctx = ctx
+    app.state.outbox = outbox
     app.state.metrics = metrics
     install_observability(app, metrics)
     return app

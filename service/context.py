@@ -10,6 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.checkpoint import CheckpointSigner
 from policy.config import Policy
+from service.adapters.face import FaceVerifier
+from service.adapters.oidc import OidcClient
+from service.adapters.sms import SmsGateway
 from service.data_keys import DataKeys
 from service.notice import FaceNotice
 from service.providers import OidcProvider
@@ -31,6 +34,11 @@ class ServiceContext:
     notice: FaceNotice
     oidc_providers: Mapping[str, OidcProvider]
     sealer: Sealer
+    sms: SmsGateway
+    oidc: OidcClient
+    face: FaceVerifier
+    # Configured face providers and the audience each attestation must name.
+    face_audiences: Mapping[str, str]
     clock: Callable[[], datetime] = utc_now
 
     @property

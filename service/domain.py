@@ -59,3 +59,47 @@ class InvalidRequestContext(DomainError):
     """A request field that passed the schema but is not meaningful (e.g. an IP that is not one)."""
 
     code = "invalid_request"
+
+
+class RequestClosed(DomainError):
+    """The unlock request is approved, denied or expired: no more challenges or proofs."""
+
+    code = "request_closed"
+
+
+class MethodNotOffered(DomainError):
+    code = "method_not_offered"
+
+
+class ChallengeNotFound(DomainError):
+    code = "challenge_not_found"
+
+
+class ChallengeClosed(DomainError):
+    code = "challenge_closed"
+
+
+class ProofMissing(DomainError):
+    """The verify body lacks what this method needs (e.g. `code`, or `state` for OIDC)."""
+
+    code = "invalid_request"
+
+
+class ProofRejected(DomainError):
+    """A wrong, reused, expired or invalid proof; carries `reason` and `attempts_left`."""
+
+    code = "proof_rejected"
+
+
+class Throttled(DomainError):
+    """Too many failures or sends; `retry_after` seconds. Other methods and review stay open."""
+
+    code = "throttled"
+
+    def __init__(self, message: str, *, retry_after: int, **extra: object) -> None:
+        super().__init__(message, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
+
+
+class DeliveryFailed(DomainError):
+    code = "delivery_failed"

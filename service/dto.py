@@ -230,3 +230,38 @@ class ErasureOut(_Out):
     account_id: str
     erased: bool
     audit: AuditRefOut
+
+
+# --- challenges -----------------------------------------------------------------------------------
+
+
+class ChallengeIn(_In):
+    method: Method
+    # Which linked identity, when several providers are bound; or which face provider.
+    provider: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")] | None = None
+
+
+class VerifyIn(_In):
+    """The proof. `code` for totp, sms and recovery_code; `code` and `state` from the OIDC callback
+    for linked_identity; `attestation` (a compact JWS from the face provider) for face. Nothing
+    else: a body carrying an image or template is refused."""
+
+    code: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    state: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    attestation: Annotated[str, Meta(min_length=1, max_length=8192)] | None = None
+
+
+class FaceSessionOut(_Out):
+    provider: str
+    nonce: str
+    audience: str
+
+
+class ChallengeOut(_Out):
+    id: str
+    method: Method
+    expires_at: datetime
+    target: str | None = None
+    authorization_url: str | None = None
+    session: FaceSessionOut | None = None
+    attempts_left: int | None = None

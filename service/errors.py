@@ -83,6 +83,14 @@ DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
     domain.ConsentNotAccepted: ProblemSpec(422, "Consent not accepted"),
     domain.UnlockRequestNotFound: ProblemSpec(404, "Unlock request not found"),
     domain.InvalidRequestContext: ProblemSpec(400, "Invalid request"),
+    domain.RequestClosed: ProblemSpec(409, "Unlock request closed"),
+    domain.MethodNotOffered: ProblemSpec(409, "Method not offered for this request"),
+    domain.ChallengeNotFound: ProblemSpec(404, "Challenge not found"),
+    domain.ChallengeClosed: ProblemSpec(409, "Challenge closed"),
+    domain.ProofMissing: ProblemSpec(400, "Invalid request"),
+    domain.ProofRejected: ProblemSpec(422, "Proof not accepted"),
+    domain.Throttled: ProblemSpec(429, "Too many attempts"),
+    domain.DeliveryFailed: ProblemSpec(503, "Message could not be delivered"),
 }
 
 # Stable codes for the framework's own HTTP errors.
@@ -164,7 +172,12 @@ def handle_domain(request: Request[Any, Any, Any], exc: DomainError) -> Response
     for cls in type(exc).__mro__:
         spec = DOMAIN_ERROR_MAP.get(cls)
         if spec is not None:
-            return problem_response(spec.status, exc.code, spec.title, exc.message, **exc.extra)
+            headers = None
+            if isinstance(exc, domain.Throttled):
+                headers = {"Retry-After": str(exc.retry_after)}
+            return problem_response(
+                spec.status, exc.code, spec.title, exc.message, headers=headers, **exc.extra
+            )
     return handle_unexpected(request, exc)
 
 

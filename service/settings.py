@@ -17,6 +17,7 @@ from pathlib import Path
 from service.providers import OidcProvider, ProviderConfigError, parse_oidc_providers
 
 PREFIX = "FAIRUNLOCK_"
+ADAPTER_PREFIXES = ("FAIRUNLOCK_SMS_", "FAIRUNLOCK_FACE_", "FAIRUNLOCK_WEBHOOK_")
 
 
 class SettingsError(ValueError):
@@ -108,6 +109,9 @@ class Settings:
     audit_interval_ms: int = 100
     # FAIRUNLOCK_OIDC_PROVIDERS: the allow-list of linked real-name identity providers (JSON).
     oidc_providers_json: str | None = field(default=None, repr=False)
+    # The adapters' own variables (FAIRUNLOCK_SMS_*, FAIRUNLOCK_FACE_*, FAIRUNLOCK_WEBHOOK_*), read
+    # and validated by each adapter's config (service/wiring.py) when the app is built.
+    adapter_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def is_production(self) -> bool:
@@ -179,6 +183,11 @@ class Settings:
             kwargs["audit_interval_ms"] = _int("AUDIT_INTERVAL_MS", raw, minimum=5, maximum=60_000)
         if (raw := get("OIDC_PROVIDERS")) is not None:
             kwargs["oidc_providers_json"] = raw
+        kwargs["adapter_env"] = {
+            k: v
+            for k, v in source.items()
+            if k.startswith(ADAPTER_PREFIXES) and v not in (None, "")
+        }
         settings = cls(**kwargs)  # type: ignore[arg-type]
         settings.check()
         return settings

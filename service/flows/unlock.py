@@ -7,6 +7,7 @@ and ``review_required``; ``denied`` exists only as a reviewer's outcome.
 from __future__ import annotations
 
 import ipaddress
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from service.domain import InvalidRequestContext, UnlockRequestNotFound
 from service.flows.audit_trail import index_of, record
 from service.flows.enrolment import consent_state
 from service.persistence.accounts import AccountRepository, AccountSnapshot
+from service.persistence.challenges import ChallengeRepository
 from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
 
 CONTEXT_AAD = b"unlock_request_context"
@@ -93,7 +95,9 @@ def to_facts(body: dto.UnlockRequestIn) -> UnlockRequestFacts:
     )
 
 
-def account_facts(snapshot: AccountSnapshot, ctx: ServiceContext) -> AccountFacts:
+def account_facts(
+    snapshot: AccountSnapshot, ctx: ServiceContext, throttled: frozenset[Method] = frozenset()
+) -> AccountFacts:
     return AccountFacts(
         totp=snapshot.totp_state,
         linked_identities=tuple(
@@ -104,6 +108,7 @@ def account_facts(snapshot: AccountSnapshot, ctx: ServiceContext) -> AccountFact
         recovery_codes_remaining=snapshot.recovery_codes_remaining,
         phone=None if snapshot.phone is None else PhoneOnFile(snapshot.phone.verified),
         face_consent=consent_state(snapshot.consent, ctx.notice.version),
+        throttled_methods=throttled,
     )
 
 
@@ -241,8 +246,12 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
             timedelta(hours=thresholds.failed_verifications_window_hours),
         )
         known = snapshot.exists and not snapshot.erased
+        # Methods paused by failures stay visible as THROTTLED, never silently missing.
+        throttled = await ChallengeRepository(conn).throttled_methods(
+            subject, now - timedelta(hours=24), policy.limits.method_failures_per_day
+        )
         if known:
-            account = account_facts(snapshot, ctx)
+            account = account_facts(snapshot, ctx, frozenset(Method(m) for m in throttled))
             phone_masked = snapshot.phone.masked if snapshot.phone else None
             context_ciphertext: str | None = await ctx.data_keys.encrypt(
                 conn, body.account_id, context_json, CONTEXT_AAD
@@ -285,6 +294,7 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
             id=request_id,
             subject=subject,
             account_id_sealed=ctx.sealer.seal(body.account_id, ACCOUNT_ID_PURPOSE),
+            source_index=ctx.data_keys.blind_index("source_ip", body.context.ip),
             known_account=known,
             status=out.status,
             lock_reason=body.lock_reason.value,
@@ -313,21 +323,38 @@ async def get(ctx: ServiceContext, request_id: str) -> dto.DecisionOut:
         if row is None:
             raise UnlockRequestNotFound("No unlock request with this id.")
         index = await AuditStore(conn).index_of(row.audit_inbox_id)
-    return _with_state(ctx, row, index, now)
+    return view(ctx, row, index, now)
 
 
-def _with_state(
+def view(
     ctx: ServiceContext, row: UnlockRequestRow, index: int | None, now: datetime
 ) -> dto.DecisionOut:
+    """The decision as it stands now: stored at creation, with what happened since applied."""
     stored = _DECODER.decode(row.decision_json)
+    decision = stored.decision
     status = row.status
     if status == "pending_verification" and now >= row.expires_at:
         status = "expired"
     sealed = row.account_id_sealed
     account_id = ERASED if sealed is None else ctx.sealer.open(sealed, ACCOUNT_ID_PURPOSE)
+    review = decision.review
+    if row.review_reason is not None:
+        catalog = ctx.policy.catalogs[Locale(decision.locale)]
+        reason = dto.ReasonOut(code=row.review_reason, message=catalog.review[row.review_reason])
+        review = msgspec.structs.replace(review, required=True, reasons=[*review.reasons, reason])
     return msgspec.structs.replace(
-        stored.decision, account_id=account_id, status=status, audit=dto.AuditRefOut(index=index)
+        decision,
+        account_id=account_id,
+        status=status,
+        factors_satisfied=[Method(m) for m in json.loads(row.factors_satisfied)],
+        review=review,
+        audit=dto.AuditRefOut(index=index),
     )
+
+
+async def audit_index(ctx: ServiceContext, row: UnlockRequestRow) -> int:
+    """The log index of the request's latest audit entry's batch; integrates now if pending."""
+    return await index_of(ctx, row.audit_inbox_id)
 
 
 async def list_for_account(ctx: ServiceContext, account_id: str) -> list[dto.DecisionOut]:
@@ -336,6 +363,4 @@ async def list_for_account(ctx: ServiceContext, account_id: str) -> list[dto.Dec
     async with ctx.engine.connect() as conn:
         rows = await UnlockRequestRepository(conn).for_subject(subject, MAX_LISTED)
         store = AuditStore(conn)
-        return [
-            _with_state(ctx, row, await store.index_of(row.audit_inbox_id), now) for row in rows
-        ]
+        return [view(ctx, row, await store.index_of(row.audit_inbox_id), now) for row in rows]

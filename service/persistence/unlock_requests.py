@@ -21,6 +21,9 @@ class UnlockRequestRow:
     status: str
     decision_json: str
     audit_inbox_id: int
+    factors_satisfied: str
+    review_reason: str | None
+    source_index: str | None
     created_at: datetime
     expires_at: datetime
 
@@ -33,6 +36,9 @@ _COLUMNS = (
     unlock_requests.c.status,
     unlock_requests.c.decision_json,
     unlock_requests.c.audit_inbox_id,
+    unlock_requests.c.factors_satisfied,
+    unlock_requests.c.review_reason,
+    unlock_requests.c.source_index,
     unlock_requests.c.created_at,
     unlock_requests.c.expires_at,
 )
@@ -57,7 +63,7 @@ class UnlockRequestRepository:
             await self._conn.execute(
                 select(func.count()).where(
                     verification_attempts.c.subject == subject,
-                    verification_attempts.c.outcome == "failure",
+                    verification_attempts.c.outcome != "success",
                     verification_attempts.c.created_at >= now - failures_window,
                 )
             )
@@ -71,7 +77,7 @@ class UnlockRequestRepository:
         row = (
             await self._conn.execute(select(*_COLUMNS).where(unlock_requests.c.id == request_id))
         ).first()
-        return None if row is None else UnlockRequestRow(*row)
+        return None if row is None else UnlockRequestRow(**row._mapping)
 
     async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
         rows = (
@@ -82,7 +88,7 @@ class UnlockRequestRepository:
                 .limit(limit)
             )
         ).all()
-        return [UnlockRequestRow(*r) for r in rows]
+        return [UnlockRequestRow(**r._mapping) for r in rows]
 
     async def forget_account_id(self, subject: str) -> None:
         """Erasure: the account id sealed on its requests is removed; the decisions stay."""

@@ -1,4 +1,4 @@
-"""Unlock requests: create and read decisions (the challenges come with the methods issue)."""
+"""Unlock requests: decisions, and the challenges and proofs that satisfy their offers."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.params import JSONBody, Parameter
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import dto
 from service.auth import require_roles
-from service.flows import unlock
+from service.flows import challenges, unlock
 from service.persistence.api_keys import Role
 from service.routes.deps import Caller, Ctx
 from service.routes.problems import problems
 
 FRONTEND = [require_roles(Role.FRONTEND)]
+RequestIdParam = Parameter(
+    pattern=r"^[0-9a-f-]{36}$", max_length=36, description="Unlock request id"
+)
 
 
 class UnlockRequestController(Controller):
@@ -43,7 +46,42 @@ class UnlockRequestController(Controller):
     async def read(
         self,
         ctx: Ctx,
-        request_id: str = Parameter(pattern=r"^[0-9a-f-]{36}$", max_length=36),
+        request_id: str = RequestIdParam,
     ) -> dto.DecisionOut:
         """Read a decision; `status` becomes `expired` once `expires_at` passes unverified."""
         return await unlock.get(ctx, request_id)
+
+    @post(
+        "/{request_id:str}/challenges",
+        guards=FRONTEND,
+        status_code=HTTP_201_CREATED,
+        responses=problems(404, 409, 413, 415, 429, 503),
+    )
+    async def start_challenge(
+        self,
+        ctx: Ctx,
+        principal: Caller,
+        data: JSONBody[dto.ChallengeIn],
+        request_id: str = RequestIdParam,
+    ) -> dto.ChallengeOut:
+        """Start an offered method: SMS sends a code (asking again resends), OIDC returns the
+        authorization URL, face a provider session; TOTP and recovery codes need nothing sent."""
+        return await challenges.start(ctx, principal.name, request_id, data.method, data.provider)
+
+    @post(
+        "/{request_id:str}/challenges/{challenge_id:str}/verify",
+        guards=FRONTEND,
+        status_code=HTTP_200_OK,
+        responses=problems(404, 409, 413, 415, 422, 429),
+    )
+    async def verify(
+        self,
+        ctx: Ctx,
+        principal: Caller,
+        data: JSONBody[dto.VerifyIn],
+        request_id: str = RequestIdParam,
+        challenge_id: str = Parameter(pattern=r"^[0-9a-f-]{36}$", max_length=36),
+    ) -> dto.DecisionOut:
+        """Submit the proof. Accepted: the updated decision (`factors_satisfied`, `status`).
+        Rejected: 422 with `reason` and `attempts_left`; throttled: 429 with Retry-After."""
+        return await challenges.verify(ctx, principal.name, request_id, challenge_id, data)

@@ -15,10 +15,14 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy import text
 
+from service.adapters.face import FakeFaceVerifier
+from service.adapters.oidc import FakeOidcClient
+from service.adapters.sms import FakeSmsGateway
 from service.app import create_app
 from service.context import ServiceContext
 from service.persistence.api_keys import ApiKeyRepository, Role
 from service.settings import Settings
+from service.wiring import Adapters
 
 OIDC_PROVIDERS = {
     "gov-eid": {
@@ -59,6 +63,22 @@ class Api:
     app: Litestar
     client: TestClient[Litestar]
     keys: dict[Role, str]
+    adapters: Adapters
+
+    @property
+    def sms(self) -> FakeSmsGateway:
+        assert isinstance(self.adapters.sms, FakeSmsGateway)
+        return self.adapters.sms
+
+    @property
+    def oidc(self) -> FakeOidcClient:
+        assert isinstance(self.adapters.oidc, FakeOidcClient)
+        return self.adapters.oidc
+
+    @property
+    def face(self) -> FakeFaceVerifier:
+        assert isinstance(self.adapters.face, FakeFaceVerifier)
+        return self.adapters.face
 
     def headers(self, role: Role | None = Role.FRONTEND) -> dict[str, str]:
         return {} if role is None else {"Authorization": f"Bearer {self.keys[role]}"}
@@ -133,8 +153,19 @@ def sqlite_api(tmp_path: Path) -> Iterator[Api]:
     yield from _api(tmp_path, None)
 
 
+def fake_adapters() -> Adapters:
+    face = FakeFaceVerifier(provider="test-provider", audience="fairunlock-test")
+    return Adapters(
+        sms=FakeSmsGateway(),
+        oidc=FakeOidcClient(),
+        face=face,
+        face_audiences={face.provider: face.audience},
+    )
+
+
 def _api(tmp_path: Path, database_url: str | None) -> Iterator[Api]:
-    app = create_app(make_settings(tmp_path, database_url))
+    adapters = fake_adapters()
+    app = create_app(make_settings(tmp_path, database_url), adapters=adapters)
     with TestClient(app) as client:
 
         async def create_keys() -> dict[Role, str]:
@@ -144,4 +175,4 @@ def _api(tmp_path: Path, database_url: str | None) -> Iterator[Api]:
 
         with client.portal() as portal:
             keys = portal.call(create_keys)
-        yield Api(app=app, client=client, keys=keys)
+        yield Api(app=app, client=client, keys=keys, adapters=adapters)

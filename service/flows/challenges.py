@@ -1,0 +1,691 @@
+"""Challenges and proofs: how an offered method is started, checked, and turned into factors.
+
+Three phases per proof, so that no transaction stays open across slow work (argon2, an OIDC round
+trip): read what the check needs; check it outside any transaction; then write in one transaction
+whose conditional updates let exactly one of several concurrent identical proofs win. A failure is
+committed in its own short transaction before the error is raised, so throttles and the audit
+trail see every attempt (NIST-63B4-3.2.2) even though the caller gets a 4xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from audit.entry import EntryKind, JSONValue
+from policy.model import Method, ReviewReason
+from service import dto
+from service.adapters.sms import SmsDeliveryError
+from service.context import ServiceContext
+from service.domain import (
+    ChallengeClosed,
+    ChallengeNotFound,
+    DeliveryFailed,
+    MethodNotOffered,
+    ProofMissing,
+    ProofRejected,
+    RequestClosed,
+    Throttled,
+    UnlockRequestNotFound,
+)
+from service.flows import unlock
+from service.flows.audit_trail import record
+from service.flows.enrolment import PHONE_AAD, TOTP_AAD, TOTP_PARAMS
+from service.methods import recovery_codes, totp
+from service.persistence.accounts import AccountRepository
+from service.persistence.challenges import ChallengeRepository, ChallengeRow
+from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
+
+OPEN_STATUSES = frozenset({"pending_verification", "review_required"})
+SMS_CODE_DIGITS = 6
+# A hash no code matches: unknown accounts get challenges that can never succeed.
+_NEVER = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    request: UnlockRequestRow
+    decision: dto.DecisionOut
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The outcome of phase two."""
+
+    ok: bool
+    reason: str = "wrong_code"
+    # What the write phase must consume so the proof cannot be used again.
+    totp_step: int | None = None
+    recovery_code_id: str | None = None
+    review_reason: ReviewReason | None = None
+    audit: dict[str, JSONValue] = field(default_factory=dict)
+
+
+def _sms_hash(ctx: ServiceContext, challenge_id: str, code: str) -> str:
+    # Keyed and bound to the challenge: a leaked table reveals nothing, a code fits one challenge.
+    return ctx.data_keys.blind_index(f"sms_code:{challenge_id}", code)
+
+
+def _offered(
+    decision: dto.DecisionOut, method: Method, provider: str | None
+) -> dto.OfferedMethodOut:
+    for m in decision.offer.methods:
+        if m.method is method and (provider is None or m.provider == provider):
+            return m
+    raise MethodNotOffered(
+        f"{method.value} is not offered for this request; the offer lists the methods that are.",
+        method=method.value,
+    )
+
+
+async def _load(
+    conn: AsyncConnection, ctx: ServiceContext, request_id: str, now: datetime
+) -> Loaded:
+    row = await UnlockRequestRepository(conn).get(request_id)
+    if row is None:
+        raise UnlockRequestNotFound("No unlock request with this id.")
+    if row.account_id_sealed is None:
+        raise RequestClosed("This request's account was erased.", request_status="erased")
+    decision = unlock.view(ctx, row, None, now)
+    if decision.status not in OPEN_STATUSES:
+        raise RequestClosed(
+            f"This request is {decision.status}; start a new unlock request.",
+            request_status=decision.status,
+        )
+    return Loaded(row, decision, decision.account_id)
+
+
+def _retry_after(oldest: datetime, window: timedelta, now: datetime) -> int:
+    return max(1, int((oldest + window - now).total_seconds()) + 1)
+
+
+async def _check_throttles(
+    repo: ChallengeRepository, ctx: ServiceContext, loaded: Loaded, method: Method, now: datetime
+) -> None:
+    limits = ctx.policy.limits
+    day = timedelta(hours=24)
+    failures = await repo.failures_since(loaded.request.subject, method.value, now - day)
+    if len(failures) >= limits.method_failures_per_day:
+        raise Throttled(
+            f"Too many failed {method.value} attempts today; "
+            "other methods and human review stay open.",
+            retry_after=_retry_after(failures[-limits.method_failures_per_day], day, now),
+            appeal_path=loaded.decision.review.appeal_path,
+        )
+    source = loaded.request.source_index
+    if source is not None:
+        hour = timedelta(hours=1)
+        from_source = await repo.source_failures_since(source, now - hour)
+        if len(from_source) >= limits.source_failures_per_hour:
+            raise Throttled(
+                "Too many failed attempts from this network; try later or ask for human review.",
+                retry_after=_retry_after(from_source[-limits.source_failures_per_hour], hour, now),
+                appeal_path=loaded.decision.review.appeal_path,
+            )
+
+
+# --- starting a challenge --------------------------------------------------------------------
+
+
+async def start(
+    ctx: ServiceContext, actor: str, request_id: str, method: Method, provider: str | None
+) -> dto.ChallengeOut:
+    now = ctx.clock()
+    limits = ctx.policy.limits
+    expires_at = now + timedelta(minutes=limits.challenge_ttl_minutes)
+    sms_to_send: tuple[str, str, str] | None = None
+    async with ctx.engine.begin() as conn:
+        loaded = await _load(conn, ctx, request_id, now)
+        offered = _offered(loaded.decision, method, provider)
+        repo = ChallengeRepository(conn)
+        await _check_throttles(repo, ctx, loaded, method, now)
+        subject = loaded.request.subject
+        known = loaded.request.known_account
+        challenge_id = str(uuid.uuid4())
+        out = dto.ChallengeOut(
+            id=challenge_id,
+            method=method,
+            expires_at=expires_at,
+            attempts_left=limits.challenge_attempts,
+        )
+        secret_hash: str | None = None
+        secret_sealed: str | None = None
+        delivery_id: str | None = None
+        existing_sms: ChallengeRow | None = None
+        if method is Method.SMS:
+            existing_sms = await repo.open_for(request_id, Method.SMS.value, now)
+            if existing_sms is not None:
+                # A resend: same challenge, new code, and the failures so far still count.
+                challenge_id = existing_sms.id
+            code = f"{secrets.randbelow(10**SMS_CODE_DIGITS):0{SMS_CODE_DIGITS}d}"
+            delivery_id = str(uuid.uuid4())
+            secret_hash = _sms_hash(ctx, challenge_id, code) if known else _NEVER
+            phone = await _phone(conn, ctx, loaded) if known else None
+            destination = ctx.data_keys.blind_index("phone", phone or subject)
+            await _check_sms_sends(repo, ctx, loaded, destination, now)
+            await repo.record_sms_send(destination, delivery_id, "challenge", now)
+            if phone is not None:
+                sms_to_send = (phone, _sms_text(loaded.decision.locale, code), delivery_id)
+            used = existing_sms.attempts if existing_sms is not None else 0
+            out = dto.ChallengeOut(
+                id=challenge_id,
+                method=method,
+                expires_at=expires_at,
+                target=offered.target,
+                attempts_left=max(0, limits.challenge_attempts - used),
+            )
+        elif method is Method.LINKED_IDENTITY:
+            out, secret_sealed = await _start_oidc(ctx, offered, out)
+        elif method is Method.FACE:
+            out, secret_sealed = _start_face(ctx, provider, out)
+        if existing_sms is not None and secret_hash is not None and delivery_id is not None:
+            await repo.resend(existing_sms.id, secret_hash, delivery_id, expires_at)
+        else:
+            await repo.create(
+                ChallengeRow(
+                    id=challenge_id,
+                    unlock_request_id=request_id,
+                    subject=subject,
+                    method=method.value,
+                    provider=offered.provider,
+                    status="open",
+                    attempts=0,
+                    secret_hash=secret_hash,
+                    secret_sealed=secret_sealed,
+                    delivery_id=delivery_id,
+                    sends=1 if method is Method.SMS else 0,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+        await record(
+            conn,
+            ctx,
+            EntryKind.CHALLENGE_STARTED,
+            actor,
+            subject,
+            {"unlock_request_id": request_id, "challenge_id": out.id, "method": method.value},
+            now,
+        )
+    if sms_to_send is not None:
+        to, text, delivery = sms_to_send
+        try:
+            await ctx.sms.send(to, text, delivery)
+        except SmsDeliveryError as exc:
+            raise DeliveryFailed(
+                "The text message could not be delivered; try again, use another method, or ask "
+                "for human review.",
+                reason=exc.reason,
+            ) from None
+    return out
+
+
+def _sms_text(locale: str, code: str) -> str:
+    # The code and nothing that identifies the account; never logged by the gateways.
+    if locale == "en":
+        return f"FairUnlock: your code is {code}. It is valid for 10 minutes. Never share it."
+    return f"FairUnlock：您的验证码是 {code}，10 分钟内有效。请勿告诉任何人。"  # noqa: RUF001
+
+
+async def _phone(conn: AsyncConnection, ctx: ServiceContext, loaded: Loaded) -> str | None:
+    snapshot = await AccountRepository(conn).snapshot(loaded.request.subject)
+    if snapshot.phone is None:
+        return None
+    raw = await ctx.data_keys.decrypt(conn, loaded.account_id, snapshot.phone.ciphertext, PHONE_AAD)
+    return raw.decode()
+
+
+async def _check_sms_sends(
+    repo: ChallengeRepository, ctx: ServiceContext, loaded: Loaded, destination: str, now: datetime
+) -> None:
+    limits = ctx.policy.limits
+    for hours, limit in ((1, limits.sms_sends_per_hour), (24, limits.sms_sends_per_day)):
+        window = timedelta(hours=hours)
+        sends = await repo.sms_sends_since(destination, now - window)
+        if len(sends) >= limit:
+            raise Throttled(
+                "Too many text messages to this number; "
+                "use another method or ask for human review.",
+                retry_after=_retry_after(sends[-limit], window, now),
+                appeal_path=loaded.decision.review.appeal_path,
+            )
+
+
+async def _start_oidc(
+    ctx: ServiceContext, offered: dto.OfferedMethodOut, out: dto.ChallengeOut
+) -> tuple[dto.ChallengeOut, str]:
+    provider = ctx.oidc_providers.get(offered.provider or "")
+    if provider is None:
+        raise MethodNotOffered(
+            "This identity provider is no longer configured.", method="linked_identity"
+        )
+    auth = await ctx.oidc.start(provider)
+    sealed = ctx.sealer.seal(
+        json.dumps({"state": auth.state, "nonce": auth.nonce, "code_verifier": auth.code_verifier}),
+        b"challenge.oidc",
+    )
+    return msgspec.structs.replace(out, authorization_url=auth.url), sealed
+
+
+def _start_face(
+    ctx: ServiceContext, provider: str | None, out: dto.ChallengeOut
+) -> tuple[dto.ChallengeOut, str]:
+    names = sorted(ctx.face_audiences)
+    chosen = provider or (names[0] if len(names) == 1 else None)
+    if chosen is None or chosen not in ctx.face_audiences:
+        raise MethodNotOffered(
+            "Name a configured face provider with `provider`.", method="face", providers=names
+        )
+    nonce = secrets.token_urlsafe(24)
+    sealed = ctx.sealer.seal(json.dumps({"nonce": nonce, "provider": chosen}), b"challenge.face")
+    session = dto.FaceSessionOut(provider=chosen, nonce=nonce, audience=ctx.face_audiences[chosen])
+    return msgspec.structs.replace(out, session=session), sealed
+
+
+# --- checking a proof --------------------------------------------------------------------------
+
+Checker = Callable[
+    [ServiceContext, Loaded, ChallengeRow, dto.VerifyIn, datetime], Awaitable[Checked]
+]
+
+
+def _need(value: str | None, name: str) -> str:
+    if value is None:
+        raise ProofMissing(
+            f"{name}: required for this method", errors=[{"field": name, "message": "required"}]
+        )
+    return value
+
+
+async def _check_totp(
+    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
+) -> Checked:
+    code = _need(body.code, "code").strip()
+    secret: str | None = None
+    last_step: int | None = None
+    if loaded.request.known_account:
+        async with ctx.engine.connect() as conn:
+            snapshot = await AccountRepository(conn).snapshot(ch.subject)
+            if snapshot.totp is not None and snapshot.totp.confirmed:
+                secret = (
+                    await ctx.data_keys.decrypt(
+                        conn, loaded.account_id, snapshot.totp.secret_ciphertext, TOTP_AAD
+                    )
+                ).decode()
+                last_step = snapshot.totp.last_step
+    if secret is None:
+        # Same work as a real check against a secret no one holds.
+        totp.verify(totp.new_secret(), code, now, TOTP_PARAMS, None)
+        return Checked(ok=False)
+    step = totp.verify(secret, code, now, TOTP_PARAMS, last_step)
+    if step is not None:
+        return Checked(ok=True, totp_step=step)
+    if totp.verify(secret, code, now, TOTP_PARAMS, None) is not None:
+        # The code is right but its step was used already: a replay (ASVS4-2.8.5).
+        return Checked(ok=False, reason="code_reused")
+    return Checked(ok=False)
+
+
+_DUMMY_HASHES: list[str] = []
+
+
+def _dummy_hashes() -> list[str]:
+    if not _DUMMY_HASHES:
+        _DUMMY_HASHES.extend(
+            recovery_codes.hash_code(recovery_codes.new_code())
+            for _ in range(recovery_codes.CODE_COUNT)
+        )
+    return _DUMMY_HASHES
+
+
+async def _check_recovery_code(
+    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
+) -> Checked:
+    code = _need(body.code, "code")
+    async with ctx.engine.connect() as conn:
+        unused = await ChallengeRepository(conn).unused_recovery_codes(ch.subject)
+
+    def find() -> str | None:
+        candidates = [(u.id, u.code_hash) for u in unused] if loaded.request.known_account else []
+        if not candidates:
+            # An unknown account or no codes left costs the same argon2 work as a wrong code.
+            for h in _dummy_hashes():
+                recovery_codes.matches(h, code)
+            return None
+        for code_id, code_hash in candidates:
+            if recovery_codes.matches(code_hash, code):
+                return code_id
+        return None
+
+    found = await anyio.to_thread.run_sync(find)
+    if found is None:
+        return Checked(ok=False)
+    return Checked(ok=True, recovery_code_id=found, audit={"codes_left": len(unused) - 1})
+
+
+async def _check_sms(
+    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
+) -> Checked:
+    code = _need(body.code, "code").strip()
+    expected = ch.secret_hash or _NEVER
+    ok = hmac.compare_digest(_sms_hash(ctx, ch.id, code), expected)
+    return Checked(ok=ok and loaded.request.known_account)
+
+
+async def _check_oidc(
+    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
+) -> Checked:
+    from service.adapters.oidc import OidcError
+
+    code = _need(body.code, "code")
+    state = _need(body.state, "state")
+    provider = ctx.oidc_providers.get(ch.provider or "")
+    if provider is None or ch.secret_sealed is None:
+        return Checked(ok=False, reason="provider_unavailable")
+    sealed = json.loads(ctx.sealer.open(ch.secret_sealed, b"challenge.oidc"))
+    try:
+        identity = await ctx.oidc.finish(
+            provider,
+            code=code,
+            state=state,
+            expected_state=sealed["state"],
+            nonce=sealed["nonce"],
+            code_verifier=sealed["code_verifier"],
+            now=now,
+        )
+    except OidcError as exc:
+        return Checked(ok=False, reason=exc.code)
+    async with ctx.engine.connect() as conn:
+        snapshot = await AccountRepository(conn).snapshot(ch.subject)
+        bound = next((r for r in snapshot.linked if r.provider == provider.name), None)
+        if bound is None or not bound.real_name_verified:
+            return Checked(ok=False, reason="identity_not_bound")
+        bound_subject = (
+            await ctx.data_keys.decrypt(
+                conn, loaded.account_id, bound.oidc_subject_ciphertext, b"oidc_subject"
+            )
+        ).decode()
+    # Matched by the provider's stable `sub` only, never by e-mail or name.
+    same = hmac.compare_digest(
+        hashlib.sha256(identity.subject.encode()).digest(),
+        hashlib.sha256(bound_subject.encode()).digest(),
+    )
+    if not same or identity.issuer.rstrip("/") != provider.issuer:
+        return Checked(ok=False, reason="other_subject")
+    return Checked(ok=True, audit={"provider": provider.name})
+
+
+async def _check_face(
+    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
+) -> Checked:
+    from service.adapters.face import AttestationRejected
+
+    attestation = _need(body.attestation, "attestation")
+    if ch.secret_sealed is None:
+        return Checked(ok=False, reason="no_session")
+    sealed = json.loads(ctx.sealer.open(ch.secret_sealed, b"challenge.face"))
+    try:
+        outcome = await ctx.face.verify(
+            attestation, provider=sealed["provider"], expected_nonce=sealed["nonce"], now=now
+        )
+    except AttestationRejected as exc:
+        return Checked(ok=False, reason=exc.code)
+    # Only the outcome is kept: match, liveness and matcher version, never any biometric data.
+    audit: dict[str, JSONValue] = {
+        "provider": outcome.provider,
+        "match": outcome.match,
+        "liveness": outcome.liveness,
+        "matcher_version": outcome.matcher_version,
+    }
+    if outcome.match and outcome.liveness:
+        return Checked(ok=True, audit=audit)
+    # NIST-63A4-3.1.13.2: a failed biometric comparison goes to a person; other methods stay open.
+    return Checked(
+        ok=False,
+        reason="face_not_confirmed",
+        review_reason=ReviewReason.FACE_CHECK_FAILED,
+        audit=audit,
+    )
+
+
+CHECKERS: dict[Method, Checker] = {
+    Method.TOTP: _check_totp,
+    Method.RECOVERY_CODE: _check_recovery_code,
+    Method.SMS: _check_sms,
+    Method.LINKED_IDENTITY: _check_oidc,
+    Method.FACE: _check_face,
+}
+
+
+# --- verifying -------------------------------------------------------------------------------
+
+
+def satisfied(offer: dto.OfferOut, factors: set[str]) -> bool:
+    """Whether the proven methods meet the offer; each method counts once, face included."""
+    usable = {m.method.value: m.strength for m in offer.methods if m.method.value in factors}
+    strong = sum(1 for s in usable.values() if s == "strong")
+    return len(usable) >= offer.factors_required and strong >= offer.strong_factors_required
+
+
+async def verify(
+    ctx: ServiceContext, actor: str, request_id: str, challenge_id: str, body: dto.VerifyIn
+) -> dto.DecisionOut:
+    now = ctx.clock()
+    async with ctx.engine.connect() as conn:
+        loaded = await _load(conn, ctx, request_id, now)
+        repo = ChallengeRepository(conn)
+        challenge = await repo.get(challenge_id)
+        if challenge is None or challenge.unlock_request_id != request_id:
+            raise ChallengeNotFound("No such challenge for this unlock request.")
+        method = Method(challenge.method)
+        await _check_throttles(repo, ctx, loaded, method, now)
+    if challenge.status != "open":
+        raise ChallengeClosed(
+            f"This challenge is {challenge.status}; start a new one.",
+            challenge_status=challenge.status,
+        )
+    if now >= challenge.expires_at:
+        await _fail(
+            ctx, actor, loaded, challenge, now, Checked(ok=False, reason="expired"), expire=True
+        )
+    checked = await CHECKERS[method](ctx, loaded, challenge, body, now)
+    if not checked.ok:
+        await _fail(ctx, actor, loaded, challenge, now, checked)
+    return await _succeed(ctx, actor, loaded, challenge, method, now, checked)
+
+
+async def _fail(
+    ctx: ServiceContext,
+    actor: str,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    now: datetime,
+    checked: Checked,
+    *,
+    expire: bool = False,
+) -> None:
+    limits = ctx.policy.limits
+    async with ctx.engine.begin() as conn:
+        repo = ChallengeRepository(conn)
+        if expire:
+            await repo.expire(ch.id, now)
+            attempts_left = 0
+        else:
+            attempts_left = await repo.count_failure(ch.id, limits.challenge_attempts, now)
+        await repo.record_attempt(
+            ch.subject,
+            ch.unlock_request_id,
+            ch.method,
+            checked.reason,
+            loaded.request.source_index,
+            now,
+        )
+        review_reason = checked.review_reason
+        if review_reason is None:
+            failures = await repo.failures_since(ch.subject, ch.method, now - timedelta(hours=24))
+            if len(failures) >= limits.method_failures_per_day:
+                review_reason = ReviewReason.REPEATED_FAILURES
+        if review_reason is not None:
+            state = await repo.lock_request(ch.unlock_request_id)
+            if state is not None and state[2] is None:
+                status, factors, _ = state
+                await repo.update_request(
+                    ch.unlock_request_id,
+                    status=status,
+                    factors=factors,
+                    review_reason=review_reason.value,
+                    now=now,
+                )
+        await record(
+            conn,
+            ctx,
+            EntryKind.VERIFICATION_ATTEMPT,
+            actor,
+            ch.subject,
+            {
+                "unlock_request_id": ch.unlock_request_id,
+                "challenge_id": ch.id,
+                "method": ch.method,
+                "outcome": "failure",
+                "reason": checked.reason,
+                "attempts_left": attempts_left,
+                **checked.audit,
+            },
+            now,
+        )
+    raise ProofRejected(
+        "The proof was not accepted." if checked.reason != "expired" else "The challenge expired.",
+        reason=checked.reason,
+        attempts_left=attempts_left,
+        appeal_path=loaded.decision.review.appeal_path,
+    )
+
+
+class _ProofUsed(Exception):
+    """Internal: the conditional update found the proof already used; the transaction rolls back."""
+
+
+async def _succeed(
+    ctx: ServiceContext,
+    actor: str,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    method: Method,
+    now: datetime,
+    checked: Checked,
+) -> dto.DecisionOut:
+    try:
+        async with ctx.engine.begin() as conn:
+            repo = ChallengeRepository(conn)
+            won = await repo.complete(ch.id, now)
+            if won and checked.totp_step is not None:
+                won = await repo.consume_totp_step(ch.subject, checked.totp_step)
+            if won and checked.recovery_code_id is not None:
+                won = await repo.use_recovery_code(checked.recovery_code_id, now)
+            if not won:
+                # Another request used this proof first: exactly one wins (ASVS4-2.8.5).
+                raise _ProofUsed
+            state = await repo.lock_request(ch.unlock_request_id)
+            assert state is not None  # the request exists: it was loaded above and is never deleted
+            status, factors, review_reason = state
+            proven = set(factors) | {method.value}
+            approved = status == "pending_verification" and satisfied(loaded.decision.offer, proven)
+            new_status = "approved" if approved else status
+            await repo.update_request(
+                ch.unlock_request_id,
+                status=new_status,
+                factors=sorted(proven),
+                review_reason=review_reason,
+                now=now,
+            )
+            await repo.record_attempt(
+                ch.subject,
+                ch.unlock_request_id,
+                method.value,
+                "success",
+                loaded.request.source_index,
+                now,
+            )
+            await record(
+                conn,
+                ctx,
+                EntryKind.VERIFICATION_ATTEMPT,
+                actor,
+                ch.subject,
+                {
+                    "unlock_request_id": ch.unlock_request_id,
+                    "challenge_id": ch.id,
+                    "method": method.value,
+                    "outcome": "success",
+                    "factors_satisfied": sorted(proven),
+                    **checked.audit,
+                },
+                now,
+            )
+            if approved:
+                await approve_in(conn, ctx, actor, loaded, now, via="verification")
+            row = await UnlockRequestRepository(conn).get(ch.unlock_request_id)
+    except _ProofUsed:
+        # Recorded after the rollback, in a transaction of its own (never a nested connection).
+        await _fail(ctx, actor, loaded, ch, now, Checked(ok=False, reason="code_reused"))
+    assert row is not None
+    return unlock.view(ctx, row, await unlock.audit_index(ctx, row), now)
+
+
+async def approve_in(
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    actor: str,
+    loaded: Loaded,
+    now: datetime,
+    *,
+    via: str,
+) -> None:
+    """What every approval does, automated or a reviewer's: audit it and tell the account system
+    and the person through the outbox (delivered after commit, retried until acknowledged)."""
+    repo = ChallengeRepository(conn)
+    request_id = loaded.request.id
+    sealed_account = loaded.request.account_id_sealed
+    assert sealed_account is not None  # erased requests are closed before any proof is checked
+    await repo.enqueue(
+        "account_unlocked",
+        loaded.request.subject,
+        {
+            "unlock_request_id": request_id,
+            "account_id_sealed": sealed_account,
+            "via": via,
+            "approved_at": now.isoformat(),
+        },
+        now,
+    )
+    # NIST-63B4-4.6: tell the person on every channel on file, with no secret in the message.
+    await repo.enqueue(
+        "notify_person",
+        loaded.request.subject,
+        {
+            "unlock_request_id": request_id,
+            "account_id_sealed": sealed_account,
+            "locale": loaded.decision.locale,
+        },
+        now,
+    )
+    await record(
+        conn,
+        ctx,
+        EntryKind.DECISION,
+        actor,
+        loaded.request.subject,
+        {"unlock_request_id": request_id, "status": "approved", "via": via},
+        now,
+    )

@@ -1,0 +1,271 @@
+"""The outbox: what an approval must tell the world, delivered after commit and until acknowledged.
+
+An approval writes its events in the same transaction as the approval itself (nothing acknowledged
+is lost if the process dies right after). Any worker delivers: it claims an event with a
+conditional update that leases it for a while, delivers, and marks it delivered. A worker killed
+between delivery and marking leaves the lease to run out and another delivers again, so delivery
+is at least once; every event carries its id so the receiver keeps exactly one (it dedupes).
+
+- ``account_unlocked``: a webhook POST to the account system, signed with HMAC-SHA256 over
+  ``<timestamp>.<body>`` (header ``X-FairUnlock-Signature: sha256=<hex>``), 2xx = acknowledged.
+- ``notify_person``: a text message to the phone on file (NIST-63B4-4.6), with no secret in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select, update
+
+from service.adapters.sms import SmsDeliveryError
+from service.context import ServiceContext
+from service.flows.enrolment import PHONE_AAD
+from service.flows.unlock import ACCOUNT_ID_PURPOSE
+from service.persistence.accounts import AccountRepository
+from service.persistence.tables import outbox_events
+from service.settings import SettingsError
+
+log = logging.getLogger("fairunlock.outbox")
+
+LEASE = timedelta(seconds=60)
+MAX_BACKOFF = timedelta(hours=1)
+BATCH = 50
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    url: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, production: bool) -> WebhookConfig:
+        url = env.get("FAIRUNLOCK_WEBHOOK_URL") or None
+        secret = env.get("FAIRUNLOCK_WEBHOOK_SECRET") or None
+        if production and (url is None or secret is None):
+            raise SettingsError(
+                "FAIRUNLOCK_WEBHOOK_URL and FAIRUNLOCK_WEBHOOK_SECRET are required in production: "
+                "the account system must learn of every approval"
+            )
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise SettingsError("FAIRUNLOCK_WEBHOOK_URL must be an http(s) URL")
+            if secret is None or len(secret) < 16:
+                raise SettingsError("FAIRUNLOCK_WEBHOOK_SECRET must be set, at least 16 characters")
+        return cls(url=url, secret=secret)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential with jitter: 2 s, 4 s, 8 s, … capped at an hour."""
+    base = min(MAX_BACKOFF.total_seconds(), 2.0**attempts)
+    return timedelta(seconds=base * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not a secret
+
+
+class DeliveryError(Exception):
+    """This attempt failed; the event stays in the outbox for the next one."""
+
+
+class OutboxDispatcher:
+    def __init__(
+        self, ctx: ServiceContext, webhook: WebhookConfig, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self._ctx = ctx
+        self._webhook = webhook
+        self._client = client or httpx.AsyncClient(timeout=webhook.timeout_s)
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def aclose(self) -> None:
+        await self.stop()
+        await self._client.aclose()
+
+    async def deliver_due(self, limit: int = BATCH) -> int:
+        """Deliver what is due now; returns how many were acknowledged."""
+        ctx = self._ctx
+        now = ctx.clock()
+        async with ctx.engine.connect() as conn:
+            due = (
+                await conn.execute(
+                    select(outbox_events.c.id)
+                    .where(
+                        outbox_events.c.delivered_at.is_(None),
+                        outbox_events.c.next_attempt_at <= now,
+                    )
+                    .order_by(outbox_events.c.next_attempt_at)
+                    .limit(limit)
+                )
+            ).all()
+        delivered = 0
+        for (event_id,) in due:
+            if await self._deliver_one(event_id):
+                delivered += 1
+        return delivered
+
+    async def _claim(self, event_id: str) -> tuple[str, str, str, int] | None:
+        ctx = self._ctx
+        now = ctx.clock()
+        async with ctx.engine.begin() as conn:
+            claimed = await conn.execute(
+                update(outbox_events)
+                .where(
+                    outbox_events.c.id == event_id,
+                    outbox_events.c.delivered_at.is_(None),
+                    outbox_events.c.next_attempt_at <= now,
+                )
+                .values(next_attempt_at=now + LEASE)
+            )
+            if claimed.rowcount != 1:
+                return None  # another worker has it, or it was delivered meanwhile
+            row = (
+                await conn.execute(
+                    select(
+                        outbox_events.c.kind,
+                        outbox_events.c.subject,
+                        outbox_events.c.payload,
+                        outbox_events.c.attempts,
+                    ).where(outbox_events.c.id == event_id)
+                )
+            ).one()
+        return row.kind, row.subject, row.payload, row.attempts
+
+    async def _deliver_one(self, event_id: str) -> bool:
+        claimed = await self._claim(event_id)
+        if claimed is None:
+            return False
+        kind, subject, payload, attempts = claimed
+        ctx = self._ctx
+        try:
+            if kind == "account_unlocked":
+                await self._webhook_post(event_id, json.loads(payload))
+            elif kind == "notify_person":
+                await self._notify(event_id, subject, json.loads(payload))
+            else:
+                raise DeliveryError(f"unknown event kind {kind!r}")
+        except DeliveryError as exc:
+            now = ctx.clock()
+            async with ctx.engine.begin() as conn:
+                await conn.execute(
+                    update(outbox_events)
+                    .where(outbox_events.c.id == event_id, outbox_events.c.delivered_at.is_(None))
+                    .values(
+                        attempts=attempts + 1,
+                        next_attempt_at=now + backoff(attempts + 1),
+                        last_error=str(exc)[:200],
+                    )
+                )
+            log.warning(
+                "outbox delivery failed",
+                extra={"event_id": event_id, "kind": kind, "error": str(exc)},
+            )
+            return False
+        async with ctx.engine.begin() as conn:
+            await conn.execute(
+                update(outbox_events)
+                .where(outbox_events.c.id == event_id)
+                .values(delivered_at=ctx.clock(), attempts=attempts + 1, last_error=None)
+            )
+        log.info("outbox event delivered", extra={"event_id": event_id, "kind": kind})
+        return True
+
+    def _account_id(self, payload: Mapping[str, object]) -> str:
+        sealed = payload.get("account_id_sealed")
+        if not isinstance(sealed, str):
+            raise DeliveryError("event carries no account id")
+        return self._ctx.sealer.open(sealed, ACCOUNT_ID_PURPOSE)
+
+    async def _webhook_post(self, event_id: str, payload: Mapping[str, object]) -> None:
+        if self._webhook.url is None or self._webhook.secret is None:
+            # Development without an account system: say so loudly and count it as handled.
+            log.warning(
+                "DEVELOPMENT: no FAIRUNLOCK_WEBHOOK_URL; account_unlocked event not sent anywhere",
+                extra={"event_id": event_id},
+            )
+            return
+        body = json.dumps(
+            {
+                "event_id": event_id,
+                "type": "account_unlocked",
+                "account_id": self._account_id(payload),
+                "unlock_request_id": payload.get("unlock_request_id"),
+                "via": payload.get("via"),
+                "approved_at": payload.get("approved_at"),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "content-type": "application/json",
+            "x-fairunlock-event-id": event_id,
+            "x-fairunlock-timestamp": timestamp,
+            "x-fairunlock-signature": sign(self._webhook.secret, timestamp, body),
+        }
+        try:
+            response = await self._client.post(self._webhook.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"webhook: {type(exc).__name__}") from None
+        if not 200 <= response.status_code < 300:
+            raise DeliveryError(f"webhook answered {response.status_code}")
+
+    async def _notify(self, event_id: str, subject: str, payload: Mapping[str, object]) -> None:
+        ctx = self._ctx
+        account_id = self._account_id(payload)
+        async with ctx.engine.connect() as conn:
+            snapshot = await AccountRepository(conn).snapshot(subject)
+            if snapshot.phone is None or snapshot.erased:
+                return  # no channel on file: nothing to send, nothing to retry
+            phone = (
+                await ctx.data_keys.decrypt(conn, account_id, snapshot.phone.ciphertext, PHONE_AAD)
+            ).decode()
+        text = (
+            "FairUnlock: your account was unlocked just now. "
+            "If this was not you, contact support at once."
+            if payload.get("locale") == "en"
+            else "FairUnlock：您的账号刚刚已解封。如非本人操作，请立即联系客服。"  # noqa: RUF001
+        )
+        try:
+            await ctx.sms.send(phone, text, event_id)
+        except SmsDeliveryError as exc:
+            raise DeliveryError(f"sms: {exc.reason}") from None
+
+    # --- in the service -------------------------------------------------------------------------
+
+    def start(self, interval: float = 0.5) -> None:
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(interval), name="fairunlock-outbox")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.deliver_due()
+            except Exception:
+                # The database may be down for a while: keep the loop alive and say so.
+                log.exception("outbox pass failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)

@@ -1,0 +1,358 @@
+"""Challenges and proofs over HTTP: TOTP (RFC6238-5.2/6, ASVS4-2.8.5), recovery codes
+(NIST-63B4-4.2.1), SMS (NIST-63B4-3.1.3, OWASP-FP-4/5), throttling without lockout
+(NIST-63B4-3.2.2, OWASP-FP-15), factor accounting and approval with notification (NIST-63B4-4.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import dto
+from service.domain import ProofRejected
+from service.flows import challenges
+from service.methods import totp
+from service.methods.totp import TotpParameters, code_at
+from tests.service.conftest import PERSONA_REQUEST, Api
+
+PARAMS = TotpParameters()
+VECTORS: dict[str, Any] = json.loads(
+    (Path(__file__).parents[1] / "policy" / "rfc6238-totp.json").read_text()
+)
+
+
+def _enrol_totp(api: Api, account_id: str, at: datetime | None = None) -> str:
+    h = api.headers()
+    secret: str = api.client.post(f"/v1/accounts/{account_id}/totp", headers=h).json()["secret"]
+    code = code_at(secret, at or datetime.now(UTC), PARAMS)
+    r = api.client.post(f"/v1/accounts/{account_id}/totp/confirm", json={"code": code}, headers=h)
+    assert r.status_code == 200, r.text
+    return secret
+
+
+def _request(api: Api, account_id: str, **context: Any) -> dict[str, Any]:
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["account_id"] = account_id
+    body["context"].update(context)
+    r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
+    assert r.status_code == 201, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def _start(api: Api, request_id: str, method: str, **extra: Any) -> Any:
+    return api.client.post(
+        f"/v1/unlock-requests/{request_id}/challenges",
+        json={"method": method, **extra},
+        headers=api.headers(),
+    )
+
+
+def _verify(api: Api, request_id: str, challenge_id: str, **proof: Any) -> Any:
+    return api.client.post(
+        f"/v1/unlock-requests/{request_id}/challenges/{challenge_id}/verify",
+        json=proof,
+        headers=api.headers(),
+    )
+
+
+def _sms_code(api: Api) -> str:
+    match = re.search(r"\b(\d{6})\b", api.sms.sent[-1].message)
+    assert match, "no code in the text message"
+    return match.group(1)
+
+
+def _phone(api: Api, account_id: str) -> None:
+    r = api.client.put(
+        f"/v1/accounts/{account_id}/phone", json={"phone": "+8613800005678"}, headers=api.headers()
+    )
+    assert r.status_code == 200
+
+
+# --- TOTP -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [v for v in VECTORS["vectors"] if v["algorithm"] == "SHA1"],
+    ids=lambda v: str(v["unix_time"]),
+)
+def test_rfc6238_vectors_end_to_end_through_enrolment_and_verify(
+    sqlite_api: Api, vector: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = sqlite_api
+    secret = base64.b32encode(bytes.fromhex(VECTORS["keys_hex"]["SHA1"])).decode()
+    monkeypatch.setattr(totp, "new_secret", lambda: secret)
+    moment = datetime.fromtimestamp(vector["unix_time"], UTC)
+    # Enrol one step earlier, so the vector's own step is still unused when it is verified.
+    api.set_clock(lambda: moment - timedelta(seconds=30))
+    account = f"acct-rfc-{vector['unix_time']}"
+    assert _enrol_totp(api, account, at=moment - timedelta(seconds=30)) == secret
+    api.set_clock(lambda: moment)
+    decision = _request(api, account)
+    assert "totp" in [m["method"] for m in decision["offer"]["methods"]]
+    challenge = _start(api, decision["id"], "totp").json()
+    # The project's 6-digit code is the RFC's 8-digit value truncated (RFC 4226 §5.3).
+    r = _verify(api, decision["id"], challenge["id"], code=vector["totp"][-6:])
+    assert r.status_code == 200, r.text
+    assert r.json()["factors_satisfied"] == ["totp"]
+    assert r.json()["status"] == "approved"
+
+
+def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> None:
+    api = sqlite_api
+    secret = _enrol_totp(api, "acct-t", at=datetime.now(UTC) - timedelta(seconds=30))
+    decision = _request(api, "acct-t")
+    first = _start(api, decision["id"], "totp").json()
+    code = code_at(secret, datetime.now(UTC), PARAMS)
+    assert _verify(api, decision["id"], first["id"], code=code).status_code == 200
+    second_request = _request(api, "acct-t")
+    second = _start(api, second_request["id"], "totp").json()
+    replay = _verify(api, second_request["id"], second["id"], code=code)
+    assert replay.status_code == 422
+    assert replay.json()["reason"] == "code_reused"
+
+
+def test_wrong_codes_count_down_and_close_the_challenge(sqlite_api: Api) -> None:
+    api = sqlite_api
+    secret = _enrol_totp(api, "acct-w", at=datetime.now(UTC) - timedelta(seconds=30))
+    decision = _request(api, "acct-w")
+    challenge = _start(api, decision["id"], "totp").json()
+    right = code_at(secret, datetime.now(UTC), PARAMS)
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    lefts = []
+    for _ in range(5):
+        r = _verify(api, decision["id"], challenge["id"], code=wrong)
+        assert r.status_code == 422
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == "proof_rejected"
+        assert r.json()["appeal_path"].endswith("/appeals")
+        lefts.append(r.json()["attempts_left"])
+    assert lefts == [4, 3, 2, 1, 0]
+    closed = _verify(api, decision["id"], challenge["id"], code=right)
+    assert closed.status_code == 409
+    assert closed.json()["code"] == "challenge_closed"
+
+
+def test_failures_pause_the_method_not_the_account(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _enrol_totp(api, "acct-f", at=datetime.now(UTC) - timedelta(seconds=30))
+    _phone(api, "acct-f")
+    decision = _request(api, "acct-f")
+    limit = api.ctx.policy.limits.method_failures_per_day
+    failures = 0
+    while failures < limit:
+        challenge = _start(api, decision["id"], "totp").json()
+        for _ in range(min(5, limit - failures)):
+            assert _verify(api, decision["id"], challenge["id"], code="000000").status_code in (
+                422,
+                409,
+            )
+            failures += 1
+    throttled = _start(api, decision["id"], "totp")
+    assert throttled.status_code == 429
+    assert int(throttled.headers["retry-after"]) > 0
+    assert throttled.json()["appeal_path"].endswith("/appeals")
+    # No lockout: SMS still starts, and a person has been asked to look.
+    assert _start(api, decision["id"], "sms").status_code == 201
+    now = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers()).json()
+    assert "REPEATED_FAILURES" in {r["code"] for r in now["review"]["reasons"]}
+    # Later requests carry the failures and show the paused method with its reason.
+    later = _request(api, "acct-f")
+    assert "RECENT_FAILED_VERIFICATIONS" in {r["code"] for r in later["risk"]["reasons"]}
+    assert {"method": "totp", "reason": "THROTTLED"}.items() <= next(
+        n for n in later["offer"]["not_offered"] if n["method"] == "totp"
+    ).items()
+
+
+# --- recovery codes -------------------------------------------------------------------------
+
+
+def test_recovery_code_works_once_and_the_count_goes_down(sqlite_api: Api) -> None:
+    api = sqlite_api
+    codes = api.client.post("/v1/accounts/acct-r/recovery-codes", headers=api.headers()).json()[
+        "codes"
+    ]
+    decision = _request(api, "acct-r")
+    challenge = _start(api, decision["id"], "recovery_code").json()
+    r = _verify(api, decision["id"], challenge["id"], code=codes[3].lower())
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "approved"
+    assert (
+        api.client.get("/v1/accounts/acct-r/methods", headers=api.headers()).json()[
+            "recovery_codes_remaining"
+        ]
+        == 9
+    )
+    again = _request(api, "acct-r")
+    challenge = _start(api, again["id"], "recovery_code").json()
+    reused = _verify(api, again["id"], challenge["id"], code=codes[3])
+    assert reused.status_code == 422
+
+
+# --- SMS --------------------------------------------------------------------------------------
+
+
+def test_sms_alone_is_a_factor_but_not_enough_above_low_then_totp_approves(sqlite_api: Api) -> None:
+    api = sqlite_api
+    secret = _enrol_totp(api, "acct-s", at=datetime.now(UTC) - timedelta(seconds=30))
+    _phone(api, "acct-s")
+    decision = _request(api, "acct-s")
+    assert decision["risk"]["level"] == "medium"
+    sms = _start(api, decision["id"], "sms")
+    assert sms.status_code == 201
+    assert sms.json()["target"] == "+86 138****5678"
+    assert api.sms.sent[-1].to == "+8613800005678"
+    r = _verify(api, decision["id"], sms.json()["id"], code=_sms_code(api))
+    assert r.status_code == 200
+    assert r.json()["factors_satisfied"] == ["sms"]
+    assert r.json()["status"] == "pending_verification"
+    t = _start(api, decision["id"], "totp").json()
+    r = _verify(api, decision["id"], t["id"], code=code_at(secret, datetime.now(UTC), PARAMS))
+    assert r.json()["status"] == "approved"
+    assert sorted(r.json()["factors_satisfied"]) == ["sms", "totp"]
+
+
+def test_sms_resend_replaces_the_code_and_keeps_the_failure_count(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _phone(api, "acct-rs")
+    api.client.post("/v1/accounts/acct-rs/recovery-codes", headers=api.headers())
+    decision = _request(api, "acct-rs")
+    first = _start(api, decision["id"], "sms").json()
+    old_code = _sms_code(api)
+    wrong = f"{(int(old_code) + 1) % 1_000_000:06d}"
+    assert _verify(api, decision["id"], first["id"], code=wrong).json()["attempts_left"] == 4
+    second = _start(api, decision["id"], "sms").json()
+    assert second["id"] == first["id"]
+    assert second["attempts_left"] == 4
+    new_code = _sms_code(api)
+    if new_code != old_code:
+        stale = _verify(api, decision["id"], first["id"], code=old_code)
+        assert stale.status_code == 422
+        assert stale.json()["attempts_left"] == 3
+    assert _verify(api, decision["id"], first["id"], code=new_code).status_code == 200
+
+
+def test_sms_sends_per_destination_are_limited(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _phone(api, "acct-p")
+    decision = _request(api, "acct-p")
+    per_hour = api.ctx.policy.limits.sms_sends_per_hour
+    for _ in range(per_hour):
+        assert _start(api, decision["id"], "sms").status_code == 201
+    limited = _start(api, decision["id"], "sms")
+    assert limited.status_code == 429
+    assert 0 < int(limited.headers["retry-after"]) <= 3600
+    assert len(api.sms.sent) == per_hour
+
+
+def test_unknown_account_challenges_look_the_same_and_never_succeed(sqlite_api: Api) -> None:
+    api = sqlite_api
+    decision = _request(api, "acct-ghost")
+    sms = _start(api, decision["id"], "sms")
+    assert sms.status_code == 201
+    assert re.fullmatch(r"\+86 13\d\*{4}\d{4}", sms.json()["target"])
+    assert api.sms.sent == []  # nothing is ever sent for an unknown account
+    for code in ("000000", "123456"):
+        r = _verify(api, decision["id"], sms.json()["id"], code=code)
+        assert r.status_code == 422
+        assert r.json()["code"] == "proof_rejected"
+
+
+def test_a_method_not_offered_cannot_be_started(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _phone(api, "acct-n")
+    decision = _request(api, "acct-n")
+    r = _start(api, decision["id"], "totp")
+    assert r.status_code == 409
+    assert r.json()["code"] == "method_not_offered"
+    face = _start(api, decision["id"], "face")
+    assert face.status_code == 409
+
+
+def test_proof_fields_are_validated(sqlite_api: Api) -> None:
+    api = sqlite_api
+    codes = api.client.post("/v1/accounts/acct-v/recovery-codes", headers=api.headers()).json()[
+        "codes"
+    ]
+    decision = _request(api, "acct-v")
+    challenge = _start(api, decision["id"], "recovery_code").json()
+    missing = _verify(api, decision["id"], challenge["id"])
+    assert missing.status_code == 400
+    assert missing.json()["errors"][0]["field"] == "code"
+    image = _verify(api, decision["id"], challenge["id"], code=codes[0], image="iVBORw0KGgo=")
+    assert image.status_code == 400
+    assert "image" in image.json()["errors"][0]["field"]
+
+
+# --- approval, outbox and the person's notice ---------------------------------------------------
+
+
+def test_approval_queues_the_webhook_and_notifies_the_person(sqlite_api: Api) -> None:
+    api = sqlite_api
+    secret = _enrol_totp(api, "acct-a", at=datetime.now(UTC) - timedelta(seconds=30))
+    _phone(api, "acct-a")
+    decision = _request(api, "acct-a")
+    t = _start(api, decision["id"], "totp").json()
+    assert (
+        _verify(
+            api, decision["id"], t["id"], code=code_at(secret, datetime.now(UTC), PARAMS)
+        ).json()["status"]
+        == "approved"
+    )
+    assert api.count("outbox_events") == 2
+    api.run(api.app.state.outbox.deliver_due)
+    notices = [m for m in api.sms.sent if "unlocked" in m.message or "解封" in m.message]
+    assert len(notices) == 1
+    assert notices[0].to == "+8613800005678"
+    assert not re.search(r"\b\d{6}\b", notices[0].message), "a notice carries no code"
+
+
+# --- races ---------------------------------------------------------------------------------
+
+
+def test_the_same_valid_code_from_many_clients_succeeds_exactly_once(api: Api) -> None:
+    secret = _enrol_totp(api, "acct-race", at=datetime.now(UTC) - timedelta(seconds=30))
+    decision = _request(api, "acct-race")
+    challenge = _start(api, decision["id"], "totp").json()
+    code = code_at(secret, datetime.now(UTC), PARAMS)
+    ctx = api.ctx
+
+    async def attempt() -> str:
+        try:
+            await challenges.verify(
+                ctx, "race", decision["id"], challenge["id"], dto.VerifyIn(code=code)
+            )
+        except ProofRejected:
+            return "rejected"
+        except Exception as exc:  # a closed challenge is the other way to lose
+            return type(exc).__name__
+        return "accepted"
+
+    async def race() -> list[str]:
+        return await asyncio.gather(*(attempt() for _ in range(20)))
+
+    outcomes = api.run(race)
+    assert outcomes.count("accepted") == 1, outcomes
+
+
+# --- brute force ---------------------------------------------------------------------------------
+
+
+def test_guessing_a_six_digit_sms_code_within_a_day_is_bounded_by_the_limits(
+    sqlite_api: Api,
+) -> None:
+    limits = sqlite_api.ctx.policy.limits
+    # Every wrong guess is a recorded failure of the method; at the daily limit the method pauses
+    # for 24 h. One more guess can land as the limit is reached, so at most limit + 1 guesses a day,
+    # each against a fresh uniformly random code of 10**6 values.
+    guesses_per_day = limits.method_failures_per_day + 1
+    bound = guesses_per_day / 10**challenges.SMS_CODE_DIGITS
+    assert bound <= 1e-4, bound
