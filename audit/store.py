@@ -152,6 +152,9 @@ async def append_event_now(engine: AsyncEngine, event: AuditEvent) -> int:
     """Queue an event in its own short transaction, for events that must outlive a rollback.
 
     Returns once the commit succeeded; a failed commit raises (it is never retried silently).
+    On SQLite call it after the flow's own transaction has ended, not inside it: the engine has
+    one connection per process, so a second transaction would wait for the first one forever
+    (until the pool timeout raises). Many concurrent callers: use GroupAppender.append.
     """
     async with engine.begin() as conn:
         return await append_event(conn, event)
