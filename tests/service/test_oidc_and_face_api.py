@@ -1,0 +1,250 @@
+"""Linked real-name identity (OIDC, matched by `sub` only) and opt-in face (FRM-6/8/10/12,
+NIST-63A4-3.1.13.2) through the unlock API, with the adapters' fakes (which pass the same contract
+tests as the real adapters in tests/service/adapters)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any
+
+import pytest
+
+from tests.service.conftest import PERSONA_REQUEST, Api
+
+SUBJECT = "248289761001"
+
+
+def _bind(api: Api, account_id: str, *, real_name: bool = True) -> None:
+    r = api.client.put(
+        f"/v1/accounts/{account_id}/linked-identities/gov-eid",
+        json={"subject": SUBJECT, "real_name_verified": real_name},
+        headers=api.headers(),
+    )
+    assert r.status_code == 200
+
+
+def _consent(api: Api, account_id: str) -> None:
+    version = api.client.get("/v1/face-consent/notice", headers=api.headers()).json()["version"]
+    r = api.client.put(
+        f"/v1/accounts/{account_id}/face-consent",
+        json={"notice_version": version, "purpose": "account_unlock", "accepted": True},
+        headers=api.headers(),
+    )
+    assert r.status_code == 200
+
+
+def _request(api: Api, account_id: str) -> dict[str, Any]:
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["account_id"] = account_id
+    r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
+    assert r.status_code == 201, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def _start(api: Api, request_id: str, method: str) -> Any:
+    return api.client.post(
+        f"/v1/unlock-requests/{request_id}/challenges",
+        json={"method": method},
+        headers=api.headers(),
+    )
+
+
+def _verify(api: Api, request_id: str, challenge_id: str, **proof: Any) -> Any:
+    return api.client.post(
+        f"/v1/unlock-requests/{request_id}/challenges/{challenge_id}/verify",
+        json=proof,
+        headers=api.headers(),
+    )
+
+
+# --- linked identity -------------------------------------------------------------------------
+
+
+def test_linked_identity_round_trip_approves(api: Api) -> None:
+    _bind(api, "acct-o")
+    decision = _request(api, "acct-o")
+    started = _start(api, decision["id"], "linked_identity")
+    assert started.status_code == 201
+    url = started.json()["authorization_url"]
+    assert "code_challenge_method=S256" in url
+    code, state = api.oidc.authorize(url, SUBJECT)
+    r = _verify(api, decision["id"], started.json()["id"], code=code, state=state)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "approved"
+    assert r.json()["factors_satisfied"] == ["linked_identity"]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("state", "state_mismatch"),
+        ("subject", "other_subject"),
+        ("nonce", "nonce_mismatch"),
+        ("expired", "token_expired"),
+        ("signature", "bad_signature"),
+        ("issuer", "wrong_issuer"),
+    ],
+)
+def test_linked_identity_refusals_carry_their_reason(
+    sqlite_api: Api, tamper: str, reason: str
+) -> None:
+    api = sqlite_api
+    _bind(api, "acct-x")
+    decision = _request(api, "acct-x")
+    started = _start(api, decision["id"], "linked_identity").json()
+    subject = "someone-else" if tamper == "subject" else SUBJECT
+    claims: dict[str, Any] | None = None
+    if tamper == "nonce":
+        claims = {"nonce": "not-the-challenge-nonce"}
+    elif tamper == "expired":
+        claims = {
+            "exp": int(time.time()) - 3600,
+            "iat": int(time.time()) - 7200,
+            "auth_time": int(time.time()) - 7200,
+        }
+    elif tamper == "issuer":
+        claims = {"iss": "http://127.0.0.1:9/evil"}
+    signing = "foreign_key" if tamper == "signature" else "provider"
+    code, state = api.oidc.authorize(
+        started["authorization_url"], subject, claims=claims, signing=signing
+    )
+    if tamper == "state":
+        state = state[::-1]
+    r = _verify(api, decision["id"], started["id"], code=code, state=state)
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == reason
+    assert r.json()["attempts_left"] == 4
+
+
+def test_identity_that_is_not_real_name_verified_is_not_offered(sqlite_api: Api) -> None:
+    _bind(sqlite_api, "acct-u", real_name=False)
+    decision = _request(sqlite_api, "acct-u")
+    assert "linked_identity" not in [m["method"] for m in decision["offer"]["methods"]]
+    assert _start(sqlite_api, decision["id"], "linked_identity").status_code == 409
+
+
+# --- face ----------------------------------------------------------------------------------------
+
+
+def _attestation(api: Api, challenge_nonce: str, **overrides: Any) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": api.face.provider,
+        "aud": api.face.audience,
+        "iat": now,
+        "exp": now + 120,
+        "nonce": challenge_nonce,
+        "result": "match",
+        "liveness": "pass",
+        "matcher_version": "m-2.1",
+        **overrides,
+    }
+    return api.face.sign_attestation(claims)
+
+
+def _face_ready(api: Api, account_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    _bind(api, account_id)
+    _consent(api, account_id)
+    decision = _request(api, account_id)
+    assert decision["offer"]["methods"][-1]["method"] == "face"
+    started = _start(api, decision["id"], "face")
+    assert started.status_code == 201, started.text
+    return decision, started.json()
+
+
+def test_face_with_consent_counts_once_as_an_optional_alternative(api: Api) -> None:
+    decision, started = _face_ready(api, "acct-face")
+    session = started["session"]
+    assert session["audience"] == api.face.audience
+    r = _verify(api, decision["id"], started["id"], attestation=_attestation(api, session["nonce"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["factors_satisfied"] == ["face"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"nonce": "another-challenge"}, "nonce_mismatch"),
+        ({"aud": "someone-else"}, "wrong_audience"),
+        ({"iat": int(time.time()) - 3600, "exp": int(time.time()) - 3000}, "expired"),
+        ({"image": "iVBORw0KGgoAAAANSUhEUg=="}, "biometric_payload"),
+        ({"evidence": {"template": [0.1, 0.2]}}, "biometric_payload"),
+    ],
+)
+def test_face_attestation_refusals(sqlite_api: Api, change: dict[str, Any], reason: str) -> None:
+    api = sqlite_api
+    decision, started = _face_ready(api, f"acct-f-{reason}")
+    token = _attestation(api, started["session"]["nonce"], **change)
+    r = _verify(api, decision["id"], started["id"], attestation=token)
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == reason
+
+
+def test_a_replayed_attestation_is_refused(sqlite_api: Api) -> None:
+    api = sqlite_api
+    decision, started = _face_ready(api, "acct-replay")
+    token = _attestation(api, started["session"]["nonce"])
+    assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 200
+    assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 409
+    # The request is approved now; on a new request's challenge the old nonce does not fit.
+    later = _request(api, "acct-replay")
+    second = _start(api, later["id"], "face").json()
+    replay = _verify(api, later["id"], second["id"], attestation=token)
+    assert replay.status_code == 422
+    assert replay.json()["reason"] == "nonce_mismatch"
+
+
+def test_a_face_mismatch_sends_the_case_to_a_person_and_keeps_other_methods_open(
+    sqlite_api: Api,
+) -> None:
+    api = sqlite_api
+    decision, started = _face_ready(api, "acct-mismatch")
+    token = _attestation(api, started["session"]["nonce"], result="no_match")
+    r = _verify(api, decision["id"], started["id"], attestation=token)
+    assert r.status_code == 422
+    assert r.json()["reason"] == "face_not_confirmed"
+    now = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers()).json()
+    assert now["review"]["required"] is True
+    assert "FACE_CHECK_FAILED" in {r["code"] for r in now["review"]["reasons"]}
+    # The non-biometric path is not blocked.
+    linked = _start(api, decision["id"], "linked_identity")
+    assert linked.status_code == 201
+    code, state = api.oidc.authorize(linked.json()["authorization_url"], SUBJECT)
+    assert (
+        _verify(api, decision["id"], linked.json()["id"], code=code, state=state).json()["status"]
+        == "approved"
+    )
+
+
+@pytest.mark.parametrize("consent", ["none", "withdrawn", "stale"])
+def test_face_cannot_start_without_current_consent(sqlite_api: Api, consent: str) -> None:
+    api = sqlite_api
+    account = f"acct-c-{consent}"
+    _bind(api, account)
+    if consent == "withdrawn":
+        _consent(api, account)
+        api.client.delete(f"/v1/accounts/{account}/face-consent", headers=api.headers())
+    if consent == "stale":
+        _consent(api, account)
+        api.app.state.ctx = dataclasses.replace(
+            api.ctx, notice=dataclasses.replace(api.ctx.notice, version="2099-01-01.1")
+        )
+    decision = _request(api, account)
+    assert "face" not in [m["method"] for m in decision["offer"]["methods"]]
+    r = _start(api, decision["id"], "face")
+    assert r.status_code == 409
+    assert r.json()["code"] == "method_not_offered"
+
+
+def test_an_image_in_the_verify_body_is_refused(sqlite_api: Api) -> None:
+    api = sqlite_api
+    decision, started = _face_ready(api, "acct-img")
+    r = _verify(
+        api, decision["id"], started["id"], attestation="x.y.z", image="data:image/png;base64,AAAA"
+    )
+    assert r.status_code == 400
+    big = _verify(api, decision["id"], started["id"], attestation="A" * 200_000)
+    assert big.status_code == 413
