@@ -3,13 +3,14 @@
 It checks the bearer token (401 otherwise), records every request it receives, and answers from a
 script of ``FakeReply`` values (the same type that scripts the fake gateway), then 202. A reply
 with ``error="timeout"`` never answers until the server stops; ``error="connection_error"`` closes
-the connection without a response.
+the connection without a response; ``trickle_next`` makes replies that drip one byte at a time.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +20,7 @@ from service.adapters.sms import FakeReply
 # Longest a "never answers" handler waits: far beyond any client timeout in the tests, and a
 # bound so that a forgotten stop() cannot hang the run.
 HANG_LIMIT_S = 30.0
+DRIP_LIMIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class SmsReceiver:
         self.token = token
         self.received: list[Received] = []
         self._script: list[FakeReply] = []
+        self._trickle = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
         receiver = self
@@ -64,8 +67,13 @@ class SmsReceiver:
                     reply = (
                         receiver._script.pop(0) if authorized and receiver._script else FakeReply()
                     )
+                    trickle = authorized and receiver._trickle > 0
+                    if trickle:
+                        receiver._trickle -= 1
                 if not authorized:
                     self._answer(401, None)
+                elif trickle:
+                    self._drip()
                 elif reply.error == "timeout":
                     receiver._release.wait(HANG_LIMIT_S)
                     self.close_connection = True  # the client has long given up
@@ -89,6 +97,21 @@ class SmsReceiver:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def _drip(self) -> None:
+                # A byte every 50 ms: no single read ever waits long enough for a read timeout.
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                # Bounded, so a client without a deadline fails the test instead of hanging it.
+                stop_at = time.monotonic() + DRIP_LIMIT_S
+                while not receiver._release.wait(0.05) and time.monotonic() < stop_at:
+                    try:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up, as it should
+                self.close_connection = True
+
             def log_message(self, format: str, *args: Any) -> None:
                 return None  # keep the test output clean
 
@@ -105,6 +128,11 @@ class SmsReceiver:
     def script(self, *replies: FakeReply) -> None:
         with self._lock:
             self._script.extend(replies)
+
+    def trickle_next(self, count: int) -> None:
+        """The next ``count`` authorized requests get a 200 whose body never finishes."""
+        with self._lock:
+            self._trickle += count
 
     def start(self) -> SmsReceiver:
         self._thread.start()

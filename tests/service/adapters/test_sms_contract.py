@@ -341,6 +341,18 @@ def test_http_nothing_listening_is_a_connection_error_after_max_attempts() -> No
     assert (caught.value.attempts, caught.value.reason) == (3, "connection_error")
 
 
+def test_http_a_server_that_trickles_bytes_is_cut_off_by_the_attempt_deadline(
+    receiver: SmsReceiver,
+) -> None:
+    # httpx's read timeout restarts with every byte; the per-attempt deadline does not.
+    receiver.trickle_next(3)
+    started = time.monotonic()
+    with pytest.raises(SmsDeliveryError) as caught:
+        send_once(HttpSmsGateway(receiver.url, TOKEN, timeout_s=0.3, policy=FAST))
+    assert (caught.value.attempts, caught.value.reason) == (3, "timeout")
+    assert time.monotonic() - started < 3 * 0.3 + 2 * 0.05 + 1.0
+
+
 def test_http_redirect_is_not_followed(receiver: SmsReceiver) -> None:
     # Following it would hand the bearer token to wherever the Location points.
     receiver.script(FakeReply(307))
