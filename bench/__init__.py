@@ -1,0 +1,1 @@
+"""Benchmarks, each run as `python -m bench.<module>`; they print figures, they assert nothing."""
