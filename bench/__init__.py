@@ -1,1 +1,1 @@
-"""Benchmarks, each run as `python -m bench.<module>`; they print figures, they assert nothing."""
+"""Benchmarks, each run as `python -m bench.<module>`: they print figures, not pass/fail."""
