@@ -40,7 +40,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -66,6 +66,7 @@ __all__ = [
     "ObservabilityMiddleware",
     "OperationsController",
     "RedactingFilter",
+    "Refresher",
     "configure_logging",
     "current_request_id",
     "install_observability",
@@ -247,6 +248,10 @@ LATENCY_BUCKETS_S: Final = (
 )
 
 
+Refresher = Callable[["Metrics", Litestar], Awaitable[None]]
+REFRESH_TIMEOUT_S = 2.0
+
+
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own (never the global one)."""
 
@@ -281,6 +286,7 @@ class Metrics:
             "Open review cases past their due time.",
             registry=self.registry,
         )
+        self.refreshers: list[Refresher] = []
         self.audit_backlog = Gauge(
             "fairunlock_audit_backlog",
             "Audit entries written but not yet integrated into the log.",
@@ -301,6 +307,28 @@ class Metrics:
 
     def set_audit_backlog(self, count: int) -> None:
         self.audit_backlog.set(count)
+
+    def on_scrape(self, refresh: Refresher) -> None:
+        """Run ``refresh(metrics, app)`` before each ``GET /metrics``.
+
+        For gauges read at scrape time (e.g. the audit backlog from the database). Each gets 2 s;
+        a failure is logged and the scrape goes on with the gauge's last value.
+        """
+        self.refreshers.append(refresh)
+
+    async def refresh(self, app: Litestar) -> None:
+        for refresh in self.refreshers:
+            try:
+                await asyncio.wait_for(refresh(self, app), timeout=REFRESH_TIMEOUT_S)
+            except Exception as exc:
+                # A stale gauge beats a failed scrape: the other metrics still matter.
+                log.warning(
+                    "metrics refresher failed",
+                    extra={
+                        "refresher": getattr(refresh, "__name__", repr(refresh)),
+                        "error_type": type(exc).__name__,
+                    },
+                )
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of this registry and its content type."""
@@ -434,6 +462,7 @@ class OperationsController(Controller):
     async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         """Prometheus text exposition of this worker's metrics."""
         metrics: Metrics = request.app.state.metrics
+        await metrics.refresh(request.app)
         body, content_type = metrics.render()
         return Response(body, headers={"content-type": content_type})
 

@@ -20,6 +20,7 @@ from joserfc.jwk import OctKey
 from litestar import Litestar, Request, get, post
 from litestar.params import FromPath, JSONBody
 from litestar.testing import TestClient
+from sqlalchemy import text
 
 from service.auth import authentication_middleware, require_roles
 from service.db import create_engine
@@ -357,6 +358,24 @@ def test_the_metrics_endpoint_serves_the_text_exposition(running: Running) -> No
         in (response.text)
     )
     assert "# TYPE fairunlock_http_request_duration_seconds histogram" in response.text
+
+
+def test_gauges_are_refreshed_from_the_database_at_scrape_time(running: Running) -> None:
+    async def audit_backlog(metrics: Metrics, app: Litestar) -> None:
+        async with app.state.engine.connect() as conn:
+            metrics.set_audit_backlog((await conn.execute(text("SELECT 5 + 2"))).scalar_one())
+
+    async def broken(metrics: Metrics, app: Litestar) -> None:
+        raise RuntimeError("the review queue is unreachable")
+
+    running.metrics.on_scrape(broken)
+    running.metrics.on_scrape(audit_backlog)
+    response = running.client.get("/metrics")
+    # The broken refresher is logged and skipped; the scrape and the next refresher go on.
+    assert response.status_code == 200
+    assert "\nfairunlock_audit_backlog 7.0\n" in response.text
+    failures = [r for r in running.lines() if r["message"] == "metrics refresher failed"]
+    assert [(r["refresher"], r["error_type"]) for r in failures] == [("broken", "RuntimeError")]
 
 
 def test_the_middleware_list_form_also_observes_matched_routes(restore_logging: None) -> None:
