@@ -55,6 +55,7 @@ MAX_ATTESTATION_CHARS = 64 * 1024
 _MAX_DEPTH = 8
 _MAX_STRING_CHARS = 1024  # a longer claim value has no place in a verdict: likely an encoded image
 _MAX_NUMBERS_IN_ARRAY = 32  # a longer list of numbers is a feature vector (an embedding)
+_MAX_JWKS_BYTES = 256 * 1024
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -245,23 +246,41 @@ class _JwksKeys:
             age = time.monotonic() - self._fetched_at
             stale = self._keys is None or age >= self._ttl_s
             if stale or (refresh and age >= self._min_refresh_s):
-                self._keys = await self._fetch()
-                self._fetched_at = time.monotonic()
+                try:
+                    self._keys = await self._fetch()
+                    self._fetched_at = time.monotonic()
+                except FaceProviderUnavailable as exc:
+                    if self._keys is None:
+                        raise
+                    # Keys we verified with a moment ago are better than refusing everyone
+                    # while the provider's key endpoint hiccups; try again after the minimum
+                    # refresh interval rather than on every request.
+                    logger.warning(
+                        "face provider %s: keeping cached keys (%s)", self._provider, exc
+                    )
+                    self._fetched_at = time.monotonic() - self._ttl_s + self._min_refresh_s
             assert self._keys is not None
             return self._keys
 
     async def _fetch(self) -> list[VerifyKey]:
         try:
-            response = await self._client.get(self._uri, headers={"Accept": "application/json"})
+            async with self._client.stream(
+                "GET", self._uri, headers={"Accept": "application/json"}
+            ) as response:
+                if response.status_code != 200:
+                    raise FaceProviderUnavailable(
+                        self._provider, f"JWKS answered {response.status_code}"
+                    )
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_JWKS_BYTES:  # read no further than the cap
+                        raise FaceProviderUnavailable(self._provider, "JWKS too large")
         except httpx.HTTPError as exc:
             raise FaceProviderUnavailable(self._provider, type(exc).__name__) from None
-        if response.status_code != 200:
-            raise FaceProviderUnavailable(self._provider, f"JWKS answered {response.status_code}")
-        if len(response.content) > 256 * 1024:
-            raise FaceProviderUnavailable(self._provider, "JWKS too large")
         try:
-            keys = import_jwks(response.json())
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            keys = import_jwks(json.loads(body))
+        except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
             raise FaceProviderUnavailable(self._provider, f"bad JWKS: {exc}") from None
         logger.info("face provider %s: fetched %d usable key(s)", self._provider, len(keys))
         return keys

@@ -484,6 +484,49 @@ def test_unreachable_or_broken_jwks_is_provider_unavailable(jwks_server: JwksSer
         asyncio.run(verify())
 
 
+def test_cached_keys_outlive_a_key_endpoint_outage(jwks_server: JwksServer) -> None:
+    key = new_key("ES256")
+    jwks_server.keys = [public_jwk(key)]
+    config = FaceConfig(
+        {PROVIDER: FaceProviderConfig(PROVIDER, AUDIENCE, jwks_uri=jwks_server.uri)}
+    )
+
+    async def main() -> None:
+        # ttl 0: every verify wants fresh keys, so the outage is certainly noticed.
+        verifier = JoseFaceVerifier(config, jwks_ttl_s=0, jwks_min_refresh_s=0)
+        try:
+            token = sign_attestation(claims(), key)
+            await verifier.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=NOW)
+            jwks_server.status = 500
+            outcome = await verifier.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=NOW)
+            assert outcome.match is True
+        finally:
+            await verifier.aclose()
+
+    asyncio.run(main())
+    assert jwks_server.fetches == 2  # the outage was seen, and the cached key still served
+
+
+def test_an_oversized_jwks_is_refused(jwks_server: JwksServer) -> None:
+    key = new_key("EdDSA")
+    jwks_server.keys = [public_jwk(key)] + [{"kty": "oct", "k": "A" * 1000}] * 300
+    config = FaceConfig(
+        {PROVIDER: FaceProviderConfig(PROVIDER, AUDIENCE, jwks_uri=jwks_server.uri)}
+    )
+
+    async def main() -> None:
+        verifier = JoseFaceVerifier(config)
+        try:
+            await verifier.verify(
+                sign_attestation(claims(), key), provider=PROVIDER, expected_nonce=NONCE, now=NOW
+            )
+        finally:
+            await verifier.aclose()
+
+    with pytest.raises(FaceProviderUnavailable, match="too large"):
+        asyncio.run(main())
+
+
 # --- configuration --------------------------------------------------------------------------------
 
 
