@@ -198,9 +198,10 @@ class JsonFormatter(logging.Formatter):
 
 _HANDLER_MARK = "_fairunlock_json_handler"
 _OWN_LOGGERS = ("fairunlock", "service", "audit", "policy")
-# uvicorn installs its own handlers (and stops propagation); routing them through ours keeps
-# every line JSON and redacted.
-_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+# uvicorn installs its own handlers; routing them through ours keeps every line JSON and redacted.
+# Not "uvicorn.access": uvicorn logs access lines only while that logger has handlers, and our own
+# access line (with the request id, without the client address) replaces it.
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error")
 
 
 def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:

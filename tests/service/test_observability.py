@@ -111,16 +111,24 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     names = ("fairunlock", "service", "audit", "policy", "uvicorn", "uvicorn.error")
-    loggers = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    loggers = {
+        n: (
+            logging.getLogger(n).level,
+            list(logging.getLogger(n).handlers),
+            logging.getLogger(n).propagate,
+        )
+        for n in names
+    }
     yield
     for handler in root.handlers:
         if handler not in saved[0]:
             handler.close()
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
-    for name, (level, handlers) in loggers.items():
+    for name, (level, handlers, propagate) in loggers.items():
         logging.getLogger(name).setLevel(level)
         logging.getLogger(name).handlers[:] = handlers
+        logging.getLogger(name).propagate = propagate
 
 
 def _start(tmp_path: Path, level: str) -> Iterator[Running]:
@@ -290,6 +298,24 @@ def test_configure_logging_twice_keeps_one_handler(restore_logging: None) -> Non
     app_log.info("below the level")
     assert first.getvalue() == ""
     assert [json.loads(line)["message"] for line in second.getvalue().splitlines()] == ["only once"]
+
+
+def test_uvicorn_joins_the_json_output_but_its_disabled_access_log_stays_off(
+    restore_logging: None,
+) -> None:
+    # As `uvicorn --no-access-log` leaves it: uvicorn logs access lines only if this has handlers.
+    access = logging.getLogger("uvicorn.access")
+    saved = (list(access.handlers), access.propagate)
+    access.handlers.clear()
+    access.propagate = False
+    try:
+        logs = io.StringIO()
+        configure_logging("INFO", stream=logs)
+        assert not access.hasHandlers()
+        logging.getLogger("uvicorn.error").info("Started server process")
+        assert json.loads(logs.getvalue())["logger"] == "uvicorn.error"
+    finally:
+        access.handlers[:], access.propagate = saved
 
 
 def test_an_unknown_level_is_refused(restore_logging: None) -> None:
