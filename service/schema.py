@@ -11,6 +11,7 @@ from sqlalchemy import MetaData
 # Imported for their side effect: each registers its tables on `metadata`.
 import service.data_keys
 import service.persistence.api_keys
+import service.persistence.review_cases
 import service.persistence.tables  # noqa: F401
 from audit.store import audit_metadata
 from service.persistence import metadata

@@ -224,6 +224,44 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_recovery_codes_subject"), ["subject"], unique=False)
 
     op.create_table(
+        "review_cases",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("unlock_request_id", sa.String(length=36), nullable=False),
+        sa.Column("active_request_id", sa.String(length=36), nullable=True),
+        sa.Column("subject", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=24), nullable=False),
+        sa.Column("origin", sa.String(length=32), nullable=False),
+        sa.Column("risk_level", sa.String(length=16), nullable=False),
+        sa.Column("priority", sa.String(length=8), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("statement_ciphertext", sa.Text(), nullable=True),
+        sa.Column("contact_preference", sa.String(length=16), nullable=True),
+        sa.Column("assignee", sa.String(length=128), nullable=True),
+        sa.Column("claim_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("first_reviewer", sa.String(length=128), nullable=True),
+        sa.Column("outcome", sa.String(length=16), nullable=True),
+        sa.Column("reason_code", sa.String(length=32), nullable=True),
+        sa.Column("reason_ciphertext", sa.Text(), nullable=True),
+        sa.Column("resolution", sa.String(length=16), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["unlock_request_id"],
+            ["unlock_requests.id"],
+            name=op.f("fk_review_cases_unlock_request_id_unlock_requests"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_review_cases")),
+        sa.UniqueConstraint("active_request_id", name=op.f("uq_review_cases_active_request_id")),
+    )
+    with op.batch_alter_table("review_cases", schema=None) as batch_op:
+        batch_op.create_index("ix_review_cases_status_due", ["status", "due_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_review_cases_subject"), ["subject"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_review_cases_unlock_request_id"), ["unlock_request_id"], unique=False
+        )
+
+    op.create_table(
         "totp_enrolments",
         sa.Column("subject", sa.String(length=64), nullable=False),
         sa.Column("secret_ciphertext", sa.Text(), nullable=False),
@@ -235,6 +273,28 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("subject", name=op.f("pk_totp_enrolments")),
     )
+    op.create_table(
+        "review_actions",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("case_id", sa.String(length=36), nullable=False),
+        sa.Column("action", sa.String(length=24), nullable=False),
+        sa.Column("actor", sa.String(length=128), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=True),
+        sa.Column("reason_code", sa.String(length=32), nullable=True),
+        sa.Column("reason_ciphertext", sa.Text(), nullable=True),
+        sa.Column("status_after", sa.String(length=24), nullable=False),
+        sa.Column("audit_inbox_id", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["case_id"], ["review_cases.id"], name=op.f("fk_review_actions_case_id_review_cases")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_review_actions")),
+    )
+    with op.batch_alter_table("review_actions", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_review_actions_case_created", ["case_id", "created_at"], unique=False
+        )
+
     op.create_table(
         "audit_checkpoints",
         sa.Column(
@@ -296,7 +356,17 @@ def downgrade() -> None:
     op.drop_table("audit_inbox")
     op.drop_table("audit_head")
     op.drop_table("audit_checkpoints")
+    with op.batch_alter_table("review_actions", schema=None) as batch_op:
+        batch_op.drop_index("ix_review_actions_case_created")
+
+    op.drop_table("review_actions")
     op.drop_table("totp_enrolments")
+    with op.batch_alter_table("review_cases", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_review_cases_unlock_request_id"))
+        batch_op.drop_index(batch_op.f("ix_review_cases_subject"))
+        batch_op.drop_index("ix_review_cases_status_due")
+
+    op.drop_table("review_cases")
     with op.batch_alter_table("recovery_codes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_recovery_codes_subject"))
 
