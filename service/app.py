@@ -33,6 +33,7 @@ from service.routes.audit import AuditController
 from service.routes.deps import DEPENDENCIES
 from service.routes.health import HealthController
 from service.routes.policy import PolicyController
+from service.routes.review import AppealController, ReviewCaseController
 from service.routes.unlock_requests import UnlockRequestController
 from service.schema import upgrade
 from service.sealer import Sealer
@@ -122,6 +123,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
             UnlockRequestController,
             PolicyController,
             AuditController,
+            ReviewCaseController,  # issue 6: human review
+            AppealController,
         ],
         dependencies=DEPENDENCIES,
         before_request=require_json_body,

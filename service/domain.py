@@ -103,3 +103,42 @@ class Throttled(DomainError):
 
 class DeliveryFailed(DomainError):
     code = "delivery_failed"
+
+
+# --- human review (issue 6; service/flows/review.py) ---------------------------------------------
+
+
+class ReviewCaseNotFound(DomainError):
+    code = "review_case_not_found"
+
+
+class CaseNotClaimable(DomainError):
+    """Another reviewer holds a live claim, or the case is not open (carries `case_status`)."""
+
+    code = "case_not_claimable"
+
+
+class CaseNotClaimedByCaller(DomainError):
+    """Deciding or releasing needs a live claim held by the caller."""
+
+    code = "case_not_claimed_by_caller"
+
+
+class CaseNotAwaitingConfirmation(DomainError):
+    code = "case_not_awaiting_confirmation"
+
+
+class FourEyesRequired(DomainError):
+    """The reviewer who approved cannot be the one who confirms."""
+
+    code = "four_eyes_required"
+
+
+class ReasonCodeMismatch(DomainError):
+    """A reason code that is not in the closed list for the chosen outcome."""
+
+    code = "invalid_request"
+
+
+class InvalidQueueCursor(DomainError):
+    code = "invalid_request"

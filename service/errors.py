@@ -91,6 +91,14 @@ DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
     domain.ProofRejected: ProblemSpec(422, "Proof not accepted"),
     domain.Throttled: ProblemSpec(429, "Too many attempts"),
     domain.DeliveryFailed: ProblemSpec(503, "Message could not be delivered"),
+    # Human review (issue 6).
+    domain.ReviewCaseNotFound: ProblemSpec(404, "Review case not found"),
+    domain.CaseNotClaimable: ProblemSpec(409, "Review case cannot be claimed"),
+    domain.CaseNotClaimedByCaller: ProblemSpec(409, "Review case not claimed by the caller"),
+    domain.CaseNotAwaitingConfirmation: ProblemSpec(409, "Review case awaits no confirmation"),
+    domain.FourEyesRequired: ProblemSpec(403, "A second reviewer must confirm"),
+    domain.ReasonCodeMismatch: ProblemSpec(400, "Invalid request"),
+    domain.InvalidQueueCursor: ProblemSpec(400, "Invalid request"),
 }
 
 # Stable codes for the framework's own HTTP errors.
