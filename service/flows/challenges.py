@@ -547,6 +547,17 @@ async def _fail(
                     review_reason=review_reason.value,
                     now=now,
                 )
+            # Issue 6: a face failure or repeated failures open a review case (idempotent).
+            from service.flows import review
+
+            await review.open_case_in(
+                conn,
+                ctx,
+                ch.unlock_request_id,
+                ch.subject,
+                origin=review_reason.value.lower(),
+                now=now,
+            )
         await record(
             conn,
             ctx,

@@ -309,6 +309,19 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
             created_at=now,
             expires_at=expires_at,
         )
+        if decision.offer.review.required:
+            # Issue 6: a review the policy requires opens a case at once (review imports this).
+            from service.flows import review
+
+            case_id = await review.open_case_in(
+                conn,
+                ctx,
+                request_id,
+                subject,
+                origin=review.origin_of(decision.offer.review.reasons),
+                now=now,
+            )
+            out = review.with_case(out, case_id)
     index = await index_of(ctx, inbox_id)
     offered_face = any(m.biometric for m in decision.offer.methods)
     return CreatedDecision(
@@ -323,7 +336,10 @@ async def get(ctx: ServiceContext, request_id: str) -> dto.DecisionOut:
         if row is None:
             raise UnlockRequestNotFound("No unlock request with this id.")
         index = await AuditStore(conn).index_of(row.audit_inbox_id)
-    return view(ctx, row, index, now)
+        # Issue 6: the request's review case and its outcome (review imports this module).
+        from service.flows import review
+
+        return (await review.attach_in(conn, ctx, [view(ctx, row, index, now)]))[0]
 
 
 def view(
@@ -363,4 +379,8 @@ async def list_for_account(ctx: ServiceContext, account_id: str) -> list[dto.Dec
     async with ctx.engine.connect() as conn:
         rows = await UnlockRequestRepository(conn).for_subject(subject, MAX_LISTED)
         store = AuditStore(conn)
-        return [view(ctx, row, await store.index_of(row.audit_inbox_id), now) for row in rows]
+        views = [view(ctx, row, await store.index_of(row.audit_inbox_id), now) for row in rows]
+        # Issue 6: review cases and their outcomes (review imports this module).
+        from service.flows import review
+
+        return await review.attach_in(conn, ctx, views)
