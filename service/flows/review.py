@@ -883,6 +883,13 @@ async def decide(
         assert state is not None  # a case's request exists (foreign key) and is never deleted
         request_status = state[0]
         req = await _request(conn, case.unlock_request_id)
+        if body.outcome is rdto.Outcome.APPROVE and not req.row.known_account:
+            # No account exists to unlock; the person was answered like any other (OWASP-FP-1/2).
+            raise RequestClosed(
+                "No account with this id is known here, so nothing can be unlocked; deny or ask "
+                "for more information.",
+                request_status="unknown_account",
+            )
         reason = await _encrypt(conn, ctx, req.row, body.reason, REASON_AAD)
         decided: dict[str, Any] = {
             "outcome": body.outcome.value,
@@ -891,7 +898,16 @@ async def decide(
             "assignee": None,
             "claim_expires_at": None,
         }
-        steps = {"steps_completed": json.loads(req.row.factors_satisfied)}
+        # NIST-63A4-3.1.13.1: what evidence was presented and which processes were completed.
+        factors: list[str] = json.loads(req.row.factors_satisfied)
+        evidence = ["decision_record", *(f"proof:{m}" for m in factors)]
+        if case.statement_ciphertext is not None:
+            evidence.append("applicant_statement")
+        steps: dict[str, JSONValue] = {
+            "steps_completed": list(factors),
+            "evidence_types": list(evidence),
+            "escalation_reason": ESCALATION_REASON.get(case.origin, "exception_policy"),
+        }
         if body.outcome is rdto.Outcome.NEED_MORE_INFO:
             status_after = "awaiting_person"
             won = await repo.transition(

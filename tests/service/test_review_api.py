@@ -33,12 +33,26 @@ def _phone(api: Api, account_id: str) -> None:
 
 
 def _enrol(api: Api, account_id: str) -> None:
-    # Two methods, so a high-risk request has a path of its own and review opens only on appeal.
+    # Two methods, so a request up to high risk has a path of its own and review opens only on
+    # appeal; the account is one the service knows (else a phantom answers).
+    methods = api.client.get(f"/v1/accounts/{account_id}/methods", headers=api.headers()).json()
+    if methods["totp"] == "confirmed":
+        return
     _phone(api, account_id)
     _enrol_totp(api, account_id, at=datetime.now(UTC) - timedelta(seconds=30))
 
 
-def _create(api: Api, account_id: str, *, level: str = "medium", **extra: Any) -> dict[str, Any]:
+def _create(
+    api: Api,
+    account_id: str,
+    *,
+    level: str = "medium",
+    known: bool = True,
+    exact: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    if known:
+        _enrol(api, account_id)
     body = copy.deepcopy(PERSONA_REQUEST)
     body["account_id"] = account_id
     body.update(extra)
@@ -52,7 +66,8 @@ def _create(api: Api, account_id: str, *, level: str = "medium", **extra: Any) -
     r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
     assert r.status_code == 201, r.text
     decision: dict[str, Any] = r.json()
-    assert decision["risk"]["level"] == level, decision["risk"]
+    # Repeated requests add velocity and may raise the level: callers that repeat say so.
+    assert not exact or decision["risk"]["level"] == level, decision["risk"]
     return decision
 
 
@@ -560,3 +575,17 @@ def test_reason_codes_have_both_languages_and_fit_one_outcome() -> None:
     for code in rdto.ReasonCode:
         assert set(review.REASON_MESSAGES[code.value]) == {"en", "zh-CN"}
         assert sum(code in codes for codes in rdto.CODES_FOR.values()) == 1
+
+
+def test_an_unknown_accounts_case_cannot_be_approved_but_can_be_denied(sqlite_api: Api) -> None:
+    api = sqlite_api
+    decision = _create(api, "acct-nobody", known=False)
+    case_id = _appeal(api, decision["id"], statement="let me in").json()["id"]
+    _case_post(api, case_id, "claim", Role.AGENT)
+    refused = _decide(api, case_id, Role.AGENT, "approve", "IDENTITY_CONFIRMED")
+    assert refused.status_code == 409
+    assert refused.json()["request_status"] == "unknown_account"
+    assert api.count("outbox_events") == 0
+    denied = _decide(api, case_id, Role.AGENT, "deny", "IDENTITY_NOT_CONFIRMED")
+    assert denied.status_code == 200
+    assert _request_status(api, decision["id"])["status"] == "denied"

@@ -56,7 +56,7 @@ def _run(api: Api, steps: list[tuple[Any, ...]]) -> None:
         if kind == "create":
             # "low" has no context recipe of its own: a medium persona request stands in.
             level = "medium" if step[1] == "low" else step[1]
-            requests.append(_create(api, account, level=level))
+            requests.append(_create(api, account, level=level, exact=False))
             continue
         if not requests:
             continue
