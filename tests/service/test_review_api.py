@@ -589,3 +589,25 @@ def test_an_unknown_accounts_case_cannot_be_approved_but_can_be_denied(sqlite_ap
     denied = _decide(api, case_id, Role.AGENT, "deny", "IDENTITY_NOT_CONFIRMED")
     assert denied.status_code == 200
     assert _request_status(api, decision["id"])["status"] == "denied"
+
+
+def test_erasure_shreds_review_text_and_the_case_stays_readable(sqlite_api: Api) -> None:
+    api = sqlite_api
+    decision = _create(api, "acct-erase")
+    case_id = _appeal(api, decision["id"], statement="my old phone was stolen").json()["id"]
+    _case_post(api, case_id, "claim", Role.AGENT)
+    _case_post(api, case_id, "release", Role.AGENT, {"reason": "needs a supervisor"})
+    erased = api.client.delete("/v1/accounts/acct-erase", headers=api.headers(Role.ADMIN))
+    assert erased.status_code == 200, erased.text
+    detail = api.client.get(f"/v1/review-cases/{case_id}", headers=api.headers(Role.AGENT))
+    assert detail.status_code == 200, detail.text
+    body = detail.json()
+    assert body["statement"] == review.ERASED
+    assert [a.get("reason") for a in body["actions"]] == [None, None, review.ERASED]
+    assert body["evidence"].get("ip") is None
+    assert body["evidence"].get("phone") is None
+    # Nothing is left to decide on: the account is gone.
+    _case_post(api, case_id, "claim", Role.AGENT)
+    r = _decide(api, case_id, Role.AGENT, "deny", "IDENTITY_NOT_CONFIRMED")
+    assert r.status_code == 409
+    assert r.json()["request_status"] == "erased"
