@@ -980,6 +980,8 @@ async def confirm(
             raise FourEyesRequired(
                 "The reviewer who approved cannot also confirm: a second person must."
             )
+        # The request first, then the case: the order every review write takes (no deadlock).
+        await ChallengeRepository(conn).lock_request(case.unlock_request_id)
         req = await _request(conn, case.unlock_request_id)
         reason = await _encrypt(conn, ctx, req.row, body.reason, REASON_AAD)
         expect = repo.in_status("awaiting_confirmation")
