@@ -165,7 +165,8 @@ class AppealOutcomeOut(_Out):
     decision: Literal["approved", "denied"]
     reason_code: str
     explanation: str
-    contest: str
+    # How to contest a denial; an approval has nothing to contest.
+    contest: str | None = None
 
 
 class AppealOut(_Out):

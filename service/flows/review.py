@@ -523,7 +523,9 @@ def _outcome(case: CaseRow, locale: str) -> rdto.AppealOutcomeOut | None:
         decision="approved" if case.resolution == "approved" else "denied",
         reason_code=case.reason_code,
         explanation=_msg(REASON_MESSAGES[case.reason_code], locale),
-        contest=_msg(CONTEST_MESSAGES, locale).format(path=path),
+        contest=_msg(CONTEST_MESSAGES, locale).format(path=path)
+        if case.resolution == "denied"
+        else None,
     )
 
 
@@ -544,7 +546,8 @@ async def attach_in(
         if outcome is not None:
             reasons.append(
                 dto.ReasonOut(
-                    code=outcome.reason_code, message=f"{outcome.explanation} {outcome.contest}"
+                    code=outcome.reason_code,
+                    message=" ".join(filter(None, [outcome.explanation, outcome.contest])),
                 )
             )
         elif case.status == "awaiting_person":

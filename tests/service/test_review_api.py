@@ -199,6 +199,7 @@ def test_full_life_appeal_claim_approve_at_high_risk_second_approver_confirms(ap
     assert status["status"] == "decided"
     assert status["outcome"]["decision"] == "approved"
     assert status["outcome"]["explanation"] == review.REASON_MESSAGES["IDENTITY_CONFIRMED"]["zh-CN"]
+    assert "contest" not in status["outcome"]  # nothing to contest in an approval
     listed = api.client.get("/v1/accounts/acct-life/decisions", headers=api.headers()).json()
     mine = next(d for d in listed["decisions"] if d["id"] == request_id)
     assert mine["status"] == "approved"
