@@ -131,6 +131,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         middleware=[authentication_middleware()],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        # Our JSON, redacting handler stays: Litestar's default would replace the root handlers.
+        logging_config=None,
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,
         debug=False,

@@ -429,7 +429,7 @@ async def _check_oidc(
 async def _check_face(
     ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
 ) -> Checked:
-    from service.adapters.face import AttestationRejected
+    from service.adapters.face import AttestationRejected, FaceProviderUnavailable
 
     attestation = _need(body.attestation, "attestation")
     if ch.secret_sealed is None:
@@ -441,6 +441,12 @@ async def _check_face(
         )
     except AttestationRejected as exc:
         return Checked(ok=False, reason=exc.code)
+    except FaceProviderUnavailable:
+        # Not the person's failure: nothing is counted against them (503, try again or elsewhere).
+        raise DeliveryFailed(
+            "The face provider cannot be reached now; use another method or try again later.",
+            reason="provider_unavailable",
+        ) from None
     # Only the outcome is kept: match, liveness and matcher version, never any biometric data.
     audit: dict[str, JSONValue] = {
         "provider": outcome.provider,
