@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry
@@ -54,39 +54,55 @@ async def integrate_once(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     async with engine.begin() as conn:
-        store = AuditStore(conn)
-        if store.is_postgres:
-            locked = (
-                await conn.execute(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY)))
-            ).scalar_one()
-            if not locked:
-                return 0  # another worker is integrating right now
+        integrated = await integrate_in(conn, signer, origin, batch_size)
+    return 0 if integrated is None else len(integrated)
+
+
+async def integrate_in(
+    conn: AsyncConnection,
+    signer: CheckpointSigner,
+    origin: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[int, int] | None:
+    """Integrate one batch inside the caller's transaction: inbox id -> log index for each entry
+    integrated, or None when another worker holds the integration lock (PostgreSQL).
+
+    A flow that writes an entry and needs its index at once (a decision reports `audit.index`)
+    calls this at the end of its own transaction: one commit instead of a second transaction
+    and polls. Everything commits or rolls back with the flow."""
+    store = AuditStore(conn)
+    if store.is_postgres:
+        locked = (
+            await conn.execute(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY)))
+        ).scalar_one()
+        if not locked:
+            return None  # another worker is integrating right now
+    head = await store.head(for_update=True)
+    if head is None:
+        await store.ensure_head()
         head = await store.head(for_update=True)
-        if head is None:
-            await store.ensure_head()
-            head = await store.head(for_update=True)
-            assert head is not None
-        batch = await store.inbox_batch(batch_size)
-        if not batch:
-            return 0
-        compact = head.compact.copy()
-        rows: list[LogRow] = []
-        log_key = _log_key(origin)
-        for offset, item in enumerate(batch):
-            seq = head.size + offset
-            leaf = leaf_from_payload(item.payload, seq, log_key)
-            if leaf is None:
-                # Appends validate events, so this is corruption: stop rather than skip an entry.
-                raise AuditStoreError(f"audit_inbox row {item.id} is not a canonical event")
-            digest = leaf_hash(leaf)
-            compact.append(digest)
-            rows.append(LogRow(seq, leaf, digest, item.id))
-        root = compact.root()
-        note = signer.sign(Checkpoint(origin, compact.size, root))
-        await store.integrate(
-            rows, [item.id for item in batch], Head(compact.size, root, compact), note
-        )
-    return len(batch)
+        assert head is not None
+    batch = await store.inbox_batch(batch_size)
+    if not batch:
+        return {}
+    compact = head.compact.copy()
+    rows: list[LogRow] = []
+    log_key = _log_key(origin)
+    for offset, item in enumerate(batch):
+        seq = head.size + offset
+        leaf = leaf_from_payload(item.payload, seq, log_key)
+        if leaf is None:
+            # Appends validate events, so this is corruption: stop rather than skip an entry.
+            raise AuditStoreError(f"audit_inbox row {item.id} is not a canonical event")
+        digest = leaf_hash(leaf)
+        compact.append(digest)
+        rows.append(LogRow(seq, leaf, digest, item.id))
+    root = compact.root()
+    note = signer.sign(Checkpoint(origin, compact.size, root))
+    await store.integrate(
+        rows, [item.id for item in batch], Head(compact.size, root, compact), note
+    )
+    return {row.inbox_id: row.seq for row in rows}
 
 
 def _log_key(origin: str) -> bytes:

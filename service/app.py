@@ -12,7 +12,7 @@ from litestar.openapi.spec import Server
 
 from audit.integrator import BackgroundIntegrator
 from service import __doc__ as service_doc
-from service.auth import authentication_middleware
+from service.auth import KeyCache, authentication_middleware
 from service.context import ServiceContext
 from service.data_keys import DataKeys
 from service.db import create_engine
@@ -145,5 +145,6 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
     app.state.ctx = ctx
     app.state.outbox = outbox
     app.state.metrics = metrics
+    app.state.key_cache = KeyCache()
     install_observability(app, metrics)
     return app

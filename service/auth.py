@@ -7,6 +7,7 @@ table to prove it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,10 +18,36 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.persistence.api_keys import ApiKeyRepository, Principal, Role
+from service.persistence.api_keys import ApiKeyRepository, Principal, Role, key_digest
 
 PUBLIC_OPT = "public"
 MAX_KEY_LENGTH = 200
+# A found key is remembered this long per worker: a revocation takes effect within it.
+KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_SIZE = 1024
+
+
+class KeyCache:
+    """Per-worker memory of recently seen keys (by digest), to spare a database round trip per
+    request. Only found keys are kept, so a wrong key always reaches the database (no negative
+    cache an attacker could fill), and entries expire after a few seconds."""
+
+    def __init__(self, ttl: float = KEY_CACHE_SECONDS, size: int = KEY_CACHE_SIZE) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    def get(self, digest: bytes, now: float) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < now:
+            return None
+        return entry[1]
+
+    def put(self, digest: bytes, principal: Principal, now: float) -> None:
+        if len(self._entries) >= self._size:
+            self._entries.clear()  # simple bound; refilling costs one query per key
+        self._entries[digest] = (now + self._ttl, principal)
+
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
@@ -34,11 +61,19 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented or len(presented) > MAX_KEY_LENGTH:
             raise NotAuthorizedException("Send an API key as 'Authorization: Bearer <key>'.")
-        engine: AsyncEngine = connection.app.state.engine
-        async with engine.connect() as conn:
-            principal = await ApiKeyRepository(conn).find_active(presented)
+        # create_app installs the cache; an app built without one simply asks the database.
+        cache: KeyCache | None = getattr(connection.app.state, "key_cache", None)
+        digest = key_digest(presented)
+        now = time.monotonic()
+        principal = cache.get(digest, now) if cache is not None else None
         if principal is None:
-            raise NotAuthorizedException("Unknown or revoked API key.")
+            engine: AsyncEngine = connection.app.state.engine
+            async with engine.connect() as conn:
+                principal = await ApiKeyRepository(conn).find_active(presented)
+            if principal is None:
+                raise NotAuthorizedException("Unknown or revoked API key.")
+            if cache is not None:
+                cache.put(digest, principal, now)
         return AuthenticationResult(user=principal, auth=presented)
 
 

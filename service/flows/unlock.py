@@ -36,10 +36,9 @@ from policy.model import (
 from service import dto
 from service.context import ServiceContext
 from service.domain import InvalidRequestContext, UnlockRequestNotFound
-from service.flows.audit_trail import index_of, record
+from service.flows.audit_trail import index_of, integrate_now, record
 from service.flows.enrolment import consent_state
 from service.persistence.accounts import AccountRepository, AccountSnapshot
-from service.persistence.challenges import ChallengeRepository
 from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
 
 CONTEXT_AAD = b"unlock_request_context"
@@ -239,17 +238,16 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
     context_json = msgspec.json.encode(body.context)
     async with ctx.engine.begin() as conn:
         snapshot = await AccountRepository(conn).snapshot(subject)
-        history = await UnlockRequestRepository(conn).history(
+        history, throttled = await UnlockRequestRepository(conn).history(
             subject,
             now,
-            timedelta(hours=thresholds.velocity_window_hours),
-            timedelta(hours=thresholds.failed_verifications_window_hours),
+            velocity_window=timedelta(hours=thresholds.velocity_window_hours),
+            failures_window=timedelta(hours=thresholds.failed_verifications_window_hours),
+            # Methods paused by failures stay visible as THROTTLED, never silently missing.
+            throttle_window=timedelta(hours=24),
+            throttle_limit=policy.limits.method_failures_per_day,
         )
         known = snapshot.exists and not snapshot.erased
-        # Methods paused by failures stay visible as THROTTLED, never silently missing.
-        throttled = await ChallengeRepository(conn).throttled_methods(
-            subject, now - timedelta(hours=24), policy.limits.method_failures_per_day
-        )
         if known:
             account = account_facts(snapshot, ctx, frozenset(Method(m) for m in throttled))
             phone_masked = snapshot.phone.masked if snapshot.phone else None
@@ -322,7 +320,11 @@ async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> 
                 now=now,
             )
             out = review.with_case(out, case_id)
-    index = await index_of(ctx, inbox_id)
+        # The decision's log index in the same transaction: no second commit, no polling.
+        integrated = await integrate_now(conn, ctx)
+    index = integrated.get(inbox_id) if integrated else None
+    if index is None:
+        index = await index_of(ctx, inbox_id)  # another worker was integrating (PostgreSQL)
     offered_face = any(m.biometric for m in decision.offer.methods)
     return CreatedDecision(
         msgspec.structs.replace(out, audit=dto.AuditRefOut(index=index)), offered_face

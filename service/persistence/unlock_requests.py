@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ScalarSelect, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from policy.model import RequestHistory
+from policy.model import Method, RequestHistory
 from service.persistence.tables import unlock_requests, verification_attempts
 
 
@@ -49,26 +50,50 @@ class UnlockRequestRepository:
         self._conn = conn
 
     async def history(
-        self, subject: str, now: datetime, velocity_window: timedelta, failures_window: timedelta
-    ) -> RequestHistory:
+        self,
+        subject: str,
+        now: datetime,
+        velocity_window: timedelta,
+        failures_window: timedelta,
+        throttle_window: timedelta,
+        throttle_limit: int,
+    ) -> tuple[RequestHistory, frozenset[str]]:
+        """The counts the risk engine needs and the methods paused by failures, in one statement
+        (each round trip to SQLite costs ~0.5 ms here)."""
+        failed = verification_attempts.c.outcome != "success"
+
+        def failures(since: datetime, method: str | None = None) -> ScalarSelect[Any]:
+            where = [verification_attempts.c.subject == subject, failed]
+            where.append(verification_attempts.c.created_at >= since)
+            if method is not None:
+                where.append(verification_attempts.c.method == method)
+            return select(func.count()).where(*where).scalar_subquery()
+
         requests = (
+            select(func.count())
+            .where(
+                unlock_requests.c.subject == subject,
+                unlock_requests.c.created_at >= now - velocity_window,
+            )
+            .scalar_subquery()
+        )
+        methods = [m.value for m in Method]
+        row = (
             await self._conn.execute(
-                select(func.count()).where(
-                    unlock_requests.c.subject == subject,
-                    unlock_requests.c.created_at >= now - velocity_window,
+                select(
+                    requests,
+                    failures(now - failures_window),
+                    *(failures(now - throttle_window, m) for m in methods),
                 )
             )
-        ).scalar_one()
-        failures = (
-            await self._conn.execute(
-                select(func.count()).where(
-                    verification_attempts.c.subject == subject,
-                    verification_attempts.c.outcome != "success",
-                    verification_attempts.c.created_at >= now - failures_window,
-                )
-            )
-        ).scalar_one()
-        return RequestHistory(recent_unlock_requests=requests, recent_failed_verifications=failures)
+        ).one()
+        history = RequestHistory(
+            recent_unlock_requests=int(row[0]), recent_failed_verifications=int(row[1])
+        )
+        throttled = frozenset(
+            m for m, count in zip(methods, row[2:], strict=True) if count >= throttle_limit
+        )
+        return history, throttled
 
     async def insert(self, **values: object) -> None:
         await self._conn.execute(insert(unlock_requests).values(**values))
