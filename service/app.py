@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Server
 
 from audit.integrator import BackgroundIntegrator
+from audit.store import AuditStore
 from service import __doc__ as service_doc
 from service.auth import KeyCache, authentication_middleware
 from service.context import ServiceContext
@@ -53,6 +54,16 @@ def openapi_config() -> OpenAPIConfig:
         use_handler_docstrings=True,
         path="/schema",
     )
+
+
+async def _refresh_gauges(metrics: Metrics, app: Litestar) -> None:
+    """Gauges read from the database when /metrics is scraped: overdue cases, audit backlog."""
+    from service.flows.review import overdue_count
+
+    ctx: ServiceContext = app.state.ctx
+    metrics.set_review_cases_overdue(await overdue_count(ctx))
+    async with ctx.engine.connect() as conn:
+        metrics.set_audit_backlog(await AuditStore(conn).backlog())
 
 
 def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar:
@@ -146,5 +157,6 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
     app.state.outbox = outbox
     app.state.metrics = metrics
     app.state.key_cache = KeyCache()
+    metrics.on_scrape(_refresh_gauges)
     install_observability(app, metrics)
     return app

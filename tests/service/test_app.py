@@ -3,12 +3,15 @@ route guarded or explicitly public (STYLE.md habit 11)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 
+from audit.entry import AuditEvent, EntryKind
+from audit.store import append_event_now
 from service.app import create_app
 from service.settings import Settings
 
@@ -59,3 +62,15 @@ def test_every_route_has_a_guard_or_is_marked_public(tmp_path: Path) -> None:
                 unguarded.append(f"{sorted(handler.http_methods)} {route.path}")
     assert checked > 0
     assert not unguarded, f"routes without a guard or opt={{'public': True}}: {unguarded}"
+
+
+def test_metrics_report_overdue_cases_and_the_audit_backlog(tmp_path: Path) -> None:
+    # No integrator: an appended entry stays in the inbox, and the scrape must see it there.
+    app = create_app(Settings(data_dir=tmp_path, audit_integrator=False))
+    event = AuditEvent(EntryKind.EXPORT, "test", None, {}, datetime.now(UTC))
+    with TestClient(app) as client:
+        with client.portal() as portal:
+            portal.call(append_event_now, app.state.engine, event)
+        text = client.get("/metrics").text
+    assert "fairunlock_audit_backlog 1.0" in text
+    assert "fairunlock_review_cases_overdue 0.0" in text
