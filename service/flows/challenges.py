@@ -115,7 +115,9 @@ async def _check_throttles(
 ) -> None:
     limits = ctx.policy.limits
     day = timedelta(hours=24)
-    failures = await repo.failures_since(loaded.request.subject, method.value, now - day)
+    failures = await repo.failures_since(
+        now - day, subject=loaded.request.subject, method=method.value
+    )
     if len(failures) >= limits.method_failures_per_day:
         raise Throttled(
             f"Too many failed {method.value} attempts today; "
@@ -126,7 +128,7 @@ async def _check_throttles(
     source = loaded.request.source_index
     if source is not None:
         hour = timedelta(hours=1)
-        from_source = await repo.source_failures_since(source, now - hour)
+        from_source = await repo.failures_since(now - hour, source_index=source)
         if len(from_source) >= limits.source_failures_per_hour:
             raise Throttled(
                 "Too many failed attempts from this network; try later or ask for human review.",
@@ -539,7 +541,9 @@ async def _fail(
         )
         review_reason = checked.review_reason
         if review_reason is None:
-            failures = await repo.failures_since(ch.subject, ch.method, now - timedelta(hours=24))
+            failures = await repo.failures_since(
+                now - timedelta(hours=24), subject=ch.subject, method=ch.method
+            )
             if len(failures) >= limits.method_failures_per_day:
                 review_reason = ReviewReason.REPEATED_FAILURES
         if review_reason is not None:

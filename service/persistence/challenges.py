@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.tables import (
@@ -172,43 +172,32 @@ class ChallengeRepository:
             )
         )
 
-    async def failures_since(self, subject: str, method: str, since: datetime) -> list[datetime]:
+    async def failures_since(
+        self,
+        since: datetime,
+        *,
+        subject: str | None = None,
+        method: str | None = None,
+        source_index: str | None = None,
+    ) -> list[datetime]:
+        """When the failed attempts since ``since`` happened, oldest first, for an account
+        (and method) or for a source address: what throttling and Retry-After are computed from."""
+        where = [
+            verification_attempts.c.outcome != "success",
+            verification_attempts.c.created_at >= since,
+        ]
+        if subject is not None:
+            where.append(verification_attempts.c.subject == subject)
+        if method is not None:
+            where.append(verification_attempts.c.method == method)
+        if source_index is not None:
+            where.append(verification_attempts.c.source_index == source_index)
         rows = await self._conn.execute(
             select(verification_attempts.c.created_at)
-            .where(
-                verification_attempts.c.subject == subject,
-                verification_attempts.c.method == method,
-                verification_attempts.c.outcome != "success",
-                verification_attempts.c.created_at >= since,
-            )
+            .where(*where)
             .order_by(verification_attempts.c.created_at)
         )
         return [r[0] for r in rows]
-
-    async def source_failures_since(self, source_index: str, since: datetime) -> list[datetime]:
-        rows = await self._conn.execute(
-            select(verification_attempts.c.created_at)
-            .where(
-                verification_attempts.c.source_index == source_index,
-                verification_attempts.c.outcome != "success",
-                verification_attempts.c.created_at >= since,
-            )
-            .order_by(verification_attempts.c.created_at)
-        )
-        return [r[0] for r in rows]
-
-    async def throttled_methods(self, subject: str, since: datetime, limit: int) -> set[str]:
-        rows = await self._conn.execute(
-            select(verification_attempts.c.method)
-            .where(
-                verification_attempts.c.subject == subject,
-                verification_attempts.c.outcome != "success",
-                verification_attempts.c.created_at >= since,
-            )
-            .group_by(verification_attempts.c.method)
-            .having(func.count() >= limit)
-        )
-        return {r[0] for r in rows}
 
     async def sms_sends_since(self, destination_index: str, since: datetime) -> list[datetime]:
         rows = await self._conn.execute(

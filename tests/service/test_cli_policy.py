@@ -3,6 +3,7 @@ bad field — never a traceback."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -14,30 +15,14 @@ import pytest
 
 import policy
 from service.cli import main
+from tests.service.conftest import PERSONA_REQUEST
 
 SHIPPED = Path(policy.__file__).parent / "default.toml"
 
+# DESIGN.md's request object plus what `policy explain` takes besides: the time and the account.
 PERSONA: dict[str, Any] = {
-    "account_id": "acct-1024",
-    "lock_reason": "suspected_takeover",
-    "locale": "zh-CN",
+    **copy.deepcopy(PERSONA_REQUEST),
     "now": "2026-11-21T10:00:00Z",
-    "context": {
-        "ip": "203.0.113.7",
-        "device_id": "d-7f3a",
-        "user_agent": "Mozilla/5.0",
-        "geo": {"country": "CN", "lat": 31.23, "lon": 121.47},
-        "network": "residential",
-        "sim_swap_at": None,
-        "credential_changed_at": None,
-        "account_created_at": "2016-03-02T08:00:00Z",
-        "last_login": {
-            "at": "2026-11-20T09:12:00Z",
-            "device_id": "d-11aa",
-            "geo": {"country": "CN", "lat": 31.20, "lon": 121.44},
-        },
-        "known_device_ids": ["d-11aa", "d-5c02"],
-    },
     "account": {
         "phone": {"verified": True},
         "linked_identities": [{"provider": "gov-eid", "real_name_verified": True}],
