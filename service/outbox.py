@@ -39,6 +39,30 @@ from service.settings import SettingsError
 
 log = logging.getLogger("fairunlock.outbox")
 
+# What the person is told: where to look, never a code, a reason or any personal data.
+NOTICES: dict[str, dict[str, str]] = {
+    "notify_person": {
+        "en": "FairUnlock: your account was unlocked just now. "
+        "If this was not you, contact support at once.",
+        "zh-CN": "FairUnlock：您的账号刚刚已解封。如非本人操作，请立即联系客服。",  # noqa: RUF001
+    },
+    "notify_review": {
+        "en": "FairUnlock: a reviewer has looked at your unlock request. Open the app to see it.",
+        "zh-CN": "FairUnlock：工作人员已处理您的解封申请，请在应用中查看。",  # noqa: RUF001
+    },
+}
+REVIEW_NOTICES: dict[str, dict[str, str]] = {
+    "denied": {
+        "en": "FairUnlock: a reviewer has decided on your unlock request. Open the app to see "
+        "why and how to contest it.",
+        "zh-CN": "FairUnlock：工作人员已对您的解封申请作出决定，请在应用中查看理由及申诉方式。",  # noqa: RUF001
+    },
+    "need_more_info": {
+        "en": "FairUnlock: a reviewer needs more information for your unlock request. "
+        "Open the app to answer.",
+        "zh-CN": "FairUnlock：工作人员需要您补充信息以处理解封申请，请在应用中回复。",  # noqa: RUF001
+    },
+}
 LEASE = timedelta(seconds=60)
 MAX_BACKOFF = timedelta(hours=1)
 BATCH = 50
@@ -155,8 +179,8 @@ class OutboxDispatcher:
         try:
             if kind == "account_unlocked":
                 await self._webhook_post(event_id, json.loads(payload))
-            elif kind == "notify_person":
-                await self._notify(event_id, subject, json.loads(payload))
+            elif kind in NOTICES:
+                await self._notify(event_id, subject, kind, json.loads(payload))
             else:
                 raise DeliveryError(f"unknown event kind {kind!r}")
         except DeliveryError as exc:
@@ -225,7 +249,9 @@ class OutboxDispatcher:
         if not 200 <= response.status_code < 300:
             raise DeliveryError(f"webhook answered {response.status_code}")
 
-    async def _notify(self, event_id: str, subject: str, payload: Mapping[str, object]) -> None:
+    async def _notify(
+        self, event_id: str, subject: str, kind: str, payload: Mapping[str, object]
+    ) -> None:
         ctx = self._ctx
         account_id = self._account_id(payload)
         async with ctx.engine.connect() as conn:
@@ -235,12 +261,10 @@ class OutboxDispatcher:
             phone = (
                 await ctx.data_keys.decrypt(conn, account_id, snapshot.phone.ciphertext, PHONE_AAD)
             ).decode()
-        text = (
-            "FairUnlock: your account was unlocked just now. "
-            "If this was not you, contact support at once."
-            if payload.get("locale") == "en"
-            else "FairUnlock：您的账号刚刚已解封。如非本人操作，请立即联系客服。"  # noqa: RUF001
-        )
+        texts = NOTICES[kind]
+        if kind == "notify_review":
+            texts = REVIEW_NOTICES.get(str(payload.get("outcome")), texts)
+        text = texts["en"] if payload.get("locale") == "en" else texts["zh-CN"]
         try:
             await ctx.sms.send(phone, text, event_id)
         except SmsDeliveryError as exc:

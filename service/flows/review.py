@@ -916,6 +916,8 @@ async def decide(
             won = await repo.transition(
                 case_id, expect=held, now=now, status=status_after, **decided
             )
+            if won:
+                await _tell_person(conn, case, "need_more_info", now)
         elif body.outcome is rdto.Outcome.DENY:
             if request_status == "approved":
                 raise RequestClosed(
@@ -1082,6 +1084,26 @@ async def _deny_request(
             "via": "review",
             "case_id": case.id,
             "reason_code": reason_code,
+        },
+        now,
+    )
+    await _tell_person(conn, case, "denied", now)
+
+
+async def _tell_person(conn: AsyncConnection, case: CaseRow, outcome: str, now: datetime) -> None:
+    """A reviewer's denial or question reaches the person on the channels on file (through the
+    outbox, after commit); the message says only where to look, never the reason or any data."""
+    row = await UnlockRequestRepository(conn).get(case.unlock_request_id)
+    if row is None or row.account_id_sealed is None:
+        return  # erased: no channel left
+    await ChallengeRepository(conn).enqueue(
+        "notify_review",
+        case.subject,
+        {
+            "unlock_request_id": case.unlock_request_id,
+            "account_id_sealed": row.account_id_sealed,
+            "locale": json.loads(row.decision_json)["decision"]["locale"],
+            "outcome": outcome,
         },
         now,
     )

@@ -326,6 +326,12 @@ def test_a_denial_is_explained_and_can_be_contested_again(sqlite_api: Api) -> No
         status["outcome"]["explanation"] == review.REASON_MESSAGES["IDENTITY_NOT_CONFIRMED"]["en"]
     )
     assert f"/v1/unlock-requests/{decision['id']}/appeals" in status["outcome"]["contest"]
+    # The person is told on the phone on file where to look, and nothing more (no reason, no code).
+    api.run(api.app.state.outbox.deliver_due)
+    notices = [m for m in api.sms.sent if "reviewer" in m.message]
+    assert len(notices) == 1
+    assert notices[0].to == PHONE
+    assert "IDENTITY_NOT_CONFIRMED" not in notices[0].message
     # A denied request accepts no proofs, but a new appeal opens a new case.
     assert _start(api, decision["id"], "sms").status_code == 409
     contest = _appeal(api, decision["id"], statement="Please look again.")
@@ -356,6 +362,10 @@ def test_need_more_info_asks_the_person_and_their_answer_reopens_the_case(sqlite
     person = api.client.get(path, headers=api.headers()).json()
     assert person["status"] == "need_more_info"
     assert person["asked"] == asked
+    api.run(api.app.state.outbox.deliver_due)
+    asked_notices = [m for m in api.sms.sent if "needs more information" in m.message]
+    assert len(asked_notices) == 1
+    assert asked not in asked_notices[0].message
     assert "EVIDENCE_REQUESTED" in {
         c["code"] for c in _request_status(api, decision["id"])["review"]["reasons"]
     }
