@@ -9,6 +9,7 @@ pass the texts, so this module stays pure.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import string
 import tomllib
@@ -61,6 +62,25 @@ class SignalThresholds:
     failed_verifications_window_hours: float
     failed_verifications_threshold: int
     long_standing_account_days: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewSla:
+    """Human review: each case's priority, from its request's risk level and origin, and the
+    due time that priority gives (one step more urgent per aggravation, never past the first)."""
+
+    priorities: tuple[str, ...]
+    sla_hours: Mapping[str, int]
+    base_priority: Mapping[RiskLevel, str]
+    urgent_origins: frozenset[str]
+    long_wait_hours: int
+
+    def priority(self, risk_level: str, origin: str, waited_hours: float, *, reopened: bool) -> str:
+        index = self.priorities.index(self.base_priority[RiskLevel(risk_level)])
+        index -= origin in self.urgent_origins
+        index -= waited_hours >= self.long_wait_hours
+        index -= reopened
+        return self.priorities[max(0, index)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +200,7 @@ class Policy:
     plans: Mapping[RiskLevel, LevelPlan]
     decision_ttl_minutes: int
     limits: Limits
+    review: ReviewSla
     catalogs: Mapping[Locale, Catalog]
     # The parsed documents, for `GET /v1/policy` and for the hash.
     document: Mapping[str, Any]
@@ -259,6 +280,7 @@ _TOP_KEYS = {
     "methods",
     "decision",
     "limits",
+    "review",
 }
 
 
@@ -442,6 +464,51 @@ def _limits(doc: Mapping[str, Any]) -> Limits:
     if values["method_failures_per_day"] > 100:
         raise PolicyError("LIMIT_TOO_HIGH", "[limits].method_failures_per_day must be at most 100")
     return Limits(**values)
+
+
+def _review(doc: Mapping[str, Any]) -> ReviewSla:
+    raw = _table(doc, "review", "policy")
+    _only_keys(
+        raw,
+        {"priorities", "sla_hours", "base_priority", "urgent_origins", "long_wait_hours"},
+        "[review]",
+    )
+    priorities = raw.get("priorities")
+    if (
+        not isinstance(priorities, list)
+        or not priorities
+        or not all(isinstance(p, str) for p in priorities)
+    ):
+        raise PolicyError("SCHEMA", "[review].priorities must be a non-empty list of names")
+    if len(set(priorities)) != len(priorities):
+        raise PolicyError("SCHEMA", "[review].priorities lists a name twice")
+    hours = _table(raw, "sla_hours", "[review]")
+    _only_keys(hours, set(priorities), "[review].sla_hours")
+    sla = {p: _int(hours, p, "review.sla_hours", minimum=1) for p in priorities}
+    if any(sla[a] > sla[b] for a, b in itertools.pairwise(priorities)):
+        raise PolicyError(
+            "SLA_NOT_INCREASING", "[review].sla_hours must not shrink as priority falls"
+        )
+    base_raw = _table(raw, "base_priority", "[review]")
+    _only_keys(base_raw, {lvl.value for lvl in LEVELS_ASCENDING}, "[review].base_priority")
+    base: dict[RiskLevel, str] = {}
+    for level in LEVELS_ASCENDING:
+        name = base_raw.get(level.value)
+        if name not in priorities:
+            raise PolicyError(
+                "SCHEMA", f"[review].base_priority.{level.value} must be one of {priorities}"
+            )
+        base[level] = str(name)
+    origins = raw.get("urgent_origins", [])
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise PolicyError("SCHEMA", "[review].urgent_origins must be a list of origin names")
+    return ReviewSla(
+        priorities=tuple(priorities),
+        sla_hours=MappingProxyType(sla),
+        base_priority=MappingProxyType(base),
+        urgent_origins=frozenset(origins),
+        long_wait_hours=_int(raw, "long_wait_hours", "review", minimum=1),
+    )
 
 
 def _check_principles(
@@ -636,6 +703,7 @@ def load_policy(policy_text: str, catalog_texts: Mapping[str, str]) -> Policy:
     _only_keys(decision, {"ttl_minutes"}, "[decision]")
     ttl = _int(decision, "ttl_minutes", "decision", minimum=1)
     limits = _limits(doc)
+    review = _review(doc)
 
     unknown_locales = sorted(set(catalog_texts) - {loc.value for loc in Locale})
     if unknown_locales:
@@ -672,6 +740,7 @@ def load_policy(policy_text: str, catalog_texts: Mapping[str, str]) -> Policy:
         plans=MappingProxyType(_plans(order, rules, requirements)),
         decision_ttl_minutes=ttl,
         limits=limits,
+        review=review,
         catalogs=MappingProxyType(catalogs),
         document=MappingProxyType(hashed),
     )

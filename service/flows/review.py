@@ -44,6 +44,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.entry import EntryKind, JSONValue
+from policy.config import ReviewSla
 from policy.model import ReviewReason
 from service import dto
 from service import review_dto as rdto
@@ -75,11 +76,6 @@ from service.persistence.unlock_requests import UnlockRequestRepository, UnlockR
 
 SYSTEM_ACTOR = "fairunlock"
 CLAIM_TTL = timedelta(minutes=30)
-PRIORITIES = ("urgent", "high", "normal", "low")
-SLA_HOURS = {"urgent": 4, "high": 8, "normal": 24, "low": 72}
-_BASE_PRIORITY = {"critical": "high", "high": "high", "medium": "normal", "low": "low"}
-_URGENT_ORIGINS = frozenset({"face_check_failed", "no_usable_method"})
-LONG_WAIT = timedelta(hours=24)
 MAX_PAGE = 100
 EARLIER_CASES = 20
 STATEMENT_AAD = b"review_statement"
@@ -158,17 +154,15 @@ def _msg(table: dict[str, str], locale: str) -> str:
 # --- SLA -----------------------------------------------------------------------------------------
 
 
-def priority_for(risk_level: str, origin: str, waited: timedelta, *, reopened: bool) -> str:
-    """The documented table above: a base from the risk level, one step up per aggravation."""
-    index = PRIORITIES.index(_BASE_PRIORITY.get(risk_level, "normal"))
-    index -= origin in _URGENT_ORIGINS
-    index -= waited >= LONG_WAIT
-    index -= reopened
-    return PRIORITIES[max(0, index)]
+def priority_for(
+    sla: ReviewSla, risk_level: str, origin: str, waited: timedelta, *, reopened: bool
+) -> str:
+    """The policy's [review] table: a base from the risk level, one step up per aggravation."""
+    return sla.priority(risk_level, origin, waited.total_seconds() / 3600, reopened=reopened)
 
 
-def due_at(priority: str, now: datetime) -> datetime:
-    return now + timedelta(hours=SLA_HOURS[priority])
+def due_at(sla: ReviewSla, priority: str, now: datetime) -> datetime:
+    return now + timedelta(hours=sla.sla_hours[priority])
 
 
 def origin_of(reasons: Sequence[ReviewReason]) -> str:
@@ -328,7 +322,7 @@ async def open_case_in(
         return active.id
     req = await _request(conn, request_id)
     priority = priority_for(
-        req.facts.risk_level, origin, now - req.facts.created_at, reopened=False
+        ctx.policy.review, req.facts.risk_level, origin, now - req.facts.created_at, reopened=False
     )
     statement_ciphertext = (
         None if statement is None else await _encrypt(conn, ctx, req.row, statement, STATEMENT_AAD)
@@ -341,7 +335,7 @@ async def open_case_in(
         origin=origin,
         risk_level=req.facts.risk_level,
         priority=priority,
-        due_at=due_at(priority, now),
+        due_at=due_at(ctx.policy.review, priority, now),
         statement_ciphertext=statement_ciphertext,
         contact_preference=contact_preference,
         assignee=None,
@@ -457,14 +451,16 @@ async def _answer(
             reason_ciphertext=ciphertext,
         )
         return
-    priority = priority_for(case.risk_level, case.origin, now - req.facts.created_at, reopened=True)
+    priority = priority_for(
+        ctx.policy.review, case.risk_level, case.origin, now - req.facts.created_at, reopened=True
+    )
     won = await repo.transition(
         case.id,
         expect=repo.in_status("awaiting_person"),
         now=now,
         status="open",
         priority=priority,
-        due_at=due_at(priority, now),
+        due_at=due_at(ctx.policy.review, priority, now),
         assignee=None,
         claim_expires_at=None,
     )

@@ -80,6 +80,8 @@ POLICY_RULES = [
     ("SCHEMA", _sub(r"^\[decision\]$", "[decision]\nautomatic_denial = true")),
     ("SCHEMA", _sub(r"^version = ", "bogus = 1\nversion = ")),
     ("SCHEMA", "this is = not [ toml"),
+    ("SLA_NOT_INCREASING", _sub(r"^sla_hours = \{ urgent = 4", "sla_hours = { urgent = 400")),
+    ("SCHEMA", _sub(r'critical = "high" \}', 'critical = "panic" }')),
     ("LIMIT_TOO_HIGH", _sub(r"^method_failures_per_day = 10", "method_failures_per_day = 1000")),
     ("SCHEMA", _sub(r"^sms_sends_per_hour = 3", "sms_sends_per_hour = 30")),
     ("SCHEMA", _sub(r"^challenge_attempts = 5", "challenge_attempts = 0")),

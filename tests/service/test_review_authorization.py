@@ -13,6 +13,7 @@ from litestar.routes import HTTPRoute
 from service import review_dto as rdto
 from service.flows import review
 from service.persistence.api_keys import Role
+from service.policy_source import load_default_policy
 from tests.service.conftest import Api
 
 REVIEWERS = frozenset({Role.AGENT, Role.SUPERVISOR})
@@ -72,10 +73,11 @@ def test_people_outside_the_console_cannot_read_the_queue(sqlite_api: Api, role:
 def test_sla_priority_table(
     risk: str, origin: str, waited_h: int, reopened: bool, priority: str
 ) -> None:
-    got = review.priority_for(risk, origin, timedelta(hours=waited_h), reopened=reopened)
+    sla = load_default_policy().review
+    got = review.priority_for(sla, risk, origin, timedelta(hours=waited_h), reopened=reopened)
     assert got == priority
     now = datetime(2026, 11, 22, tzinfo=UTC)
-    assert review.due_at(got, now) - now == timedelta(hours=review.SLA_HOURS[got])
+    assert review.due_at(sla, got, now) - now == timedelta(hours=sla.sla_hours[got])
 
 
 def test_every_origin_has_an_escalation_reason_from_the_nist_list() -> None:
