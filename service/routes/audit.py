@@ -28,6 +28,8 @@ from service.persistence.api_keys import Role
 
 JSONL = "application/jsonl"
 # One page of entries; a whole-log copy is what `fairunlock audit export` is for.
+# Indices are JSON-safe integers; anything larger is a bad request, not a database overflow.
+MAX_INDEX = 2**53 - 1
 MAX_PAGE = 10_000
 _READ_SLICE = 1_000
 
@@ -143,9 +145,10 @@ class AuditController(Controller):
     async def entries(
         self,
         state: State,
-        start: int = Parameter(ge=0, default=0, description="first index"),
+        start: int = Parameter(ge=0, le=MAX_INDEX, default=0, description="first index"),
         end: int | None = Parameter(
             ge=0,
+            le=MAX_INDEX,
             default=None,
             description=f"end index, exclusive (default: start + {MAX_PAGE}, capped at the size)",
         ),
@@ -182,9 +185,12 @@ class AuditController(Controller):
     async def inclusion(
         self,
         state: State,
-        index: int = Parameter(ge=0, description="the entry's index"),
+        index: int = Parameter(ge=0, le=MAX_INDEX, description="the entry's index"),
         tree_size: int | None = Parameter(
-            ge=1, default=None, description="size of a signed checkpoint (default: the latest)"
+            ge=1,
+            le=MAX_INDEX,
+            default=None,
+            description="size of a signed checkpoint (default: the latest)",
         ),
     ) -> InclusionProof:
         """RFC 9162 inclusion proof of one entry in the tree of a signed checkpoint."""
@@ -219,9 +225,14 @@ class AuditController(Controller):
     async def consistency(
         self,
         state: State,
-        first: int = Parameter(ge=1, description="the size of the checkpoint you hold"),
+        first: int = Parameter(
+            ge=1, le=MAX_INDEX, description="the size of the checkpoint you hold"
+        ),
         second: int | None = Parameter(
-            ge=1, default=None, description="size of a later signed checkpoint (default: latest)"
+            ge=1,
+            le=MAX_INDEX,
+            default=None,
+            description="size of a later signed checkpoint (default: latest)",
         ),
     ) -> ConsistencyProof:
         """RFC 9162 proof that the tree of size `first` is a prefix of the tree of size `second`."""
