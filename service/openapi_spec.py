@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from service.settings import Settings
 
 
 def render() -> str:
-    app = create_app(Settings())
-    schema: dict[str, Any] = app.openapi_schema.to_schema()
+    # A throwaway data directory: describing the API must not create keys or files in ./var.
+    with tempfile.TemporaryDirectory(prefix="fairunlock-openapi-") as data_dir:
+        app = create_app(Settings(data_dir=Path(data_dir)))
+        schema: dict[str, Any] = app.openapi_schema.to_schema()
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
