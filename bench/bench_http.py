@@ -34,7 +34,15 @@ from typing import Any
 
 import httpx
 
-from bench.http_load import LoadResult, LoadSpec, free_port, run_load, serve, uvicorn_command
+from bench.http_load import (
+    LoadResult,
+    LoadSpec,
+    Server,
+    free_port,
+    run_load,
+    serve,
+    uvicorn_command,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -264,12 +272,25 @@ def _preflight(endpoint: Endpoint, base_url: str) -> str | None:
     return None
 
 
-def bench_unlock(args: argparse.Namespace, workers: int, log_dir: Path) -> tuple[list[Run], str]:
+@contextmanager
+def fairunlock_server(
+    args: argparse.Namespace, workers: int, log_path: Path
+) -> Iterator[tuple[Server, str]]:
+    """`fairunlock serve` on a fresh, migrated data directory (and database): (server, key)."""
     with _unlock_environment(args) as (env, key):
         port = free_port()
         executable = str(Path(sys.executable).parent / "fairunlock")
         command = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers)]
+        with serve(
+            command, port=port, env=env, cwd=ROOT, ready_path="/health/live", log_path=log_path
+        ) as server:
+            yield server, key
+
+
+def bench_unlock(args: argparse.Namespace, workers: int, log_dir: Path) -> tuple[list[Run], str]:
+    log_path = log_dir / f"unlock-{args.database}-w{workers}.log"
+    with fairunlock_server(args, workers, log_path) as (server, key):
         endpoint = Endpoint(
             "unlock",
             f"POST {UNLOCK_PATH}",
@@ -278,19 +299,11 @@ def bench_unlock(args: argparse.Namespace, workers: int, log_dir: Path) -> tuple
             body=True,
             headers={"Authorization": f"Bearer {key}"},
         )
-        with serve(
-            command,
-            port=port,
-            env=env,
-            cwd=ROOT,
-            ready_path="/health/live",
-            log_path=log_dir / f"unlock-{args.database}-w{workers}.log",
-        ) as server:
-            problem = _preflight(endpoint, server.base_url)
-            if problem is not None:
-                return [], problem
-            _warm_up(endpoint, server.base_url, args)
-            return _measure(endpoint, server.base_url, args, workers), ""
+        problem = _preflight(endpoint, server.base_url)
+        if problem is not None:
+            return [], problem
+        _warm_up(endpoint, server.base_url, args)
+        return _measure(endpoint, server.base_url, args, workers), ""
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -20,12 +20,11 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.bench_http import ROOT, _unlock_environment
+from bench.bench_http import ROOT, fairunlock_server
 from bench.http_load import free_port, serve
 from service.methods.totp import TotpParameters, code_at
 
@@ -153,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log_dir = ROOT / "bench" / "results"
     log_dir.mkdir(parents=True, exist_ok=True)
-    executable = str(Path(sys.executable).parent / "fairunlock")
     print(f"{'what':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}  statuses")
     port = free_port()
     trivial = [sys.executable, "-m", "uvicorn", "--factory", "bench.trivial_app:create_app"]
@@ -175,19 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         log_path=log_dir / "trivial-totp.log",
     ) as server:
         print(asyncio.run(_measure_trivial(server.base_url, args)), flush=True)
-    with _unlock_environment(args) as (env, key):
-        port = free_port()
-        command = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with serve(
-            command,
-            port=port,
-            env=env,
-            cwd=ROOT,
-            ready_path="/health/live",
-            log_path=log_dir / f"totp-{args.database}.log",
-        ) as server:
-            for row in asyncio.run(_measure_service(server.base_url, key, args)):
-                print(row, flush=True)
+    with fairunlock_server(args, 1, log_dir / f"totp-{args.database}.log") as (server, key):
+        for row in asyncio.run(_measure_service(server.base_url, key, args)):
+            print(row, flush=True)
     return 0
 
 
