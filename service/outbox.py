@@ -31,9 +31,8 @@ from sqlalchemy import select, update
 
 from service.adapters.sms import SmsDeliveryError
 from service.context import ServiceContext
-from service.flows.enrolment import PHONE_AAD
+from service.flows.enrolment import phone_on_file
 from service.flows.unlock import ACCOUNT_ID_PURPOSE
-from service.persistence.accounts import AccountRepository
 from service.persistence.tables import outbox_events
 from service.settings import SettingsError
 
@@ -255,12 +254,9 @@ class OutboxDispatcher:
         ctx = self._ctx
         account_id = self._account_id(payload)
         async with ctx.engine.connect() as conn:
-            snapshot = await AccountRepository(conn).snapshot(subject)
-            if snapshot.phone is None or snapshot.erased:
-                return  # no channel on file: nothing to send, nothing to retry
-            phone = (
-                await ctx.data_keys.decrypt(conn, account_id, snapshot.phone.ciphertext, PHONE_AAD)
-            ).decode()
+            phone = await phone_on_file(conn, ctx, account_id, subject)
+        if phone is None:
+            return  # no channel on file: nothing to send, nothing to retry
         texts = NOTICES[kind]
         if kind == "notify_review":
             texts = REVIEW_NOTICES.get(str(payload.get("outcome")), texts)

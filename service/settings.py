@@ -207,8 +207,3 @@ class Settings:
     @property
     def oidc_providers(self) -> dict[str, OidcProvider]:
         return parse_oidc_providers(self.oidc_providers_json)
-
-
-def parse_bool(name: str, raw: str) -> bool:
-    """Strict boolean parsing for settings added by later modules."""
-    return _bool(name, raw)

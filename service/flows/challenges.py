@@ -40,7 +40,7 @@ from service.domain import (
 )
 from service.flows import unlock
 from service.flows.audit_trail import record
-from service.flows.enrolment import PHONE_AAD, TOTP_AAD, TOTP_PARAMS
+from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, phone_on_file
 from service.methods import recovery_codes, totp
 from service.persistence.accounts import AccountRepository
 from service.persistence.challenges import ChallengeRepository, ChallengeRow
@@ -173,7 +173,7 @@ async def start(
             code = f"{secrets.randbelow(10**SMS_CODE_DIGITS):0{SMS_CODE_DIGITS}d}"
             delivery_id = str(uuid.uuid4())
             secret_hash = _sms_hash(ctx, challenge_id, code) if known else _NEVER
-            phone = await _phone(conn, ctx, loaded) if known else None
+            phone = await phone_on_file(conn, ctx, loaded.account_id, subject) if known else None
             destination = ctx.data_keys.blind_index("phone", phone or subject)
             await _check_sms_sends(repo, ctx, loaded, destination, now)
             await repo.record_sms_send(destination, delivery_id, "challenge", now)
@@ -238,14 +238,6 @@ def _sms_text(locale: str, code: str) -> str:
     if locale == "en":
         return f"FairUnlock: your code is {code}. It is valid for 10 minutes. Never share it."
     return f"FairUnlock：您的验证码是 {code}，10 分钟内有效。请勿告诉任何人。"  # noqa: RUF001
-
-
-async def _phone(conn: AsyncConnection, ctx: ServiceContext, loaded: Loaded) -> str | None:
-    snapshot = await AccountRepository(conn).snapshot(loaded.request.subject)
-    if snapshot.phone is None:
-        return None
-    raw = await ctx.data_keys.decrypt(conn, loaded.account_id, snapshot.phone.ciphertext, PHONE_AAD)
-    return raw.decode()
 
 
 async def _check_sms_sends(

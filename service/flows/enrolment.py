@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import anyio.to_thread
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.entry import EntryKind
 from policy.model import ConsentState, TotpState
@@ -261,6 +262,17 @@ async def withdraw_face_consent(
             )
         snapshot = await repo.snapshot(subject)
     return snapshot.consent
+
+
+async def phone_on_file(
+    conn: AsyncConnection, ctx: ServiceContext, account_id: str, subject: str
+) -> str | None:
+    """The E.164 number to send to, decrypted only at the moment of sending; None without one."""
+    snapshot = await AccountRepository(conn).snapshot(subject)
+    if snapshot.phone is None or snapshot.erased:
+        return None
+    raw = await ctx.data_keys.decrypt(conn, account_id, snapshot.phone.ciphertext, PHONE_AAD)
+    return raw.decode()
 
 
 async def snapshot(ctx: ServiceContext, account_id: str) -> AccountSnapshot:

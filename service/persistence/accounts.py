@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -80,16 +80,6 @@ class AccountSnapshot:
         if self.totp is None:
             return TotpState.NONE
         return TotpState.CONFIRMED if self.totp.confirmed else TotpState.UNCONFIRMED
-
-
-def _utc(value: Any) -> datetime | None:
-    """Scalar subqueries lose the column type (UtcDateTime): normalise what the driver returns."""
-    if value is None:
-        return None
-    if isinstance(value, str):  # SQLite hands back its text form
-        value = datetime.fromisoformat(value)
-    moment: datetime = value
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class AccountRepository:
@@ -171,7 +161,6 @@ class AccountRepository:
             )
         ).all()
         exists = row.account_subject is not None
-        consent_granted_at = _utc(row.consent_granted_at)
         return AccountSnapshot(
             subject=subject,
             exists=exists,
@@ -187,10 +176,11 @@ class AccountRepository:
                 for r in linked
             ),
             recovery_codes_remaining=None if not row.codes_total else int(row.codes_unused),
+            # The scalar subqueries keep the column type (UtcDateTime): aware UTC already.
             consent=ConsentRecord(
-                row.consent_version, consent_granted_at, _utc(row.consent_withdrawn_at)
+                row.consent_version, row.consent_granted_at, row.consent_withdrawn_at
             )
-            if row.consent_version is not None and consent_granted_at is not None
+            if row.consent_version is not None
             else None,
         )
 

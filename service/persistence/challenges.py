@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -307,7 +307,3 @@ class ChallengeRepository:
             )
         )
         return event_id
-
-
-def window_start(now: datetime, hours: float) -> datetime:
-    return now - timedelta(hours=hours)
