@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from service.sqlite_inline import BEGIN_IMMEDIATE, inline_creator
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -34,12 +36,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     # Take the write lock at BEGIN: a deferred BEGIN that upgrades later deadlocks under load
     # (AUDIT.md §7.3 measured 1.9 M busy retries). Readers are not blocked in WAL mode.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.exec_driver_sql(BEGIN_IMMEDIATE)
 
 
-def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
-    """An async engine configured for the backend the URL names."""
+def create_engine(
+    url: str, *, pool_size: int = 10, echo: bool = False, inline_sqlite: bool = True
+) -> AsyncEngine:
+    """An async engine configured for the backend the URL names.
+
+    SQLite statements run in the event loop's thread (``service.sqlite_inline``) unless
+    ``inline_sqlite`` is false, which keeps aiosqlite's helper thread for long scans.
+    """
     if is_sqlite(url):
+        timeout_s = SQLITE_BUSY_TIMEOUT_MS / 1000
+        creator: dict[str, Any] = {}
+        database = make_url(url).database
+        if inline_sqlite and database and database != ":memory:":
+            creator["async_creator"] = inline_creator(database, SQLITE_BUSY_TIMEOUT_MS)
         engine = create_async_engine(
             url,
             echo=echo,
@@ -47,7 +60,8 @@ def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Async
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args={"timeout": timeout_s},
+            **creator,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
