@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -40,6 +41,7 @@ log = logging.getLogger("fairunlock.audit.integrator")
 ADVISORY_LOCK_KEY = int.from_bytes(b"FUAUDIT", "big")
 DEFAULT_BATCH_SIZE = 1000
 _PAYLOAD_KEYS = {"actor", "data", "kind", "subject", "time", "v"}
+_TRY_LOCK = select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY))
 _PROBE = AuditEvent(EntryKind.EXPORT, "a", "s", {}, datetime(2000, 1, 1, tzinfo=UTC))
 
 
@@ -72,22 +74,21 @@ async def integrate_in(
     and polls. Everything commits or rolls back with the flow."""
     store = AuditStore(conn)
     if store.is_postgres:
-        locked = (
-            await conn.execute(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY)))
-        ).scalar_one()
+        locked = (await conn.execute(_TRY_LOCK)).scalar_one()
         if not locked:
             return None  # another worker is integrating right now
+    # The inbox first: an idle poll then costs one indexed read, not the head's root check.
+    batch = await store.inbox_batch(batch_size)
+    if not batch:
+        return {}
     head = await store.head(for_update=True)
     if head is None:
         await store.ensure_head()
         head = await store.head(for_update=True)
         assert head is not None
-    batch = await store.inbox_batch(batch_size)
-    if not batch:
-        return {}
     compact = head.compact.copy()
     rows: list[LogRow] = []
-    log_key = _log_key(origin)
+    log_key = _log_key(origin)  # cached per origin
     for offset, item in enumerate(batch):
         seq = head.size + offset
         leaf = leaf_from_payload(item.payload, seq, log_key)
@@ -105,6 +106,7 @@ async def integrate_in(
     return {row.inbox_id: row.seq for row in rows}
 
 
+@functools.lru_cache(maxsize=8)
 def _log_key(origin: str) -> bytes:
     # RFC 8785 escaping of the origin, exactly as encode_entry writes it.
     probe = encode_entry(0, origin, _PROBE)

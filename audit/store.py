@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -210,6 +211,34 @@ class GroupAppender:
                     future.set_result(inbox_id)
 
 
+# The statements every decision runs, built once: on this machine constructing a statement
+# costs more Python time than SQLite needs to execute it.
+_INSERT_INBOX = insert(audit_inbox)
+_INSERT_LOG = insert(audit_log)
+_INSERT_CHECKPOINT = insert(audit_checkpoints)
+_HEAD = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
+    audit_head.c.id == HEAD_ID
+)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_INBOX_BATCH = (
+    select(audit_inbox.c.id, audit_inbox.c.payload)
+    .order_by(audit_inbox.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == HEAD_ID, audit_head.c.size == bindparam("old_size"))
+    .values(
+        size=bindparam("new_size"),
+        root=bindparam("new_root"),
+        compact_range=bindparam("new_compact"),
+        updated_at=bindparam("now"),
+    )
+)
+_DELETE_INBOX = delete(audit_inbox).where(audit_inbox.c.id.in_(bindparam("ids", expanding=True)))
+_INDEX_OF = select(audit_log.c.seq).where(audit_log.c.inbox_id == bindparam("inbox_id"))
+
+
 class AuditStore:
     """Every query on the audit tables, on the caller's connection and transaction."""
 
@@ -226,7 +255,7 @@ class AuditStore:
 
     async def enqueue(self, payload: bytes) -> int:
         result = await self._conn.execute(
-            insert(audit_inbox).values(payload=payload, created_at=datetime.now(UTC))
+            _INSERT_INBOX, {"payload": payload, "created_at": datetime.now(UTC)}
         )
         key = result.inserted_primary_key
         assert key is not None
@@ -281,12 +310,9 @@ class AuditStore:
             )
 
     async def head(self, *, for_update: bool = False) -> Head | None:
-        query = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
-            audit_head.c.id == HEAD_ID
-        )
-        if for_update and self.is_postgres:
-            # Re-reads the newest version after waiting, so a second integrator cannot fork.
-            query = query.with_for_update()
+        # FOR UPDATE re-reads the newest version after waiting, so a second integrator cannot
+        # fork (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers).
+        query = _HEAD_FOR_UPDATE if for_update and self.is_postgres else _HEAD
         row = (await self._conn.execute(query)).first()
         if row is None:
             return None
@@ -298,9 +324,7 @@ class AuditStore:
     async def inbox_batch(self, limit: int) -> list[InboxRow]:
         # All visible rows in id order, never "id > watermark": on PostgreSQL a smaller id can
         # commit later, and a watermark would skip it forever.
-        rows = await self._conn.execute(
-            select(audit_inbox.c.id, audit_inbox.c.payload).order_by(audit_inbox.c.id).limit(limit)
-        )
+        rows = await self._conn.execute(_INBOX_BATCH, {"limit": limit})
         return [InboxRow(int(r.id), bytes(r.payload)) for r in rows]
 
     async def integrate(
@@ -309,7 +333,7 @@ class AuditStore:
         """Write one batch: log rows, the new head, its checkpoint; delete the consumed inbox."""
         now = datetime.now(UTC)
         await self._conn.execute(
-            insert(audit_log),
+            _INSERT_LOG,
             [
                 {
                     "seq": r.seq,
@@ -322,27 +346,24 @@ class AuditStore:
             ],
         )
         result = await self._conn.execute(
-            update(audit_head)
-            .where(audit_head.c.id == HEAD_ID, audit_head.c.size == rows[0].seq)
-            .values(
-                size=head.size,
-                root=head.root,
-                compact_range=head.compact.to_lines(),
-                updated_at=now,
-            )
+            _MOVE_HEAD,
+            {
+                "old_size": rows[0].seq,
+                "new_size": head.size,
+                "new_root": head.root,
+                "new_compact": head.compact.to_lines(),
+                "now": now,
+            },
         )
         if result.rowcount != 1:
             raise AuditStoreError("audit_head moved during integration")
         await self._conn.execute(
-            insert(audit_checkpoints).values(
-                size=head.size, root=head.root, note=note, created_at=now
-            )
+            _INSERT_CHECKPOINT,
+            {"size": head.size, "root": head.root, "note": note, "created_at": now},
         )
         for start in range(0, len(consumed), _IN_CHUNK):
             chunk = consumed[start : start + _IN_CHUNK]
-            result = await self._conn.execute(
-                delete(audit_inbox).where(audit_inbox.c.id.in_(chunk))
-            )
+            result = await self._conn.execute(_DELETE_INBOX, {"ids": chunk})
             if result.rowcount != len(chunk):
                 raise AuditStoreError("inbox rows vanished during integration")
 
@@ -358,11 +379,7 @@ class AuditStore:
         )
 
     async def index_of(self, inbox_id: int) -> int | None:
-        row = (
-            await self._conn.execute(
-                select(audit_log.c.seq).where(audit_log.c.inbox_id == inbox_id)
-            )
-        ).first()
+        row = (await self._conn.execute(_INDEX_OF, {"inbox_id": inbox_id})).first()
         return None if row is None else int(row.seq)
 
     async def leaves(self, start: int, end: int) -> list[bytes]:

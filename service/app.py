@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,8 @@ from service.auth import KeyCache, authentication_middleware
 from service.context import ServiceContext
 from service.data_keys import DataKeys
 from service.db import create_engine
-from service.errors import EXCEPTION_HANDLERS
+from service.errors import EXCEPTION_HANDLERS, database_unavailable
+from service.flows import unlock
 from service.http import require_json_body
 from service.keystore import KeyStore
 from service.notice import load_shipped_notice
@@ -43,6 +45,9 @@ from service.wiring import Adapters, build_adapters
 
 API_TITLE = "FairUnlock"
 API_VERSION = "1.0.0"
+
+
+log = logging.getLogger("fairunlock")
 
 
 def openapi_config() -> OpenAPIConfig:
@@ -89,6 +94,7 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         oidc=parties.oidc,
         face=parties.face,
         face_audiences=parties.face_audiences,
+        decisions=unlock.decision_batches(engine, observe=metrics.observe_batch),
     )
 
     outbox = OutboxDispatcher(
@@ -101,7 +107,15 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         if not settings.is_production:
             # Development and tests migrate on start; production runs `fairunlock db upgrade`.
-            await asyncio.to_thread(upgrade, settings.resolved_database_url)
+            try:
+                await asyncio.to_thread(upgrade, settings.resolved_database_url)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                # A worker respawned while the database is down must still start (and answer
+                # 503 until it is back), or uvicorn stops the whole service; the schema was
+                # migrated when the database was last reachable.
+                log.warning("migration on start skipped: database unavailable (%s)", exc)
         # Every worker runs one; the database lock decides who integrates each batch.
         integrator = BackgroundIntegrator(
             engine,

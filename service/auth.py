@@ -7,6 +7,7 @@ table to prove it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.http import header
 from service.persistence.api_keys import ApiKeyRepository, Principal, Role, key_digest
 
 PUBLIC_OPT = "public"
@@ -36,12 +38,34 @@ class KeyCache:
         self._ttl = ttl
         self._size = size
         self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._loading: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     def get(self, digest: bytes, now: float) -> Principal | None:
         entry = self._entries.get(digest)
         if entry is None or entry[0] < now:
             return None
         return entry[1]
+
+    async def load(
+        self,
+        digest: bytes,
+        find: Callable[[], Awaitable[Principal | None]],
+        now: float,
+    ) -> Principal | None:
+        """Look a key up once for all requests that present it while the look-up runs: when an
+        entry expires under load, one query refreshes it instead of one per waiting request."""
+        pending = self._loading.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(find())
+            self._loading[digest] = pending
+            try:
+                principal = await asyncio.shield(pending)
+            finally:
+                del self._loading[digest]
+            if principal is not None:
+                self.put(digest, principal, now)
+            return principal
+        return await asyncio.shield(pending)
 
     def put(self, digest: bytes, principal: Principal, now: float) -> None:
         if len(self._entries) >= self._size:
@@ -56,8 +80,8 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
+        authorization = header(connection.scope, b"authorization") or ""
+        scheme, _, presented = authorization.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented or len(presented) > MAX_KEY_LENGTH:
             raise NotAuthorizedException("Send an API key as 'Authorization: Bearer <key>'.")
@@ -68,13 +92,18 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         principal = cache.get(digest, now) if cache is not None else None
         if principal is None:
             engine: AsyncEngine = connection.app.state.engine
-            async with engine.connect() as conn:
-                principal = await ApiKeyRepository(conn).find_active(presented)
+            if cache is None:
+                principal = await _find(engine, presented)
+            else:
+                principal = await cache.load(digest, lambda: _find(engine, presented), now)
             if principal is None:
                 raise NotAuthorizedException("Unknown or revoked API key.")
-            if cache is not None:
-                cache.put(digest, principal, now)
         return AuthenticationResult(user=principal, auth=presented)
+
+
+async def _find(engine: AsyncEngine, presented: str) -> Principal | None:
+    async with engine.connect() as conn:
+        return await ApiKeyRepository(conn).find_active(presented)
 
 
 def authentication_middleware() -> DefineMiddleware:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,6 +15,7 @@ from service.adapters.face import FaceVerifier
 from service.adapters.oidc import OidcClient
 from service.adapters.sms import SmsGateway
 from service.data_keys import DataKeys
+from service.group_commit import GroupCommit
 from service.notice import FaceNotice
 from service.providers import OidcProvider
 from service.sealer import Sealer
@@ -39,6 +41,9 @@ class ServiceContext:
     face: FaceVerifier
     # Configured face providers and the audience each attestation must name.
     face_audiences: Mapping[str, str]
+    # Decisions of concurrent requests commit together, with one audit integration per batch
+    # (service.flows.unlock.decision_batches).
+    decisions: GroupCommit[Any, Any]
     clock: Callable[[], datetime] = utc_now
 
     @property

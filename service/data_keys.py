@@ -28,6 +28,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    bindparam,
     select,
     update,
 )
@@ -98,10 +99,23 @@ class DataKeys:
         """
         subject = self.pseudonymize(account_id)
         version, data_key = await self._key(conn, subject, create=True)
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, _aad(subject, version, aad))
-        raw = _HEADER.pack(TOKEN_FORMAT, version) + nonce + ciphertext
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        return _seal(subject, version, data_key, plaintext, aad)
+
+    async def encrypt_with(
+        self,
+        conn: AsyncConnection,
+        account_id: str,
+        key_row: KeyRow | None,
+        plaintext: bytes,
+        aad: bytes = b"",
+    ) -> str:
+        """``encrypt`` with the key row the caller already read in this transaction (see
+        ``KEY_COLUMNS``): one statement fewer on a hot path. No row yet: creates the key."""
+        if key_row is None:
+            return await self.encrypt(conn, account_id, plaintext, aad)
+        subject = self.pseudonymize(account_id)
+        version, data_key = self._unwrap(subject, key_row)
+        return _seal(subject, version, data_key, plaintext, aad)
 
     async def decrypt(
         self, conn: AsyncConnection, account_id: str, token: str, aad: bytes = b""
@@ -159,13 +173,7 @@ class DataKeys:
         return False
 
     async def is_destroyed(self, conn: AsyncConnection, account_id: str) -> bool:
-        row = (
-            await conn.execute(
-                select(account_data_keys.c.destroyed_at).where(
-                    account_data_keys.c.subject == self.pseudonymize(account_id)
-                )
-            )
-        ).first()
+        row = (await conn.execute(_SELECT_KEY, {"subject": self.pseudonymize(account_id)})).first()
         return row is not None and row.destroyed_at is not None
 
     async def _key(self, conn: AsyncConnection, subject: str, *, create: bool) -> tuple[int, bytes]:
@@ -189,6 +197,9 @@ class DataKeys:
             )
             row = await _select_key(conn, subject)
             assert row is not None  # inserted or found in the same transaction
+        return self._unwrap(subject, row)
+
+    def _unwrap(self, subject: str, row: KeyRow) -> tuple[int, bytes]:
         version, wrapped_key, destroyed_at = row
         if destroyed_at is not None or wrapped_key is None:
             raise DataKeyDestroyed("This account's data key was destroyed (erasure).")
@@ -204,18 +215,28 @@ class DataKeys:
         return int(version), data_key
 
 
+# (key_version, wrapped_key, destroyed_at): what another query may read along, for encrypt_with.
+KeyRow = tuple[int, bytes | None, datetime | None]
+KEY_COLUMNS = (
+    account_data_keys.c.key_version,
+    account_data_keys.c.wrapped_key,
+    account_data_keys.c.destroyed_at,
+)
+# Built once: the statement costs more to construct than to run (hot in every decision).
+_SELECT_KEY = select(*KEY_COLUMNS).where(account_data_keys.c.subject == bindparam("subject"))
+
+
+def _seal(subject: str, version: int, data_key: bytes, plaintext: bytes, aad: bytes) -> str:
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, _aad(subject, version, aad))
+    raw = _HEADER.pack(TOKEN_FORMAT, version) + nonce + ciphertext
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 async def _select_key(
     conn: AsyncConnection, subject: str
 ) -> tuple[int, bytes | None, datetime | None] | None:
-    row = (
-        await conn.execute(
-            select(
-                account_data_keys.c.key_version,
-                account_data_keys.c.wrapped_key,
-                account_data_keys.c.destroyed_at,
-            ).where(account_data_keys.c.subject == subject)
-        )
-    ).first()
+    row = (await conn.execute(_SELECT_KEY, {"subject": subject})).first()
     if row is None:
         return None
     return int(row.key_version), row.wrapped_key, row.destroyed_at

@@ -14,11 +14,19 @@ from msgspec import Meta, Struct
 
 from policy.model import Locale, LockReason, Method, Network
 
+# No control characters in a request string (C0, DEL, C1): a CR/LF in a value that reaches a
+# header, an SMS, a log line or a URL could split it. A lookahead rather than `^[...]*$`, so the
+# pattern means the same to msgspec (Python `re.search`, where `$` also matches before a final
+# newline) and to an OpenAPI client (ECMA-262).
+SINGLE_LINE = r"^(?![\s\S]*[\x00-\x1f\x7f-\x9f])"
+# Free text a person writes may span lines (LF) and hold tabs; CR and other controls are refused.
+MULTI_LINE = r"^(?![\s\S]*[\x00-\x08\x0b-\x1f\x7f-\x9f])"
+
 AccountId = Annotated[
     str, Meta(pattern=r"^[A-Za-z0-9._:@-]{1,128}$", description="The platform's account id")
 ]
-DeviceId = Annotated[str, Meta(min_length=1, max_length=128)]
-Text = Annotated[str, Meta(min_length=1, max_length=512)]
+DeviceId = Annotated[str, Meta(min_length=1, max_length=128, pattern=SINGLE_LINE)]
+Text = Annotated[str, Meta(min_length=1, max_length=512, pattern=SINGLE_LINE)]
 AwareTime = Annotated[datetime, Meta(tz=True)]
 Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
 Latitude = Annotated[float, Meta(ge=-90, le=90)]
@@ -42,7 +50,17 @@ class LastLoginIn(_In):
 
 
 class RequestContextIn(_In):
-    ip: Annotated[str, Meta(min_length=2, max_length=45, description="IPv4 or IPv6 address")]
+    ip: Annotated[
+        str,
+        Meta(
+            min_length=2,
+            max_length=45,
+            pattern=SINGLE_LINE,
+            description="IPv4 or IPv6 address",
+            # The flow refuses anything else (400 `invalid_request`, field `context.ip`).
+            extra_json_schema={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+        ),
+    ]
     device_id: DeviceId | None = None
     user_agent: Text | None = None
     geo: GeoIn | None = None
@@ -63,23 +81,32 @@ class UnlockRequestIn(_In):
 
 class PhoneIn(_In):
     phone: Annotated[
-        str, Meta(min_length=3, max_length=32, description="E.164, e.g. +8613800005678")
+        str,
+        Meta(
+            min_length=3,
+            max_length=32,
+            pattern=SINGLE_LINE,
+            description="E.164, e.g. +8613800005678",
+        ),
     ]
     # The platform attests the number on file was verified by it; an unverified one is never used.
     verified: bool = True
 
 
 class CodeIn(_In):
-    code: Annotated[str, Meta(min_length=1, max_length=64)]
+    code: Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]
 
 
 class LinkedIdentityIn(_In):
-    subject: Annotated[str, Meta(min_length=1, max_length=255, description="The provider's `sub`")]
+    subject: Annotated[
+        str,
+        Meta(min_length=1, max_length=255, pattern=SINGLE_LINE, description="The provider's `sub`"),
+    ]
     real_name_verified: bool
 
 
 class FaceConsentIn(_In):
-    notice_version: Annotated[str, Meta(min_length=1, max_length=64)]
+    notice_version: Annotated[str, Meta(min_length=1, max_length=64, pattern=SINGLE_LINE)]
     purpose: Literal["account_unlock"]
     accepted: bool
     channel: Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")] = "frontend"
@@ -246,9 +273,11 @@ class VerifyIn(_In):
     for linked_identity; `attestation` (a compact JWS from the face provider) for face. Nothing
     else: a body carrying an image or template is refused."""
 
-    code: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
-    state: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
-    attestation: Annotated[str, Meta(min_length=1, max_length=8192)] | None = None
+    code: Annotated[str, Meta(min_length=1, max_length=512, pattern=SINGLE_LINE)] | None = None
+    state: Annotated[str, Meta(min_length=1, max_length=512, pattern=SINGLE_LINE)] | None = None
+    attestation: Annotated[str, Meta(min_length=1, max_length=8192, pattern=SINGLE_LINE)] | None = (
+        None
+    )
 
 
 class FaceSessionOut(_Out):

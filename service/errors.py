@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy import exc as sa_exc
 
 from service import domain
 from service.domain import DomainError
@@ -82,6 +86,7 @@ DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
     domain.StaleNoticeVersion: ProblemSpec(409, "Notice version is not current"),
     domain.ConsentNotAccepted: ProblemSpec(422, "Consent not accepted"),
     domain.UnlockRequestNotFound: ProblemSpec(404, "Unlock request not found"),
+    domain.AuditIndexPending: ProblemSpec(503, "Audit index pending"),
     domain.InvalidRequestContext: ProblemSpec(400, "Invalid request"),
     domain.RequestClosed: ProblemSpec(409, "Unlock request closed"),
     domain.MethodNotOffered: ProblemSpec(409, "Method not offered for this request"),
@@ -196,7 +201,102 @@ def handle_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Res
     )
 
 
+def _raised_decoding_the_body(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "decode_json" and "litestar" in code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+# The database cannot be reached or cannot take the write now (down, restarting, refusing
+# connections, out of disk, locked past the busy timeout): the request was not carried out and
+# may be retried, so 503, never a 500. Anything else the database raises stays a 500 (a bug).
+DATABASE_RETRY_AFTER_S = 1
+UNAVAILABLE_DETAIL = "The database is unavailable; nothing was changed. Retry later."
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,  # SQLite: disk full, I/O error, read-only, locked; PG: connect
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # the pool had no connection to give in time
+    sqlite3.OperationalError,
+    asyncpg.PostgresConnectionError,  # class 08: connection does not exist, failure, ...
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
+    asyncpg.InterfaceError,  # "connection is closed"
+)
+# Raw socket errors count only when the database driver raised them (asyncpg's connect does).
+_DRIVER_MODULES = ("asyncpg", "sqlalchemy", "aiosqlite")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what SQLAlchemy wrapped (``orig``), and its causes and contexts."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 16:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        for nxt in (orig, current.__cause__, current.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if isinstance(module, str) and module.split(".", 1)[0] in _DRIVER_MODULES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def handle_bad_encoding(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[Any]:
+    # msgspec raises UnicodeDecodeError (which Litestar does not turn into a 400) for invalid
+    # UTF-8 inside a JSON string: bad input. Anywhere else it is a fault, and stays a 500.
+    if not _raised_decoding_the_body(exc):
+        return handle_unexpected(request, exc)
+    return problem_response(400, "bad_request", "Bad request", "The JSON body is not valid UTF-8.")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unreachable or cannot take work right now."""
+    for cause in _causes(exc):
+        if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, _UNAVAILABLE_TYPES):
+            return True
+        if isinstance(cause, (ConnectionError, TimeoutError)) and _raised_by_driver(cause):
+            return True
+    return False
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if database_unavailable(exc):
+        # An outage, not a bug: one line per request, no traceback; /health/ready says so too.
+        log.warning(
+            "database unavailable on %s %s: %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+            # The first line names the condition ("database or disk is full"); never the SQL.
+            str(exc).split("\n", 1)[0][:200],
+        )
+        return problem_response(
+            503,
+            "database_unavailable",
+            "Service unavailable",
+            UNAVAILABLE_DETAIL,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+            # As /health/ready answers (service/observability.py): the type names the condition.
+            type=TYPE_BASE + "unavailable",
+        )
     # A 500 is a bug: log it with its traceback, answer without one.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -212,6 +312,7 @@ EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     HTTPException: handle_http,
     DomainError: handle_domain,
     RecursionError: handle_too_deep,
+    UnicodeDecodeError: handle_bad_encoding,
     Exception: handle_unexpected,
 }
 
@@ -222,5 +323,6 @@ __all__ = [
     "DomainError",
     "MediaType",
     "ProblemSpec",
+    "database_unavailable",
     "problem_response",
 ]

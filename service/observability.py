@@ -294,6 +294,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.group_commit_batch = Histogram(
+            "fairunlock_group_commit_batch_size",
+            "Decisions committed together in one transaction (service/group_commit.py).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+
+    def observe_batch(self, size: int) -> None:
+        self.group_commit_batch.observe(size)
+
     def observe_request(self, method: str, route: str, status: int, duration_s: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_duration.labels(method, route).observe(duration_s)

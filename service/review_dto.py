@@ -13,11 +13,18 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from service.dto import MULTI_LINE
+
 Reason = Annotated[
     str,
-    Meta(min_length=3, max_length=2000, description="Why, in words (mandatory, audited)"),
+    Meta(
+        min_length=3,
+        max_length=2000,
+        pattern=MULTI_LINE,
+        description="Why, in words (mandatory, audited)",
+    ),
 ]
-Statement = Annotated[str, Meta(min_length=1, max_length=4000)]
+Statement = Annotated[str, Meta(min_length=1, max_length=4000, pattern=MULTI_LINE)]
 
 
 class Outcome(StrEnum):

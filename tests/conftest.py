@@ -4,6 +4,7 @@ with the reason printed, only when no server answers at FAIRUNLOCK_TEST_PG_ADMIN
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -14,6 +15,19 @@ import pytest
 PG_ADMIN_URL = os.environ.get(
     "FAIRUNLOCK_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture(autouse=True)
+def _app_logging_stays_in_its_test() -> Iterator[None]:
+    """create_app installs the redacting JSON handler on the root logger; left there, it rewrites
+    the records later tests capture (caplog), so a test's outcome would depend on the order."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        if getattr(handler, "_fairunlock_json_handler", False):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _pg_reachable() -> str | None:

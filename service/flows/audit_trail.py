@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.entry import AuditEvent, EntryKind, JSONValue
-from audit.integrator import integrate_in, integrate_once, wait_integrated
+from audit.integrator import integrate_once, wait_integrated
 from audit.store import append_event
 from service.context import ServiceContext
 
@@ -37,9 +37,3 @@ async def index_of(ctx: ServiceContext, inbox_id: int) -> int:
             ctx.engine, ctx.signer, ctx.audit_origin, ctx.settings.audit_batch_size
         ),
     )
-
-
-async def integrate_now(conn: AsyncConnection, ctx: ServiceContext) -> dict[int, int] | None:
-    """Integrate pending entries inside the caller's transaction: inbox id -> log index, or None
-    when another worker holds the integration lock."""
-    return await integrate_in(conn, ctx.signer, ctx.audit_origin, ctx.settings.audit_batch_size)

@@ -81,7 +81,9 @@ def _offered(
     decision: dto.DecisionOut, method: Method, provider: str | None
 ) -> dto.OfferedMethodOut:
     for m in decision.offer.methods:
-        if m.method is method and (provider is None or m.provider == provider):
+        # An offer entry without a provider (face) leaves the choice to the caller; the start
+        # checks the name against the configured providers.
+        if m.method is method and (provider is None or m.provider in (None, provider)):
             return m
     raise MethodNotOffered(
         f"{method.value} is not offered for this request; the offer lists the methods that are.",
@@ -175,6 +177,8 @@ async def start(
             secret_hash = _sms_hash(ctx, challenge_id, code) if known else _NEVER
             phone = await phone_on_file(conn, ctx, loaded.account_id, subject) if known else None
             destination = ctx.data_keys.blind_index("phone", phone or subject)
+            # Check and record under one lock: concurrent starts must not all see the old count.
+            await repo.serialise("sms_sends", destination)
             await _check_sms_sends(repo, ctx, loaded, destination, now)
             await repo.record_sms_send(destination, delivery_id, "challenge", now)
             if phone is not None:
@@ -499,10 +503,45 @@ async def verify(
         await _fail(
             ctx, actor, loaded, challenge, now, Checked(ok=False, reason="expired"), expire=True
         )
-    checked = await CHECKERS[method](ctx, loaded, challenge, body, now)
+    attempt_id = await _reserve(ctx, loaded, challenge, method, now)
+    try:
+        checked = await CHECKERS[method](ctx, loaded, challenge, body, now)
+    except Exception:
+        # Not judged (a missing field, the provider down): nothing counts against the person.
+        async with ctx.engine.begin() as conn:
+            await ChallengeRepository(conn).release_attempt(challenge.id, attempt_id)
+        raise
     if not checked.ok:
-        await _fail(ctx, actor, loaded, challenge, now, checked)
-    return await _succeed(ctx, actor, loaded, challenge, method, now, checked)
+        await _fail(ctx, actor, loaded, challenge, now, checked, attempt_id=attempt_id)
+    return await _succeed(ctx, actor, loaded, challenge, method, now, checked, attempt_id)
+
+
+async def _reserve(
+    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, method: Method, now: datetime
+) -> str:
+    """Count the attempt before its proof is checked, in one transaction serialised per account
+    and method, so that concurrent proofs cannot all pass the throttle and the challenge's
+    attempt limit on the same stale count: the limits bound the guesses actually evaluated
+    (NIST-63B4-3.2.2). The attempt stays ``pending`` (a failure for every throttle) until
+    settled."""
+    async with ctx.engine.begin() as conn:
+        repo = ChallengeRepository(conn)
+        await repo.serialise(f"attempts:{method.value}", ch.subject)
+        await _check_throttles(repo, ctx, loaded, method, now)
+        if not await repo.reserve_attempt(ch.id, ctx.policy.limits.challenge_attempts):
+            current = await repo.get(ch.id)
+            status = "failed" if current is None or current.status == "open" else current.status
+            raise ChallengeClosed(
+                f"This challenge is {status}; start a new one.", challenge_status=status
+            )
+        return await repo.record_attempt(
+            ch.subject,
+            ch.unlock_request_id,
+            method.value,
+            "pending",
+            loaded.request.source_index,
+            now,
+        )
 
 
 async def _fail(
@@ -514,23 +553,27 @@ async def _fail(
     checked: Checked,
     *,
     expire: bool = False,
+    attempt_id: str | None = None,
 ) -> None:
     limits = ctx.policy.limits
     async with ctx.engine.begin() as conn:
         repo = ChallengeRepository(conn)
-        if expire:
+        if attempt_id is not None:
+            # The attempt was reserved (and counted) before the check: settle it.
+            attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
+            await repo.settle_attempt(attempt_id, checked.reason)
+        else:
+            assert expire, "a judged proof always has a reserved attempt"
             await repo.expire(ch.id, now)
             attempts_left = 0
-        else:
-            attempts_left = await repo.count_failure(ch.id, limits.challenge_attempts, now)
-        await repo.record_attempt(
-            ch.subject,
-            ch.unlock_request_id,
-            ch.method,
-            checked.reason,
-            loaded.request.source_index,
-            now,
-        )
+            await repo.record_attempt(
+                ch.subject,
+                ch.unlock_request_id,
+                ch.method,
+                checked.reason,
+                loaded.request.source_index,
+                now,
+            )
         review_reason = checked.review_reason
         if review_reason is None:
             failures = await repo.failures_since(
@@ -597,6 +640,7 @@ async def _succeed(
     method: Method,
     now: datetime,
     checked: Checked,
+    attempt_id: str,
 ) -> dto.DecisionOut:
     try:
         async with ctx.engine.begin() as conn:
@@ -622,14 +666,7 @@ async def _succeed(
                 review_reason=review_reason,
                 now=now,
             )
-            await repo.record_attempt(
-                ch.subject,
-                ch.unlock_request_id,
-                method.value,
-                "success",
-                loaded.request.source_index,
-                now,
-            )
+            await repo.settle_attempt(attempt_id, "success")
             await record(
                 conn,
                 ctx,
@@ -651,7 +688,15 @@ async def _succeed(
             row = await UnlockRequestRepository(conn).get(ch.unlock_request_id)
     except _ProofUsed:
         # Recorded after the rollback, in a transaction of its own (never a nested connection).
-        await _fail(ctx, actor, loaded, ch, now, Checked(ok=False, reason="code_reused"))
+        await _fail(
+            ctx,
+            actor,
+            loaded,
+            ch,
+            now,
+            Checked(ok=False, reason="code_reused"),
+            attempt_id=attempt_id,
+        )
     assert row is not None
     return unlock.view(ctx, row, await unlock.audit_index(ctx, row), now)
 

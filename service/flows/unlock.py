@@ -9,12 +9,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from audit.entry import EntryKind, JSONValue
+from audit.entry import AuditEvent, EntryKind, JSONValue, event_to_payload
+from audit.integrator import NotIntegratedError, integrate_in
 from audit.store import AuditStore
 from policy.config import Policy
 from policy.engine import decide
@@ -35,11 +39,16 @@ from policy.model import (
 )
 from service import dto
 from service.context import ServiceContext
-from service.domain import InvalidRequestContext, UnlockRequestNotFound
-from service.flows.audit_trail import index_of, integrate_now, record
+from service.domain import AuditIndexPending, InvalidRequestContext, UnlockRequestNotFound
+from service.flows.audit_trail import index_of
 from service.flows.enrolment import consent_state
-from service.persistence.accounts import AccountRepository, AccountSnapshot
-from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
+from service.group_commit import GroupCommit
+from service.persistence.accounts import AccountSnapshot
+from service.persistence.unlock_requests import (
+    DecisionInputs,
+    UnlockRequestRepository,
+    UnlockRequestRow,
+)
 
 CONTEXT_AAD = b"unlock_request_context"
 ACCOUNT_ID_PURPOSE = b"unlock_request.account_id"
@@ -227,108 +236,205 @@ class CreatedDecision:
     offered_face: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """One request as the batch needs it: parsed and pseudonymised before it queues, with the
+    context of the call that made it (the policy, notice and keys in force)."""
+
+    ctx: ServiceContext
+    actor: str
+    body: dto.UnlockRequestIn
+    facts: UnlockRequestFacts
+    subject: str
+    context_json: bytes
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedDecision:
+    """A decision made and ready to store: what ``decide_batch`` inserts for one request."""
+
+    out: dto.DecisionOut
+    decision: Decision
+    subject: str
+    audit_payload: bytes
+    row: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecisionRef:
+    """What one request learns from its batch: its decision and its log index, if known."""
+
+    out: dto.DecisionOut
+    decision: Decision
+    inbox_id: int
+    index: int | None
+
+
+DecisionBatches = GroupCommit[DecisionRequest, StoredDecisionRef]
+
+
+def decision_batches(engine: AsyncEngine, **kwargs: Any) -> DecisionBatches:
+    """The worker's group commit for decisions (create_app builds one per process)."""
+    return GroupCommit(engine, decide_batch, **kwargs)
+
+
 async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> CreatedDecision:
-    facts = to_facts(body)
+    """Assess, store and audit one request, in a group commit with concurrent requests
+    (service.group_commit): shared reads, writes, audit integration and commit."""
+    request = DecisionRequest(
+        ctx=ctx,
+        actor=actor,
+        body=body,
+        facts=to_facts(body),
+        subject=ctx.data_keys.pseudonymize(body.account_id),
+        context_json=msgspec.json.encode(body.context),
+        now=ctx.clock(),
+    )
+    stored = await ctx.decisions.submit(request.subject, request)
+    index = stored.index
+    if index is None:
+        try:
+            # Another worker was integrating (PostgreSQL): its batch gives ours an index.
+            index = await index_of(ctx, stored.inbox_id)
+        except NotIntegratedError:
+            raise AuditIndexPending(
+                f"The decision {stored.out.id} was stored, but the audit log has not given it an "
+                "index yet. Read it with GET /v1/unlock-requests/{id}; do not submit it again.",
+                unlock_request_id=stored.out.id,
+            ) from None
+    offered_face = any(m.biometric for m in stored.decision.offer.methods)
+    return CreatedDecision(
+        msgspec.structs.replace(stored.out, audit=dto.AuditRefOut(index=index)), offered_face
+    )
+
+
+async def decide_batch(
+    conn: AsyncConnection, batch: Sequence[DecisionRequest]
+) -> list[StoredDecisionRef | Exception]:
+    """Decide and store a batch of requests for distinct accounts in the caller's transaction:
+    one read for all accounts, each decision, then one multi-row INSERT per table, the review
+    cases the policy requires, and one audit integration. Each request is decided under its own
+    context; the shared reads and writes use the first's (one per worker in production)."""
+    ctx = batch[0].ctx
     policy = ctx.policy
-    now = ctx.clock()
     thresholds = policy.thresholds
-    subject = ctx.data_keys.pseudonymize(body.account_id)
+    # One clock for the reads' windows: the batch's requests arrived within one batch period.
+    inputs = await UnlockRequestRepository(conn).decision_inputs(
+        [r.subject for r in batch],
+        max(r.now for r in batch),
+        velocity_window=timedelta(hours=thresholds.velocity_window_hours),
+        failures_window=timedelta(hours=thresholds.failed_verifications_window_hours),
+        # Methods paused by failures stay visible as THROTTLED, never silently missing.
+        throttle_window=timedelta(hours=24),
+        throttle_limit=policy.limits.method_failures_per_day,
+    )
+    outcomes: list[PreparedDecision | Exception] = []
+    for request in batch:
+        try:
+            outcomes.append(await _prepare(conn, request, inputs[request.subject]))
+        except Exception as exc:  # this request's own failure: nothing was written for it
+            outcomes.append(exc)
+    made = [o for o in outcomes if isinstance(o, PreparedDecision)]
+    stored = iter(await _store(conn, ctx, made) if made else [])
+    return [o if isinstance(o, Exception) else next(stored) for o in outcomes]
+
+
+async def _prepare(
+    conn: AsyncConnection, request: DecisionRequest, inputs: DecisionInputs
+) -> PreparedDecision:
+    """Decide one request. Writes nothing, except the account's data key when it has none yet
+    (idempotent)."""
+    ctx = request.ctx
+    policy = ctx.policy
+    body, now = request.body, request.now
     request_id = str(uuid.uuid4())
     expires_at = now + timedelta(minutes=policy.decision_ttl_minutes)
-    context_json = msgspec.json.encode(body.context)
-    async with ctx.engine.begin() as conn:
-        snapshot = await AccountRepository(conn).snapshot(subject)
-        history, throttled = await UnlockRequestRepository(conn).history(
-            subject,
-            now,
-            velocity_window=timedelta(hours=thresholds.velocity_window_hours),
-            failures_window=timedelta(hours=thresholds.failed_verifications_window_hours),
-            # Methods paused by failures stay visible as THROTTLED, never silently missing.
-            throttle_window=timedelta(hours=24),
-            throttle_limit=policy.limits.method_failures_per_day,
+    snapshot = inputs.snapshot
+    known = snapshot.exists and not snapshot.erased
+    if known:
+        account = account_facts(snapshot, ctx, frozenset(Method(m) for m in inputs.throttled))
+        phone_masked = snapshot.phone.masked if snapshot.phone else None
+        context_ciphertext: str | None = await ctx.data_keys.encrypt_with(
+            conn, body.account_id, inputs.key_row, request.context_json, CONTEXT_AAD
         )
-        known = snapshot.exists and not snapshot.erased
-        if known:
-            account = account_facts(snapshot, ctx, frozenset(Method(m) for m in throttled))
-            phone_masked = snapshot.phone.masked if snapshot.phone else None
-            context_ciphertext: str | None = await ctx.data_keys.encrypt(
-                conn, body.account_id, context_json, CONTEXT_AAD
-            )
-        else:
-            account, phone_masked = phantom_account(subject)
-            context_ciphertext = None
-            # The same key look-up and cipher work a known account costs, discarded: no timing
-            # difference tells an unknown account from a known one (OWASP-FP-1/2).
-            await ctx.data_keys.is_destroyed(conn, body.account_id)
-            ctx.sealer.seal(context_json.decode(), CONTEXT_AAD)
-        decision = decide(facts, account, history, policy, now)
-        out = _decision_out(
-            request_id,
-            body.account_id,
-            decision,
-            policy,
-            body.locale,
-            phone_masked,
-            now,
-            expires_at,
+    else:
+        account, phone_masked = phantom_account(request.subject)
+        context_ciphertext = None
+        # The same cipher work a known account costs, discarded (the reads are the same for
+        # both): no timing difference tells an unknown account from a known one (OWASP-FP-1/2).
+        ctx.sealer.seal(request.context_json.decode(), CONTEXT_AAD)
+    decision = decide(request.facts, account, inputs.history, policy, now)
+    out = _decision_out(
+        request_id, body.account_id, decision, policy, body.locale, phone_masked, now, expires_at
+    )
+    payload = event_to_payload(
+        AuditEvent(
+            kind=EntryKind.DECISION,
+            actor=request.actor,
+            subject=request.subject,
+            data=_audit_data(request_id, decision, out, body),
+            time=now,
         )
-        inbox_id = await record(
-            conn,
-            ctx,
-            EntryKind.DECISION,
-            actor,
-            subject,
-            _audit_data(request_id, decision, out, body),
-            now,
-        )
-        stored = StoredDecision(
-            # The account id rests sealed in its own column, never in the stored JSON.
-            decision=msgspec.structs.replace(out, account_id=""),
-            score=decision.assessment.score,
-            weights={r.code.value: r.weight for r in decision.assessment.reasons},
-            floors_applied=[c.value for c in decision.assessment.floors_applied],
-        )
-        await UnlockRequestRepository(conn).insert(
-            id=request_id,
-            subject=subject,
-            account_id_sealed=ctx.sealer.seal(body.account_id, ACCOUNT_ID_PURPOSE),
-            source_index=ctx.data_keys.blind_index("source_ip", body.context.ip),
-            known_account=known,
-            status=out.status,
-            lock_reason=body.lock_reason.value,
-            locale=body.locale.value,
-            risk_level=decision.assessment.level.value,
-            risk_score=decision.assessment.score,
-            policy_version=policy.version,
-            policy_sha256=policy.sha256,
-            decision_json=msgspec.json.encode(stored).decode(),
-            context_ciphertext=context_ciphertext,
-            audit_inbox_id=inbox_id,
-            created_at=now,
-            expires_at=expires_at,
-        )
-        if decision.offer.review.required:
+    )
+    stored = StoredDecision(
+        # The account id rests sealed in its own column, never in the stored JSON.
+        decision=msgspec.structs.replace(out, account_id=""),
+        score=decision.assessment.score,
+        weights={r.code.value: r.weight for r in decision.assessment.reasons},
+        floors_applied=[c.value for c in decision.assessment.floors_applied],
+    )
+    row: dict[str, object] = {
+        "id": request_id,
+        "subject": request.subject,
+        "account_id_sealed": ctx.sealer.seal(body.account_id, ACCOUNT_ID_PURPOSE),
+        "source_index": ctx.data_keys.blind_index("source_ip", body.context.ip),
+        "known_account": known,
+        "status": out.status,
+        "lock_reason": body.lock_reason.value,
+        "locale": body.locale.value,
+        "risk_level": decision.assessment.level.value,
+        "risk_score": decision.assessment.score,
+        "policy_version": policy.version,
+        "policy_sha256": policy.sha256,
+        "decision_json": msgspec.json.encode(stored).decode(),
+        "context_ciphertext": context_ciphertext,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    return PreparedDecision(out, decision, request.subject, payload, row)
+
+
+async def _store(
+    conn: AsyncConnection, ctx: ServiceContext, made: Sequence[PreparedDecision]
+) -> list[StoredDecisionRef]:
+    inbox_ids = await AuditStore(conn).enqueue_batch([m.audit_payload for m in made])
+    await UnlockRequestRepository(conn).insert_many(
+        [m.row | {"audit_inbox_id": inbox_id} for m, inbox_id in zip(made, inbox_ids, strict=True)]
+    )
+    outs = [m.out for m in made]
+    for i, m in enumerate(made):
+        if m.decision.offer.review.required:
             # Issue 6: a review the policy requires opens a case at once (review imports this).
             from service.flows import review
 
             case_id = await review.open_case_in(
                 conn,
                 ctx,
-                request_id,
-                subject,
-                origin=review.origin_of(decision.offer.review.reasons),
-                now=now,
+                m.out.id,
+                m.subject,
+                origin=review.origin_of(m.decision.offer.review.reasons),
+                now=m.out.created_at,
             )
-            out = review.with_case(out, case_id)
-        # The decision's log index in the same transaction: no second commit, no polling.
-        integrated = await integrate_now(conn, ctx)
-    index = integrated.get(inbox_id) if integrated else None
-    if index is None:
-        index = await index_of(ctx, inbox_id)  # another worker was integrating (PostgreSQL)
-    offered_face = any(m.biometric for m in decision.offer.methods)
-    return CreatedDecision(
-        msgspec.structs.replace(out, audit=dto.AuditRefOut(index=index)), offered_face
+            outs[i] = review.with_case(m.out, case_id)
+    # The decisions' log indices in the same transaction: no second commit, no polling.
+    integrated = (
+        await integrate_in(conn, ctx.signer, ctx.audit_origin, ctx.settings.audit_batch_size) or {}
     )
+    return [
+        StoredDecisionRef(out, m.decision, inbox_id, integrated.get(inbox_id))
+        for out, m, inbox_id in zip(outs, made, inbox_ids, strict=True)
+    ]
 
 
 async def get(ctx: ServiceContext, request_id: str) -> dto.DecisionOut:

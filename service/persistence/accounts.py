@@ -12,11 +12,13 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     ScalarSelect,
+    Select,
     String,
+    Subquery,
+    bindparam,
     delete,
     func,
     insert,
-    literal,
     select,
     update,
 )
@@ -82,6 +84,98 @@ class AccountSnapshot:
         return TotpState.CONFIRMED if self.totp.confirmed else TotpState.UNCONFIRMED
 
 
+ANCHOR = select(bindparam("subject", type_=String).label("subject")).subquery("anchor")
+
+
+def _latest_consent(anchor: Subquery, column: ColumnElement[Any]) -> ScalarSelect[Any]:
+    return (
+        select(column)
+        .where(face_consents.c.subject == anchor.c.subject)
+        .order_by(face_consents.c.granted_at.desc(), face_consents.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def snapshot_facts(anchor: Subquery) -> Select[Any]:
+    """The one-to-one facts of each account named by the anchor's ``subject`` rows, one row each
+    whether or not it exists (the anchor outer-joins everything). Others add columns to it."""
+    codes_total = (
+        select(func.count(recovery_codes.c.id))
+        .where(recovery_codes.c.subject == anchor.c.subject)
+        .scalar_subquery()
+    )
+    codes_unused = (
+        select(func.count(recovery_codes.c.id))
+        .where(recovery_codes.c.subject == anchor.c.subject, recovery_codes.c.used_at.is_(None))
+        .scalar_subquery()
+    )
+    return select(
+        accounts.c.subject.label("account_subject"),
+        accounts.c.erased_at,
+        phones.c.phone_ciphertext,
+        phones.c.masked,
+        phones.c.verified,
+        totp_enrolments.c.secret_ciphertext,
+        totp_enrolments.c.confirmed_at,
+        totp_enrolments.c.last_step,
+        codes_total.label("codes_total"),
+        codes_unused.label("codes_unused"),
+        _latest_consent(anchor, face_consents.c.notice_version).label("consent_version"),
+        _latest_consent(anchor, face_consents.c.granted_at).label("consent_granted_at"),
+        _latest_consent(anchor, face_consents.c.withdrawn_at).label("consent_withdrawn_at"),
+    ).select_from(
+        anchor.outerjoin(accounts, accounts.c.subject == anchor.c.subject)
+        .outerjoin(phones, phones.c.subject == anchor.c.subject)
+        .outerjoin(totp_enrolments, totp_enrolments.c.subject == anchor.c.subject)
+    )
+
+
+# Built once (constructing them costs more Python time than SQLite needs to answer them).
+SNAPSHOT_FACTS = snapshot_facts(ANCHOR)
+LINKED = (
+    select(
+        linked_identities.c.provider,
+        linked_identities.c.issuer,
+        linked_identities.c.real_name_verified,
+        linked_identities.c.oidc_subject_ciphertext,
+    )
+    .where(linked_identities.c.subject == bindparam("subject"))
+    .order_by(linked_identities.c.provider)
+)
+# The linked identities of several accounts at once (group commit of decisions).
+LINKED_MANY = (
+    select(linked_identities.c.subject, *LINKED.selected_columns)
+    .where(linked_identities.c.subject.in_(bindparam("subjects", expanding=True)))
+    .order_by(linked_identities.c.subject, linked_identities.c.provider)
+)
+
+
+def snapshot_from(subject: str, row: Any, linked: Sequence[Any]) -> AccountSnapshot:
+    """An AccountSnapshot from a row with SNAPSHOT_FACTS' columns and the LINKED rows."""
+    exists = row.account_subject is not None
+    return AccountSnapshot(
+        subject=subject,
+        exists=exists,
+        erased=exists and row.erased_at is not None,
+        phone=PhoneRecord(row.phone_ciphertext, row.masked, row.verified)
+        if row.phone_ciphertext is not None
+        else None,
+        totp=TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step)
+        if row.secret_ciphertext is not None
+        else None,
+        linked=tuple(
+            LinkedRecord(r.provider, r.issuer, r.real_name_verified, r.oidc_subject_ciphertext)
+            for r in linked
+        ),
+        recovery_codes_remaining=None if not row.codes_total else int(row.codes_unused),
+        # The scalar subqueries keep the column type (UtcDateTime): aware UTC already.
+        consent=ConsentRecord(row.consent_version, row.consent_granted_at, row.consent_withdrawn_at)
+        if row.consent_version is not None
+        else None,
+    )
+
+
 class AccountRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -101,88 +195,10 @@ class AccountRepository:
     async def snapshot(self, subject: str) -> AccountSnapshot:
         # The same statements run whether or not the account exists, so the two cost the same
         # (OWASP-FP-1/2: no enumeration by timing).
-        conn = self._conn
-        # One statement for the one-to-one facts (each round trip to SQLite costs ~0.5 ms here),
-        # one for the linked identities.
-        anchor = select(literal(subject, String).label("subject")).subquery("anchor")
-
-        def latest(column: ColumnElement[Any]) -> ScalarSelect[Any]:
-            return (
-                select(column)
-                .where(face_consents.c.subject == anchor.c.subject)
-                .order_by(face_consents.c.granted_at.desc(), face_consents.c.id.desc())
-                .limit(1)
-                .scalar_subquery()
-            )
-
-        codes_total = (
-            select(func.count(recovery_codes.c.id))
-            .where(recovery_codes.c.subject == anchor.c.subject)
-            .scalar_subquery()
-        )
-        codes_unused = (
-            select(func.count(recovery_codes.c.id))
-            .where(recovery_codes.c.subject == anchor.c.subject, recovery_codes.c.used_at.is_(None))
-            .scalar_subquery()
-        )
-        row = (
-            await conn.execute(
-                select(
-                    accounts.c.subject.label("account_subject"),
-                    accounts.c.erased_at,
-                    phones.c.phone_ciphertext,
-                    phones.c.masked,
-                    phones.c.verified,
-                    totp_enrolments.c.secret_ciphertext,
-                    totp_enrolments.c.confirmed_at,
-                    totp_enrolments.c.last_step,
-                    codes_total.label("codes_total"),
-                    codes_unused.label("codes_unused"),
-                    latest(face_consents.c.notice_version).label("consent_version"),
-                    latest(face_consents.c.granted_at).label("consent_granted_at"),
-                    latest(face_consents.c.withdrawn_at).label("consent_withdrawn_at"),
-                ).select_from(
-                    anchor.outerjoin(accounts, accounts.c.subject == anchor.c.subject)
-                    .outerjoin(phones, phones.c.subject == anchor.c.subject)
-                    .outerjoin(totp_enrolments, totp_enrolments.c.subject == anchor.c.subject)
-                )
-            )
-        ).one()
-        linked = (
-            await conn.execute(
-                select(
-                    linked_identities.c.provider,
-                    linked_identities.c.issuer,
-                    linked_identities.c.real_name_verified,
-                    linked_identities.c.oidc_subject_ciphertext,
-                )
-                .where(linked_identities.c.subject == subject)
-                .order_by(linked_identities.c.provider)
-            )
-        ).all()
-        exists = row.account_subject is not None
-        return AccountSnapshot(
-            subject=subject,
-            exists=exists,
-            erased=exists and row.erased_at is not None,
-            phone=PhoneRecord(row.phone_ciphertext, row.masked, row.verified)
-            if row.phone_ciphertext is not None
-            else None,
-            totp=TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step)
-            if row.secret_ciphertext is not None
-            else None,
-            linked=tuple(
-                LinkedRecord(r.provider, r.issuer, r.real_name_verified, r.oidc_subject_ciphertext)
-                for r in linked
-            ),
-            recovery_codes_remaining=None if not row.codes_total else int(row.codes_unused),
-            # The scalar subqueries keep the column type (UtcDateTime): aware UTC already.
-            consent=ConsentRecord(
-                row.consent_version, row.consent_granted_at, row.consent_withdrawn_at
-            )
-            if row.consent_version is not None
-            else None,
-        )
+        params = {"subject": subject}
+        row = (await self._conn.execute(SNAPSHOT_FACTS, params)).one()
+        linked = (await self._conn.execute(LINKED, params)).all()
+        return snapshot_from(subject, row, linked)
 
     async def set_phone(
         self,

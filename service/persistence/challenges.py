@@ -4,12 +4,13 @@ whose row count says whether this caller won."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.tables import (
@@ -122,13 +123,33 @@ class ChallengeRepository:
         )
         return result.rowcount == 1
 
-    async def count_failure(self, challenge_id: str, max_attempts: int, now: datetime) -> int:
-        """Add a failed attempt; closes the challenge at the limit. Returns the attempts left."""
-        await self._conn.execute(
+    async def reserve_attempt(self, challenge_id: str, max_attempts: int) -> bool:
+        """Take one of the challenge's attempts before its proof is checked; False when none is
+        left or the challenge is closed. Concurrent proofs cannot all see the same count."""
+        result = await self._conn.execute(
             update(challenges)
-            .where(challenges.c.id == challenge_id, challenges.c.status == "open")
+            .where(
+                challenges.c.id == challenge_id,
+                challenges.c.status == "open",
+                challenges.c.attempts < max_attempts,
+            )
             .values(attempts=challenges.c.attempts + 1)
         )
+        return result.rowcount == 1
+
+    async def release_attempt(self, challenge_id: str, attempt_id: str) -> None:
+        """Undo a reservation whose proof was never judged (missing field, provider down)."""
+        await self._conn.execute(
+            update(challenges)
+            .where(challenges.c.id == challenge_id, challenges.c.attempts > 0)
+            .values(attempts=challenges.c.attempts - 1)
+        )
+        await self._conn.execute(
+            delete(verification_attempts).where(verification_attempts.c.id == attempt_id)
+        )
+
+    async def close_if_exhausted(self, challenge_id: str, max_attempts: int, now: datetime) -> int:
+        """After a failed (reserved) attempt: close the challenge at the limit; attempts left."""
         attempts = (
             await self._conn.execute(
                 select(challenges.c.attempts).where(challenges.c.id == challenge_id)
@@ -159,10 +180,12 @@ class ChallengeRepository:
         outcome: str,
         source_index: str | None,
         now: datetime,
-    ) -> None:
+    ) -> str:
+        """Insert an attempt; outcome ``pending`` counts as a failure until it is settled."""
+        attempt_id = str(uuid.uuid4())
         await self._conn.execute(
             insert(verification_attempts).values(
-                id=str(uuid.uuid4()),
+                id=attempt_id,
                 subject=subject,
                 unlock_request_id=unlock_request_id,
                 method=method,
@@ -171,6 +194,24 @@ class ChallengeRepository:
                 created_at=now,
             )
         )
+        return attempt_id
+
+    async def settle_attempt(self, attempt_id: str, outcome: str) -> None:
+        await self._conn.execute(
+            update(verification_attempts)
+            .where(verification_attempts.c.id == attempt_id)
+            .values(outcome=outcome)
+        )
+
+    async def serialise(self, scope: str, key: str) -> None:
+        """Serialise the transactions that check and then record against one limit (``scope``,
+        e.g. an account's attempts at a method, or the texts to one number) until commit: an
+        advisory lock on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers."""
+        if self._conn.dialect.name == "postgresql":
+            digest = hashlib.sha256(f"{scope}:{key}".encode()).digest()
+            await self._conn.execute(
+                select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
+            )
 
     async def failures_since(
         self,

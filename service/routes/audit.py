@@ -80,6 +80,11 @@ _ERRORS = {
     403: ResponseSpec(
         Problem, description="The key's role is not auditor", media_type=PROBLEM_JSON
     ),
+    503: ResponseSpec(
+        Problem,
+        description="The database is unavailable (code `database_unavailable`); retry",
+        media_type=PROBLEM_JSON,
+    ),
 }
 _NOT_YET = {
     404: ResponseSpec(

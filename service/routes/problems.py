@@ -35,9 +35,10 @@ _DESCRIPTIONS = {
     415: "Unsupported media type (send application/json)",
     422: "Understood but not accepted",
     429: "Throttled; see Retry-After",
-    503: "Service unavailable",
+    503: "Service unavailable (code `database_unavailable` while the database is down); retry",
 }
-COMMON = (400, 401, 403)
+# Every guarded route reads its API key and its data from the database, so each can answer 503.
+COMMON = (400, 401, 403, 503)
 
 
 def problems(*statuses: int) -> dict[int, ResponseSpec]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import review_dto as rdto
 from service.auth import require_roles
 from service.context import ServiceContext
+from service.dto import SINGLE_LINE
 from service.flows import review
 from service.persistence.api_keys import Role
 from service.persistence.review_cases import QueueFilter
@@ -46,12 +48,12 @@ class ReviewCaseController(Controller):
         | None = Parameter(default=None),
         priority: Literal["urgent", "high", "normal", "low"] | None = Parameter(default=None),
         overdue: bool | None = Parameter(default=None),
-        assignee: str | None = Parameter(default=None, max_length=128),
+        assignee: str | None = Parameter(default=None, max_length=128, pattern=SINGLE_LINE),
         origin: Literal[
             "appeal", "risk_level", "no_usable_method", "face_check_failed", "repeated_failures"
         ]
         | None = Parameter(default=None),
-        cursor: str | None = Parameter(default=None, max_length=256),
+        cursor: str | None = Parameter(default=None, max_length=256, pattern=SINGLE_LINE),
         limit: int = Parameter(default=50, ge=1, le=review.MAX_PAGE),
     ) -> rdto.CasePageOut:
         """The queue, soonest due first; `next_cursor` fetches the next page. A lapsed claim
@@ -181,7 +183,13 @@ class AppealController(Controller):
         "/",
         guards=FRONTEND,
         status_code=HTTP_201_CREATED,
-        responses=problems(404, 409, 410, 413, 415),
+        responses={
+            HTTP_200_OK: ResponseSpec(
+                data_container=rdto.AppealOut,
+                description="A case is already active for the request: that case",
+            ),
+            **problems(404, 409, 410, 413, 415),
+        },
     )
     async def appeal(
         self,

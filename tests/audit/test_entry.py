@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from audit.entry import (
     AuditEvent,
     EntryError,
     EntryKind,
+    _canonical,
     decode_entry,
     encode_entry,
     event_to_payload,
@@ -263,3 +265,29 @@ def test_data_mutated_after_construction_is_checked_again_when_encoding() -> Non
         encode_entry(0, ORIGIN, event)
     with pytest.raises(EntryError, match="float"):
         event_to_payload(event)
+
+
+_text = st.text(
+    st.characters(codec="utf-8") | st.sampled_from(['"', "\\", "\x00", "\x1f", "\x7f", "\u2028"])
+)
+_canonical_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | _text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(value=st.dictionaries(_text, _canonical_values, max_size=6))
+@settings(max_examples=500, deadline=None)
+def test_fast_canonical_json_is_byte_identical_to_rfc8785(value: dict[str, Any]) -> None:
+    # The C encoder serves ASCII-keyed values on the hot path; rfc8785 is the reference.
+    assert _canonical(value, "test") == rfc8785.dumps(value)
+
+
+def test_non_ascii_keys_sort_by_utf16_code_units_as_rfc8785_requires() -> None:
+    # U+FF61 sorts after U+1F600 in UTF-16 (0xFF61 > 0xD83D) but before it by code point.
+    value = {"\uff61": 1, "\U0001f600": 2}
+    assert _canonical(value, "test") == rfc8785.dumps(value)
+    assert _canonical(value, "test").index("\U0001f600".encode()) < _canonical(value, "test").index(
+        "\uff61".encode()
+    )

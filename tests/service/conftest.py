@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +96,16 @@ class Api:
         """Run an async function on the app's event loop (its engine lives there)."""
         with self.client.portal() as portal:
             return portal.call(fn, *args)
+
+    def deliver_outbox(self, until: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Deliver due outbox events until ``until()`` holds. The app's own dispatcher loop runs
+        too and may hold an event's lease while this pass runs, so one pass is not enough."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.run(self.app.state.outbox.deliver_due)
+            if until() or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def count(self, table: str) -> int:
         async def count() -> int:

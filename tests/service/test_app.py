@@ -74,3 +74,19 @@ def test_metrics_report_overdue_cases_and_the_audit_backlog(tmp_path: Path) -> N
         text = client.get("/metrics").text
     assert "fairunlock_audit_backlog 1.0" in text
     assert "fairunlock_review_cases_overdue 0.0" in text
+
+
+def test_a_development_worker_starts_while_the_database_is_down_and_answers_503(
+    tmp_path: Path,
+) -> None:
+    # A worker respawned during an outage must start (uvicorn stops the service otherwise).
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    settings = make_settings(tmp_path, "postgresql+asyncpg://postgres@127.0.0.1:9/unreachable")
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.headers["content-type"].startswith("application/problem+json")

@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from litestar import Litestar, get
+from litestar.connection import ASGIConnection
 from litestar.routes import HTTPRoute
 
 from service.persistence.api_keys import Role
@@ -27,9 +29,9 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", value, path)
 
 
-def _guarded_routes(api: Api) -> list[tuple[str, str, frozenset[Role]]]:
+def _guarded_routes(app: Litestar) -> list[tuple[str, str, frozenset[Role]]]:
     out = []
-    for route in api.app.routes:
+    for route in app.routes:
         if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
             continue
         for handler in route.route_handlers:
@@ -45,24 +47,48 @@ def _guarded_routes(api: Api) -> list[tuple[str, str, frozenset[Role]]]:
 
 
 def _call(api: Api, method: str, path: str, role: Role | None) -> Any:
-    body = {} if method in {"POST", "PUT", "PATCH"} else None
+    body: dict[str, Any] | None = {} if method in {"POST", "PUT", "PATCH"} else None
     return api.client.request(method, path, json=body, headers=api.headers(role))
 
 
-def test_role_matrix_over_the_whole_route_table(sqlite_api: Api) -> None:
-    routes = _guarded_routes(sqlite_api)
+def _check_role_matrix(api: Api) -> None:
+    routes = _guarded_routes(api.app)
     assert len(routes) >= 15, routes
     for method, path, allowed in routes:
-        anonymous = _call(sqlite_api, method, path, None)
+        anonymous = _call(api, method, path, None)
         assert anonymous.status_code == 401, (method, path, anonymous.text)
         assert anonymous.json()["code"] == "unauthenticated"
         for role in Role:
-            r = _call(sqlite_api, method, path, role)
+            r = _call(api, method, path, role)
             if role in allowed:
                 assert r.status_code not in (401, 403), (method, path, role, r.text)
             else:
                 assert r.status_code == 403, (method, path, role, r.status_code)
                 assert r.json()["code"] == "forbidden"
+
+
+def test_role_matrix_over_the_whole_route_table(sqlite_api: Api) -> None:
+    _check_role_matrix(sqlite_api)
+
+
+async def _roleless_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+    """A guard that names no role: it lets every authenticated caller through."""
+
+
+@pytest.mark.parametrize("guards", [[], [_roleless_guard]], ids=["no guard", "roleless guard"])
+def test_a_route_added_without_a_role_guard_fails_the_role_matrix(
+    sqlite_api: Api, guards: list[Any]
+) -> None:
+    @get("/v1/added-later", guards=guards, sync_to_thread=False)
+    def added_later() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    sqlite_api.app.register(added_later)
+    # Any key gets through such a route: it is in the route table and the matrix refuses it.
+    r = _call(sqlite_api, "GET", "/v1/added-later", Role.AUDITOR)
+    assert r.status_code == 200, r.text
+    with pytest.raises(AssertionError, match="/v1/added-later"):
+        _check_role_matrix(sqlite_api)
 
 
 @pytest.mark.parametrize(

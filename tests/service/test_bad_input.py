@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from service.persistence.api_keys import Role
 from tests.service.conftest import PERSONA_REQUEST, Api
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -129,8 +130,18 @@ def test_malformed_unlock_request_is_problem_json_naming_the_field_and_writes_no
         (b"account_id=acct-1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (json.dumps(PERSONA_REQUEST).encode(), "text/plain", 415, "unsupported_media_type"),
         (b"\xff\xfe\x00garbage", "application/json", 400, "bad_request"),
+        # Invalid UTF-8 inside a JSON string: msgspec's UnicodeDecodeError was a 500.
+        (b'{"account_id": "\xff\xfe"}', "application/json", 400, "bad_request"),
     ],
-    ids=["malformed-json", "empty-body", "array-body", "form", "text-plain", "invalid-utf8"],
+    ids=[
+        "malformed-json",
+        "empty-body",
+        "array-body",
+        "form",
+        "text-plain",
+        "invalid-utf8",
+        "invalid-utf8-in-a-string",
+    ],
 )
 def test_wrong_body_or_content_type_is_4xx_problem(
     sqlite_api: Api, content: bytes, content_type: str, status: int, code: str
@@ -202,3 +213,11 @@ def test_bad_account_id_in_the_path_is_400(sqlite_api: Api, account_id: str) -> 
     r = sqlite_api.client.get(f"/v1/accounts/{account_id}/methods", headers=sqlite_api.headers())
     assert r.status_code == 400
     assert r.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("query", ["assignee=x%00", "assignee=x%0D%0Ay", "cursor=%1B"])
+def test_control_characters_in_review_queue_filters_are_400(api: Api, query: str) -> None:
+    # A NUL in `assignee` reached PostgreSQL and came back a 500 before the filter had a pattern.
+    r = api.client.get(f"/v1/review-cases?{query}", headers=api.headers(Role.SUPERVISOR))
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_request"

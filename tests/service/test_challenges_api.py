@@ -9,6 +9,7 @@ import base64
 import copy
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,18 @@ PARAMS = TotpParameters()
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "policy" / "rfc6238-totp.json").read_text()
 )
+
+
+def previous_step() -> datetime:
+    """A moment in the TOTP step before the current one, not within 3 s of a step change: the
+    server must see the same current step when it checks (accepted: {T-1, T}); on a loaded
+    machine a request can take a second or two."""
+    now = datetime.now(UTC)
+    into_step = now.timestamp() % PARAMS.period
+    if into_step > PARAMS.period - 3:
+        time.sleep(PARAMS.period - into_step + 0.05)
+        now = datetime.now(UTC)
+    return now - timedelta(seconds=PARAMS.period)
 
 
 def _enrol_totp(api: Api, account_id: str, at: datetime | None = None) -> str:
@@ -108,7 +121,7 @@ def test_rfc6238_vectors_end_to_end_through_enrolment_and_verify(
 
 def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> None:
     api = sqlite_api
-    secret = _enrol_totp(api, "acct-t", at=datetime.now(UTC) - timedelta(seconds=30))
+    secret = _enrol_totp(api, "acct-t", at=previous_step())
     decision = _request(api, "acct-t")
     first = _start(api, decision["id"], "totp").json()
     code = code_at(secret, datetime.now(UTC), PARAMS)
@@ -122,7 +135,7 @@ def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> 
 
 def test_wrong_codes_count_down_and_close_the_challenge(sqlite_api: Api) -> None:
     api = sqlite_api
-    secret = _enrol_totp(api, "acct-w", at=datetime.now(UTC) - timedelta(seconds=30))
+    secret = _enrol_totp(api, "acct-w", at=previous_step())
     decision = _request(api, "acct-w")
     challenge = _start(api, decision["id"], "totp").json()
     right = code_at(secret, datetime.now(UTC), PARAMS)
@@ -143,7 +156,7 @@ def test_wrong_codes_count_down_and_close_the_challenge(sqlite_api: Api) -> None
 
 def test_failures_pause_the_method_not_the_account(sqlite_api: Api) -> None:
     api = sqlite_api
-    _enrol_totp(api, "acct-f", at=datetime.now(UTC) - timedelta(seconds=30))
+    _enrol_totp(api, "acct-f", at=previous_step())
     _phone(api, "acct-f")
     decision = _request(api, "acct-f")
     limit = api.ctx.policy.limits.method_failures_per_day
@@ -202,7 +215,7 @@ def test_recovery_code_works_once_and_the_count_goes_down(sqlite_api: Api) -> No
 
 def test_sms_alone_is_a_factor_but_not_enough_above_low_then_totp_approves(sqlite_api: Api) -> None:
     api = sqlite_api
-    secret = _enrol_totp(api, "acct-s", at=datetime.now(UTC) - timedelta(seconds=30))
+    secret = _enrol_totp(api, "acct-s", at=previous_step())
     _phone(api, "acct-s")
     decision = _request(api, "acct-s")
     assert decision["risk"]["level"] == "medium"
@@ -297,7 +310,7 @@ def test_proof_fields_are_validated(sqlite_api: Api) -> None:
 
 def test_approval_queues_the_webhook_and_notifies_the_person(sqlite_api: Api) -> None:
     api = sqlite_api
-    secret = _enrol_totp(api, "acct-a", at=datetime.now(UTC) - timedelta(seconds=30))
+    secret = _enrol_totp(api, "acct-a", at=previous_step())
     _phone(api, "acct-a")
     decision = _request(api, "acct-a")
     t = _start(api, decision["id"], "totp").json()
@@ -308,7 +321,9 @@ def test_approval_queues_the_webhook_and_notifies_the_person(sqlite_api: Api) ->
         == "approved"
     )
     assert api.count("outbox_events") == 2
-    api.run(api.app.state.outbox.deliver_due)
+    api.deliver_outbox(
+        until=lambda: any("unlocked" in m.message or "解封" in m.message for m in api.sms.sent)
+    )
     notices = [m for m in api.sms.sent if "unlocked" in m.message or "解封" in m.message]
     assert len(notices) == 1
     assert notices[0].to == "+8613800005678"
@@ -319,7 +334,7 @@ def test_approval_queues_the_webhook_and_notifies_the_person(sqlite_api: Api) ->
 
 
 def test_the_same_valid_code_from_many_clients_succeeds_exactly_once(api: Api) -> None:
-    secret = _enrol_totp(api, "acct-race", at=datetime.now(UTC) - timedelta(seconds=30))
+    secret = _enrol_totp(api, "acct-race", at=previous_step())
     decision = _request(api, "acct-race")
     challenge = _start(api, decision["id"], "totp").json()
     code = code_at(secret, datetime.now(UTC), PARAMS)

@@ -19,7 +19,7 @@ from service.domain import CaseNotClaimable
 from service.flows import review
 from service.persistence.api_keys import ApiKeyRepository, Role
 from tests.service.conftest import PERSONA_REQUEST, Api
-from tests.service.test_challenges_api import _enrol_totp, _start, _verify
+from tests.service.test_challenges_api import _enrol_totp, _start, _verify, previous_step
 from tests.service.test_oidc_and_face_api import _attestation, _face_ready
 
 PHONE = "+8613800005678"
@@ -39,7 +39,7 @@ def _enrol(api: Api, account_id: str) -> None:
     if methods["totp"] == "confirmed":
         return
     _phone(api, account_id)
-    _enrol_totp(api, account_id, at=datetime.now(UTC) - timedelta(seconds=30))
+    _enrol_totp(api, account_id, at=previous_step())
 
 
 def _create(
@@ -164,7 +164,7 @@ def test_full_life_appeal_claim_approve_at_high_risk_second_approver_confirms(ap
 
     # The same outbox and notice as an automated approval.
     assert api.count("outbox_events") == 2
-    api.run(api.app.state.outbox.deliver_due)
+    api.deliver_outbox(until=lambda: any(m.to == PHONE for m in api.sms.sent))
     notices = [m for m in api.sms.sent if m.to == PHONE]
     assert len(notices) == 1
 
@@ -327,7 +327,7 @@ def test_a_denial_is_explained_and_can_be_contested_again(sqlite_api: Api) -> No
     )
     assert f"/v1/unlock-requests/{decision['id']}/appeals" in status["outcome"]["contest"]
     # The person is told on the phone on file where to look, and nothing more (no reason, no code).
-    api.run(api.app.state.outbox.deliver_due)
+    api.deliver_outbox(until=lambda: any("reviewer" in m.message for m in api.sms.sent))
     notices = [m for m in api.sms.sent if "reviewer" in m.message]
     assert len(notices) == 1
     assert notices[0].to == PHONE
@@ -362,7 +362,9 @@ def test_need_more_info_asks_the_person_and_their_answer_reopens_the_case(sqlite
     person = api.client.get(path, headers=api.headers()).json()
     assert person["status"] == "need_more_info"
     assert person["asked"] == asked
-    api.run(api.app.state.outbox.deliver_due)
+    api.deliver_outbox(
+        until=lambda: any("needs more information" in m.message for m in api.sms.sent)
+    )
     asked_notices = [m for m in api.sms.sent if "needs more information" in m.message]
     assert len(asked_notices) == 1
     assert asked not in asked_notices[0].message
@@ -412,7 +414,7 @@ def test_a_face_failure_opens_a_case(sqlite_api: Api) -> None:
 
 def test_repeated_throttling_opens_a_case(sqlite_api: Api) -> None:
     api = sqlite_api
-    _enrol_totp(api, "acct-thr", at=datetime.now(UTC) - timedelta(seconds=30))
+    _enrol_totp(api, "acct-thr", at=previous_step())
     decision = _create(api, "acct-thr")
     limit = api.ctx.policy.limits.method_failures_per_day
     failures = 0

@@ -5,7 +5,7 @@ reviewer's `deny` behind it, recorded as a review action and as an audit entry b
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +17,7 @@ from service.persistence.api_keys import Role
 from service.persistence.review_cases import review_actions, review_cases
 from service.persistence.tables import unlock_requests
 from tests.service.conftest import Api
-from tests.service.test_challenges_api import PARAMS, _enrol_totp, _start, _verify
+from tests.service.test_challenges_api import PARAMS, _enrol_totp, _start, _verify, previous_step
 from tests.service.test_review_api import _appeal, _audit_events, _case_post, _create
 
 _accounts = itertools.count()
@@ -49,7 +49,7 @@ STEP = st.one_of(
 
 def _run(api: Api, steps: list[tuple[Any, ...]]) -> None:
     account = f"acct-prop-{next(_accounts)}"
-    secret = _enrol_totp(api, account, at=datetime.now(UTC) - timedelta(seconds=30))
+    secret = _enrol_totp(api, account, at=previous_step())
     requests: list[dict[str, Any]] = []
     for step in steps:
         kind = step[0]

@@ -181,3 +181,32 @@ def test_policy_route_shows_version_and_hash(api: Api, role: Role) -> None:
     assert r.status_code == 200
     assert r.json()["sha256"] == api.ctx.policy.sha256
     assert "policy" in r.json()["document"]
+
+
+def test_a_stored_decision_without_a_log_index_yet_is_503_audit_index_pending_not_500(
+    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.integrator import NotIntegratedError
+    from service.flows import unlock
+
+    async def lock_held_elsewhere(*args: object, **kwargs: object) -> None:
+        return None  # as when another worker holds the integration lock (PostgreSQL)
+
+    async def never_integrated(*args: object, **kwargs: object) -> int:
+        raise NotIntegratedError("audit inbox entry not integrated in 5.0 s")
+
+    monkeypatch.setattr(unlock, "integrate_in", lock_held_elsewhere)
+    monkeypatch.setattr(unlock, "index_of", never_integrated)
+    r = sqlite_api.client.post(
+        "/v1/unlock-requests", json=PERSONA_REQUEST, headers=sqlite_api.headers()
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    problem = r.json()
+    assert problem["code"] == "audit_index_pending"
+    # The decision was stored: the caller is told which one, and can read it.
+    stored = sqlite_api.client.get(
+        f"/v1/unlock-requests/{problem['unlock_request_id']}", headers=sqlite_api.headers()
+    )
+    assert stored.status_code == 200
+    assert sqlite_api.count("unlock_requests") == 1

@@ -1,0 +1,119 @@
+"""Group commit: the work of concurrent requests shares one transaction per batch.
+
+A decision is a few reads, a few inserts, an audit integration (head, leaves, a signed
+checkpoint) and a commit. Done one request at a time, the per-statement cost, the integration and
+the commit's fsync dominate, and on SQLite every writer waits for the one before it anyway. Here
+the requests that arrive while a batch runs form the next batch, and ``process`` handles the
+whole batch in one transaction — one multi-account read, one multi-row INSERT per table, one
+audit integration — then one COMMIT makes it durable. Only then does any caller get its answer.
+
+``process`` returns one outcome per item: the answer, or the exception that item failed with
+(it must have written nothing for that item). Requests with the same ``key`` (the account) never
+share a batch: a later one is held for the next batch, so its reads see the earlier one's rows
+(e.g. the velocity count). No timer: an idle worker commits at once; a busy one batches by itself.
+
+A ``process`` that raises, or a failed COMMIT, fails every request of the batch; nothing of it
+was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger("fairunlock.group_commit")
+
+T = TypeVar("T")  # what a request brings
+A = TypeVar("A")  # the answer each caller gets
+
+Process = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence["A | Exception"]]]
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T, A]):
+    key: str
+    item: T
+    future: asyncio.Future[A] = field(repr=False)
+
+
+class GroupCommit(Generic[T, A]):
+    """One per worker process and kind of work."""
+
+    __slots__ = ("_engine", "_max_batch", "_observe", "_pending", "_process", "_runner")
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        process: Process[T, A],
+        *,
+        max_batch: int = 64,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._engine = engine
+        self._process = process
+        self._max_batch = max_batch
+        self._observe = observe
+        self._pending: list[_Pending[T, A]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, key: str, item: T) -> A:
+        """Process ``item`` in the next batch that holds nothing else for ``key``; its answer,
+        once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[A] = loop.create_future()
+        self._pending.append(_Pending(key, item, future))
+        runner = self._runner
+        # A runner of another (closed) loop never finishes: tests reuse an app across loops.
+        if runner is None or runner.done() or runner.get_loop() is not loop:
+            self._runner = asyncio.create_task(self._run())
+        # shield: a caller that goes away (client disconnect) must not cancel others' batch.
+        return await asyncio.shield(future)
+
+    def _take_batch(self) -> list[_Pending[T, A]]:
+        batch: list[_Pending[T, A]] = []
+        keys: set[str] = set()
+        held: list[_Pending[T, A]] = []
+        for pending in self._pending:
+            if len(batch) < self._max_batch and pending.key not in keys:
+                batch.append(pending)
+                keys.add(pending.key)
+            else:
+                held.append(pending)  # keeps arrival order for the next batch
+        self._pending = held
+        return batch
+
+    async def _run(self) -> None:
+        while self._pending:
+            await self._run_batch(self._take_batch())
+
+    async def _run_batch(self, batch: list[_Pending[T, A]]) -> None:
+        if self._observe is not None:
+            self._observe(len(batch))
+        try:
+            async with self._engine.begin() as conn:
+                outcomes = await self._process(conn, [p.item for p in batch])
+                if len(outcomes) != len(batch):
+                    raise RuntimeError("group commit: process answered a different number of items")
+        except BaseException as exc:
+            # Nothing of the batch committed: every caller still waiting learns it.
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (shutdown) or interpreter exit
+            log.warning("group commit of %d requests failed: %r", len(batch), exc)
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)

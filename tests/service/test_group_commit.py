@@ -1,0 +1,134 @@
+"""Group commit (service/group_commit.py): concurrent requests share a transaction, yet each caller
+is told only what is true of its own request — committed, or failed with nothing written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.db import create_engine
+from service.group_commit import GroupCommit
+
+metadata = MetaData()
+rows = Table("rows", metadata, Column("id", Integer, primary_key=True), Column("v", String))
+
+
+class Recorder:
+    """A process that reads, per item, how many rows already hold its value, then inserts the
+    good items in one statement, and answers "value:seen" — so tests can tell batches apart."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.fail_with: Exception | None = None
+
+    async def process(self, conn: AsyncConnection, items: Sequence[str]) -> list[str | Exception]:
+        self.batches.append(list(items))
+        outcomes: list[str | Exception] = []
+        for v in items:
+            if v == "bad":
+                outcomes.append(LookupError("domain error in one request"))
+            else:
+                outcomes.append(f"{v}:{await _count(conn, v)}")
+        good = [v for v in items if v != "bad"]
+        if good:
+            await conn.execute(insert(rows), [{"v": v} for v in good])
+        if self.fail_with is not None:
+            raise self.fail_with
+        return outcomes
+
+
+async def _count(conn: AsyncConnection, v: str | None = None) -> int:
+    query = select(func.count()).select_from(rows)
+    if v is not None:
+        query = query.where(rows.c.v == v)
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def _setup(tmp_path: Path) -> tuple[GroupCommit[str, str], Recorder, AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    recorder = Recorder()
+    return GroupCommit(engine, recorder.process), recorder, engine
+
+
+def test_concurrent_requests_commit_in_fewer_transactions_and_all_are_durable(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        answers = await asyncio.gather(*(group.submit(f"k{i}", f"v{i}") for i in range(50)))
+        assert answers == [f"v{i}:0" for i in range(50)]
+        assert len(recorder.batches) < 50  # batched: at most the first request ran alone
+        assert sorted(v for b in recorder.batches for v in b) == sorted(f"v{i}" for i in range(50))
+        async with engine.connect() as conn:
+            assert await _count(conn) == 50
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_requests_with_the_same_key_never_share_a_batch_and_see_each_others_rows(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        answers = await asyncio.gather(
+            *(group.submit("same-account", "x") for _ in range(4)),
+            group.submit("other", "y"),
+        )
+        # Each later request for the key read the rows committed by the earlier ones.
+        assert answers[:4] == ["x:0", "x:1", "x:2", "x:3"]
+        assert all(batch.count("x") <= 1 for batch in recorder.batches)
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_item_fails_its_own_request_only(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        group, _, engine = await _setup(tmp_path)
+
+        outcomes = await asyncio.gather(
+            group.submit("a", "good"),
+            group.submit("b", "bad"),
+            group.submit("c", "good"),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == "good:0"
+        assert isinstance(outcomes[1], LookupError)
+        assert outcomes[2] == "good:0"
+        async with engine.connect() as conn:
+            assert await _count(conn) == 2
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_process_fails_every_request_of_the_batch_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        recorder.fail_with = OSError("disk full while integrating")
+        outcomes = await asyncio.gather(
+            *(group.submit(f"k{i}", "x") for i in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, OSError) for o in outcomes)
+        async with engine.connect() as conn:
+            assert await _count(conn) == 0  # the batch's INSERT was rolled back
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_max_batch_must_be_positive(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+    with pytest.raises(ValueError, match="max_batch"):
+        GroupCommit(engine, Recorder().process, max_batch=0)
