@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint fmt typecheck pytest openapi openapi-check bench clean
+.PHONY: help install run test lint fmt typecheck pytest openapi openapi-check fuzz bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ openapi: $(STAMP) ## regenerate the committed spec
 
 openapi-check: $(STAMP) ## fail when the committed spec differs from the app
 	$(BIN)/python -m service.openapi_spec --check openapi/openapi.json
+
+FUZZ_EXAMPLES ?= 100
+fuzz: $(STAMP) ## longer contract fuzzing (schemathesis) of a served process; FUZZ_EXAMPLES=N per operation
+	FAIRUNLOCK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/evidence/test_contract_fuzz.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (figures go in the issue notes)
 	$(BIN)/python -m bench.bench_policy

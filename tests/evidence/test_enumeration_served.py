@@ -1,0 +1,187 @@
+"""Anti-enumeration over HTTP against the served process (issue 7; OWASP-FP-1/2, DESIGN.md
+principle 7): for accounts that exist and ids no one has, the service answers with the same status
+and the same body shape — the same keys at every depth, with values of the same types — when an
+unlock request is made, a challenge started and a wrong proof sent; and the time to answer an
+unlock request differs by no more than noise, by a Mann-Whitney U test over a few hundred
+interleaved requests of each kind (tests/service/test_enumeration.py does the same in-process).
+
+``FAIRUNLOCK_EVIDENCE_ENUM_ROUNDS`` (default 10 requests per id, 20 ids of each kind) raises the
+sample for a longer run; ``FAIRUNLOCK_EVIDENCE_POSTGRES=1`` runs it on PostgreSQL too."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+from tests.evidence.conftest import ServedService
+from tests.evidence.security_support import (
+    SecurityStack,
+    enrol_totp,
+    ok,
+    request_body,
+    set_phone,
+    start,
+    verify_path,
+)
+
+IDS = 20
+ROUNDS = int(os.environ.get("FAIRUNLOCK_EVIDENCE_ENUM_ROUNDS", "10"))
+WARM_UP = 20
+# A difference that is both statistically significant and larger than this share of the median
+# would let an attacker tell the kinds apart with a few hundred requests.
+SIGNIFICANCE = 1e-3
+PRACTICAL = 0.10
+
+
+def _known_accounts(service: ServedService, prefix: str, count: int) -> list[str]:
+    """Accounts enrolled like the phantom profile of an unknown id: a phone and a second method."""
+    accounts = [f"{prefix}-{i}" for i in range(count)]
+    with service.client() as client:
+        for i, account in enumerate(accounts):
+            set_phone(client, account, f"+86137{i:08d}")
+            enrol_totp(client, account)
+    return accounts
+
+
+def shape(value: Any) -> Any:
+    """Keys at every depth and the JSON type of every value; a list is the set of its items'
+    shapes (how many methods an account has is not a shape)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, shape(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", frozenset(shape(v) for v in value))
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _flat_keys(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, dict):
+        out = set()
+        for k, v in value.items():
+            out |= {f"{prefix}{k}"} | _flat_keys(v, f"{prefix}{k}.")
+        return out
+    if isinstance(value, list):
+        return set().union(*(_flat_keys(v, f"{prefix}[].") for v in value)) if value else set()
+    return set()
+
+
+def _same_shape(a: httpx.Response, b: httpx.Response, what: str) -> None:
+    assert a.status_code == b.status_code, f"{what}: {a.status_code} vs {b.status_code}"
+    assert a.headers["content-type"] == b.headers["content-type"], what
+    ja, jb = a.json(), b.json()
+    assert shape(ja) == shape(jb), (
+        f"{what}: only known {sorted(_flat_keys(ja) - _flat_keys(jb))}, "
+        f"only unknown {sorted(_flat_keys(jb) - _flat_keys(ja))}\n{ja}\n{jb}"
+    )
+
+
+def test_known_and_unknown_accounts_get_the_same_status_and_body_shape(
+    security_stack: SecurityStack,
+) -> None:
+    service = security_stack.service
+    known = _known_accounts(service, "acct-shape-known", 4)
+    # Unknown ids of both phantom profiles (with and without an authenticator).
+    unknown = [f"acct-shape-unknown-{i}" for i in range(8)]
+    with service.client() as client:
+        answers: dict[str, dict[str, httpx.Response]] = {}
+        for account in known + unknown:
+            created = client.post("/v1/unlock-requests", json=request_body(account))
+            decision = ok(created, 201)
+            sms = start(client, decision["id"], "sms")
+            step: dict[str, httpx.Response] = {"unlock request": created, "sms challenge": sms}
+            if sms.status_code == 201:
+                wrong = client.post(
+                    verify_path(decision["id"], sms.json()["id"]), json={"code": "000000"}
+                )
+                step["wrong sms code"] = wrong
+            read = client.get(f"/v1/unlock-requests/{decision['id']}")
+            step["read the request"] = read
+            answers[account] = step
+    reference = answers[known[0]]
+    for account, step in answers.items():
+        assert step.keys() == reference.keys(), (account, step.keys())
+        for what, response in step.items():
+            _same_shape(reference[what], response, f"{what} ({account})")
+        assert (
+            step["unlock request"].json()["status"] == reference["unlock request"].json()["status"]
+        )
+    assert reference["sms challenge"].status_code == 201
+    assert reference["wrong sms code"].status_code == 422
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def mann_whitney_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of the Mann-Whitney U test, normal approximation with tie correction
+    (fine for samples of this size)."""
+    pooled = sorted((v, 0 if i < len(a) else 1) for i, v in enumerate(a + b))
+    ranks = [0.0] * len(pooled)
+    ties = 0.0
+    i = 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[k] = (i + j) / 2 + 1
+        t = j - i + 1
+        ties += t**3 - t
+        i = j + 1
+    n1, n2 = len(a), len(b)
+    r1 = sum(r for r, (_, g) in zip(ranks, pooled, strict=True) if g == 0)
+    u = r1 - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
+    z = (u - n1 * n2 / 2) / sigma
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def test_the_mann_whitney_helper_tells_shifted_samples_apart() -> None:
+    same = [float(i % 17) for i in range(300)]
+    assert mann_whitney_p(same, list(reversed(same))) > 0.5
+    assert mann_whitney_p(same, [v + 3 for v in same]) < 1e-6
+
+
+def test_known_and_unknown_accounts_answer_in_the_same_time(security_stack: SecurityStack) -> None:
+    service = security_stack.service
+    known = _known_accounts(service, "acct-time-known", IDS)
+    unknown = [f"acct-time-unknown-{i}" for i in range(IDS)]
+    with service.client() as client:
+
+        def timed(account: str) -> float:
+            body = request_body(account)
+            began = time.perf_counter()
+            r = client.post("/v1/unlock-requests", json=body)
+            elapsed = time.perf_counter() - began
+            assert r.status_code == 201, r.text
+            return elapsed
+
+        for i in range(WARM_UP):
+            timed(known[i % IDS])
+            timed(unknown[i % IDS])
+        known_times: list[float] = []
+        unknown_times: list[float] = []
+        # Interleaved and alternating which kind goes first, so drift in the machine's load
+        # falls on both kinds alike.
+        for r in range(ROUNDS):
+            for i in range(IDS):
+                pair = [(known_times, known[i]), (unknown_times, unknown[i])]
+                for times, account in pair if (r + i) % 2 == 0 else reversed(pair):
+                    times.append(timed(account))
+    p = mann_whitney_p(known_times, unknown_times)
+    median_known = statistics.median(known_times)
+    median_unknown = statistics.median(unknown_times)
+    relative = abs(median_known - median_unknown) / median_known
+    report = (
+        f"n={len(known_times)} each: known median {median_known * 1e3:.2f} ms, "
+        f"unknown {median_unknown * 1e3:.2f} ms ({relative:.1%}), Mann-Whitney p={p:.3g}"
+    )
+    print(report)
+    assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
