@@ -42,6 +42,7 @@ ADVISORY_LOCK_KEY = int.from_bytes(b"FUAUDIT", "big")
 DEFAULT_BATCH_SIZE = 1000
 _PAYLOAD_KEYS = {"actor", "data", "kind", "subject", "time", "v"}
 _TRY_LOCK = select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY))
+_WAIT_LOCK = select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY))
 _PROBE = AuditEvent(EntryKind.EXPORT, "a", "s", {}, datetime(2000, 1, 1, tzinfo=UTC))
 
 
@@ -65,17 +66,23 @@ async def integrate_in(
     signer: CheckpointSigner,
     origin: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    *,
+    wait: bool = False,
 ) -> dict[int, int] | None:
     """Integrate one batch inside the caller's transaction: inbox id -> log index for each entry
     integrated, or None when another worker holds the integration lock (PostgreSQL).
 
     A flow that writes an entry and needs its index at once (a decision reports `audit.index`)
     calls this at the end of its own transaction: one commit instead of a second transaction
-    and polls. Everything commits or rolls back with the flow."""
+    and polls. Everything commits or rolls back with the flow. With ``wait`` it waits for the
+    lock instead (PostgreSQL): a holder commits within one batch, which is sooner than polling
+    for another worker to integrate the entry. Call it last, holding no lock another
+    integration could need."""
     store = AuditStore(conn)
     if store.is_postgres:
-        locked = (await conn.execute(_TRY_LOCK)).scalar_one()
-        if not locked:
+        if wait:
+            await conn.execute(_WAIT_LOCK)
+        elif not (await conn.execute(_TRY_LOCK)).scalar_one():
             return None  # another worker is integrating right now
     # The inbox first: an idle poll then costs one indexed read, not the head's root check.
     batch = await store.inbox_batch(batch_size)
