@@ -4,6 +4,7 @@ the server and kill single workers, for the fault tests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -19,7 +20,11 @@ import httpx
 import psutil
 import pytest
 
-from service.persistence.api_keys import Role
+from service.db import create_engine
+from service.keystore import KeyStore
+from service.persistence.api_keys import ApiKeyRepository, Role
+from service.schema import upgrade
+from service.settings import Settings
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0
@@ -152,24 +157,35 @@ ServeFactory = Callable[..., ServedService]
 
 @pytest.fixture
 def serve_service(tmp_path: Path) -> Iterator[ServeFactory]:
-    """``serve_service(database_url, workers=1, env={...})``: migrated, one key per role, started.
-    Every service started is stopped at the end of the test."""
+    """``serve_service(database_url, workers=1, env={...}, keys_via_cli=False)``: migrated, the
+    development keys made, one API key per role, started; every service started is stopped at
+    the end of the test. The set-up runs in this process (seven ``fairunlock`` runs cost ~2-3 s
+    each, and the fault tests start several services); ``keys_via_cli`` runs the CLI instead."""
     started: list[ServedService] = []
 
     def factory(
-        database_url: str, *, workers: int = 1, env: dict[str, str] | None = None
+        database_url: str,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        keys_via_cli: bool = False,
     ) -> ServedService:
         data_dir = tmp_path / f"data-{len(started)}"
         full_env = service_env(data_dir, database_url) | (env or {})
         service = ServedService(
             env=full_env, data_dir=data_dir, log_path=tmp_path / "serve.log", workers=workers
         )
-        service.cli("db", "upgrade")
-        for role in Role:
-            out = service.cli("keys", "create", "--role", role.value, "--name", f"ev-{role.value}")
-            key = out.strip().splitlines()[-1]
-            assert key.startswith("fu_")
-            service.keys[role] = key
+        if keys_via_cli:
+            service.cli("db", "upgrade")
+            for role in Role:
+                out = service.cli(
+                    "keys", "create", "--role", role.value, "--name", f"ev-{role.value}"
+                )
+                key = out.strip().splitlines()[-1]
+                assert key.startswith("fu_")
+                service.keys[role] = key
+        else:
+            asyncio.run(_set_up_in_process(service, full_env, data_dir))
         started.append(service)
         service.start()
         return service
@@ -177,6 +193,21 @@ def serve_service(tmp_path: Path) -> Iterator[ServeFactory]:
     yield factory
     for service in started:
         service.stop()
+
+
+async def _set_up_in_process(service: ServedService, env: dict[str, str], data_dir: Path) -> None:
+    settings = Settings.from_env(env)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(upgrade, settings.resolved_database_url)
+    KeyStore.load(settings)  # creates the development keys once, before the workers race
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with engine.begin() as conn:
+            repo = ApiKeyRepository(conn)
+            for role in Role:
+                service.keys[role] = await repo.create(role, f"ev-{role.value}")
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

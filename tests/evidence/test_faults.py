@@ -53,59 +53,13 @@ from audit.verify import verify_bundle
 from service.db import create_engine
 from service.errors import database_unavailable
 from service.keystore import KeyStore
-from service.persistence.api_keys import ApiKeyRepository, Role
-from service.schema import upgrade
+from service.persistence.api_keys import Role
 from service.settings import Settings
-from tests.evidence.conftest import ServedService, free_port, service_env
+from tests.evidence.conftest import ServedService, ServeFactory, free_port
 from tests.service.conftest import PERSONA_REQUEST
 
 PROBLEM_JSON = "application/problem+json"
 UNAVAILABLE = "database_unavailable"
-
-
-# -- the served service, set up in this process ------------------------------------------------
-
-ServeFactory = Callable[..., ServedService]
-
-
-@pytest.fixture
-def serve_service(tmp_path: Path) -> Iterator[ServeFactory]:
-    """conftest's ``serve_service``, with the same steps (migrate, the development keys, one API
-    key per role) done in this process instead of seven ``fairunlock`` runs of ~2-3 s each: the
-    fault tests start seven services and must stay inside the suite's time budget."""
-    started: list[ServedService] = []
-
-    def factory(
-        database_url: str, *, workers: int = 1, env: dict[str, str] | None = None
-    ) -> ServedService:
-        data_dir = tmp_path / f"data-{len(started)}"
-        full_env = service_env(data_dir, database_url) | (env or {})
-        service = ServedService(
-            env=full_env, data_dir=data_dir, log_path=tmp_path / "serve.log", workers=workers
-        )
-        settings = Settings.from_env(full_env)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(settings.resolved_database_url)
-        KeyStore.load(settings)  # creates the development keys once, before the workers race
-
-        async def create_keys() -> None:
-            engine = create_engine(settings.resolved_database_url)
-            try:
-                async with engine.begin() as conn:
-                    for role in Role:
-                        repo = ApiKeyRepository(conn)
-                        service.keys[role] = await repo.create(role, f"ev-{role.value}")
-            finally:
-                await engine.dispose()
-
-        asyncio.run(create_keys())
-        started.append(service)
-        service.start()
-        return service
-
-    yield factory
-    for service in started:
-        service.stop()
 
 
 # -- the load generator --------------------------------------------------------------------

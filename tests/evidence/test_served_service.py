@@ -10,7 +10,8 @@ from tests.service.conftest import PERSONA_REQUEST
 def test_every_role_key_authenticates_against_the_served_process(
     serve_service: ServeFactory, database_url: str
 ) -> None:
-    service = serve_service(database_url, workers=2)
+    # The keys come from `fairunlock keys create`, as an operator makes them.
+    service = serve_service(database_url, workers=2, keys_via_cli=True)
     assert len(service.worker_pids()) == 2
     with service.client(Role.FRONTEND) as frontend:
         assert frontend.post("/v1/unlock-requests", json=PERSONA_REQUEST).status_code == 201
