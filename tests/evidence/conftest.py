@@ -218,20 +218,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def _security_backends() -> list[str]:
-    # Each backend costs a served process; PostgreSQL is opt-in to keep `make test` in budget.
-    postgres = os.environ.get("FAIRUNLOCK_EVIDENCE_POSTGRES") == "1"
-    return ["sqlite", "postgres"] if postgres else ["sqlite"]
-
-
-@pytest.fixture(scope="session", params=_security_backends())
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def security_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[object]:
     """One served process (two workers, DEBUG, HTTP SMS gateway, OIDC and face providers on
     loopback) shared by the security evidence modules: races, brute force, enumeration and
-    secrets use their own accounts, numbers and addresses, and a start costs ~15 s. SQLite; also
-    PostgreSQL with FAIRUNLOCK_EVIDENCE_POSTGRES=1. Yields a security_support.SecurityStack."""
+    secrets use their own accounts, numbers and addresses, and a start costs ~15 s. SQLite, and
+    PostgreSQL unless no server answers. Yields a security_support.SecurityStack."""
     from tests.evidence.security_support import security_stack as stack
 
     with stack(tmp_path_factory.mktemp(f"security-{request.param}"), request.param) as s:

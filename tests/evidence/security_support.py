@@ -5,7 +5,6 @@ environment, and a way to fire many requests at the same instant."""
 from __future__ import annotations
 
 import copy
-import os
 import re
 import secrets
 import threading
@@ -148,14 +147,6 @@ def query(service: ServedService, sql: str, **params: Any) -> list[tuple[Any, ..
 
 
 # --- one served process per test module ------------------------------------------------------
-
-PG_OPT_IN = "FAIRUNLOCK_EVIDENCE_POSTGRES"
-
-
-def backends() -> list[str]:
-    """SQLite always; PostgreSQL too when ``FAIRUNLOCK_EVIDENCE_POSTGRES=1`` (each backend costs a
-    served process, and ``make test`` keeps the evidence suite inside its time budget)."""
-    return ["sqlite", "postgres"] if os.environ.get(PG_OPT_IN) == "1" else ["sqlite"]
 
 
 @contextmanager

@@ -5,7 +5,7 @@ wrong TOTP, SMS and recovery codes in concurrent bursts, over both workers, acro
 requests and challenges of the same account, from changing addresses — gets no more guesses
 evaluated than that bound assumes, then 429 with Retry-After, while human review stays open.
 
-``FAIRUNLOCK_EVIDENCE_POSTGRES=1`` runs it on PostgreSQL too (the ``security_stack`` fixture)."""
+It runs on PostgreSQL too (the ``security_stack`` fixture)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ unlock request differs by no more than noise, by a Mann-Whitney U test over a fe
 interleaved requests of each kind (tests/service/test_enumeration.py does the same in-process).
 
 ``FAIRUNLOCK_EVIDENCE_ENUM_ROUNDS`` (default 10 requests per id, 20 ids of each kind) raises the
-sample for a longer run; ``FAIRUNLOCK_EVIDENCE_POSTGRES=1`` runs it on PostgreSQL too."""
+sample for a longer run; it runs on PostgreSQL too."""
 
 from __future__ import annotations
 

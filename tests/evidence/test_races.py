@@ -5,7 +5,7 @@ exactly one wins and the other is told 409. Every loser gets a documented 4xx pr
 5xx, and the database agrees with the answers.
 
 ``FAIRUNLOCK_EVIDENCE_RACE_ROUNDS`` (default 1 for proofs, 3 for reviews) repeats each race;
-``FAIRUNLOCK_EVIDENCE_POSTGRES=1`` runs them on PostgreSQL too (the ``security_stack`` fixture)."""
+They run on PostgreSQL too (the ``security_stack`` fixture)."""
 
 from __future__ import annotations
 

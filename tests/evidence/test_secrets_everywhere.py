@@ -9,7 +9,7 @@ value: the phone number in all its forms, the SMS codes, the TOTP secret and cod
 codes, every API key, the OIDC subject, authorization code and state, and the face attestation.
 
 tests/service/test_secrets_at_rest.py covers the tables in-process; this adds the served process,
-its logs and the bundle. ``FAIRUNLOCK_EVIDENCE_POSTGRES=1`` runs it on PostgreSQL too."""
+its logs and the bundle. It runs on PostgreSQL too."""
 
 from __future__ import annotations
 
