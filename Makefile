@@ -50,9 +50,13 @@ FUZZ_EXAMPLES ?= 100
 fuzz: $(STAMP) ## longer contract fuzzing (schemathesis) of a served process; FUZZ_EXAMPLES=N per operation
 	FAIRUNLOCK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/evidence/test_contract_fuzz.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP) ## run the benchmarks in bench/ (figures go in the issue notes)
+bench: $(STAMP) ## every benchmark in bench/, minutes each (figures go in the issue notes)
 	$(BIN)/python -m bench.bench_policy
 	$(BIN)/python -m bench.bench_audit_verify
+	$(BIN)/python -m bench.bench_http --target unlock --database sqlite --workers 1,2
+	$(BIN)/python -m bench.bench_http --target unlock --database postgres --workers 1,2
+	$(BIN)/python -m bench.bench_totp_verify
+	$(BIN)/python -m bench.bench_peer --workers 1,2 --connections 32,64 --runs 3
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
