@@ -217,15 +217,32 @@ def _raised_decoding_the_body(exc: BaseException) -> bool:
 DATABASE_RETRY_AFTER_S = 1
 UNAVAILABLE_DETAIL = "The database is unavailable; nothing was changed. Retry later."
 _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,  # SQLite: disk full, I/O error, read-only, locked; PG: connect
     sa_exc.InterfaceError,
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,  # the pool had no connection to give in time
-    sqlite3.OperationalError,
     asyncpg.PostgresConnectionError,  # class 08: connection does not exist, failure, ...
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
     asyncpg.InterfaceError,  # "connection is closed"
+)
+# SQLite's OperationalError also means a bug ("no such table", a syntax error): only these
+# result codes are the database being unable to take work (base names; extended ones such as
+# SQLITE_IOERR_FSYNC start with them). Hand-made errors carry no code: their message decides.
+_SQLITE_UNAVAILABLE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PROTOCOL",
+)
+_SQLITE_UNAVAILABLE_TEXT = (
+    "database or disk is full",
+    "database is locked",
+    "disk i/o error",
+    "readonly database",
+    "unable to open database",
 )
 # Raw socket errors count only when the database driver raised them (asyncpg's connect does).
 _DRIVER_MODULES = ("asyncpg", "sqlalchemy", "aiosqlite")
@@ -270,11 +287,24 @@ def database_unavailable(exc: BaseException) -> bool:
     for cause in _causes(exc):
         if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
+        if isinstance(cause, sqlite3.Error):
+            if _sqlite_unavailable(cause):
+                return True
+            continue
+        if isinstance(cause, sa_exc.OperationalError) and not isinstance(cause.orig, sqlite3.Error):
+            return True  # PostgreSQL: could not connect, server closed the connection
         if isinstance(cause, _UNAVAILABLE_TYPES):
             return True
         if isinstance(cause, (ConnectionError, TimeoutError)) and _raised_by_driver(cause):
             return True
     return False
+
+
+def _sqlite_unavailable(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return name.startswith(_SQLITE_UNAVAILABLE)
+    return any(text in str(exc).lower() for text in _SQLITE_UNAVAILABLE_TEXT)
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

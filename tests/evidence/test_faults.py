@@ -671,8 +671,15 @@ def test_only_connection_level_database_errors_count_as_unavailable() -> None:
     assert database_unavailable(wrapped(sqlite3.OperationalError("database or disk is full")))
     assert database_unavailable(wrapped(sqlite3.OperationalError("database is locked")))
     assert database_unavailable(sa_exc.TimeoutError("QueuePool limit reached"))
-    # Constraint violations and bugs stay 500s.
+    # Constraint violations and bugs stay 500s, also when SQLite calls them operational errors.
     assert not database_unavailable(wrapped(sqlite3.IntegrityError("UNIQUE constraint failed")))
+    with sqlite3.connect(":memory:") as db:
+        try:
+            db.execute("SELECT * FROM no_such_table")
+        except sqlite3.OperationalError as exc:
+            no_table: sqlite3.OperationalError = exc
+    assert no_table.sqlite_errorname == "SQLITE_ERROR"
+    assert not database_unavailable(wrapped(no_table))
     assert not database_unavailable(ValueError("a bug"))
     # A refused connection counts only when the database driver raised it.
     assert not database_unavailable(ConnectionRefusedError(111, "Connection refused"))
