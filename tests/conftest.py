@@ -80,6 +80,15 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'fairunlock.sqlite3'}"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that takes it runs on SQLite and on PostgreSQL (skipped when none answers)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'fairunlock.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     reason = _pg_reachable()
     if reason is None:

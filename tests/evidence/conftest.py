@@ -210,14 +210,6 @@ async def _set_up_in_process(service: ServedService, env: dict[str, str], data_d
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'fairunlock.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def security_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

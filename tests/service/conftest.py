@@ -136,14 +136,6 @@ class Api:
         return str(self.run(dump))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'fairunlock.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: Any) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
