@@ -36,8 +36,8 @@ counted as accepted (``result.value`` true) or rejected (with privacyIDEA's mess
 fewer than 90 % are accepted is flagged as not a valid throughput figure.
 
 FairUnlock's own TOTP verify is measured in the same command, per worker count, with
-bench/bench_totp_verify.py's ``_prepare`` (account, enrolment, unlock request, challenge; not
-timed) and ``_bounded`` (a fixed number of verifies with the right code at C concurrent clients)
+bench/bench_totp_verify.py's ``prepare`` (account, enrolment, unlock request, challenge; not
+timed) and ``bounded`` (a fixed number of verifies with the right code at C concurrent clients)
 on ``fairunlock serve`` started by bench/bench_http.py's ``fairunlock_server``. The ratio is
 FairUnlock TOTP verify req/s / privacyIDEA cheap /validate/check req/s (target >= 25x).
 
@@ -74,9 +74,8 @@ import httpx
 import pyotp
 
 from bench.bench_http import ROOT, fairunlock_server
-from bench.bench_totp_verify import PARAMS, Prepared, _bounded, _prepare
+from bench.bench_totp_verify import Prepared, bounded, prepare, right_code, verify
 from bench.http_load import LOOPBACK, Server, free_port, serve
-from service.methods.totp import code_at
 
 PI_DIR = ROOT / "bench" / "privacyidea"
 PI_VENV = PI_DIR / "venv"
@@ -361,27 +360,21 @@ async def _fairunlock_runs(
         total = accounts * len(plan)
         gate = asyncio.Semaphore(8)
 
-        async def prepare(i: int) -> Prepared:
+        async def prepare_gated(i: int) -> Prepared:
             async with gate:
-                return await _prepare(client, i)
+                return await prepare(client, i)
 
         started = time.perf_counter()
-        prepared = list(await asyncio.gather(*(prepare(i) for i in range(total))))
+        prepared = list(await asyncio.gather(*(prepare_gated(i) for i in range(total))))
         log(f"  FairUnlock: prepared {total} challenges in {time.perf_counter() - started:.1f} s")
         out = []
         for n, (connections, rep) in enumerate(plan):
             batch = prepared[n * accounts : (n + 1) * accounts]
 
-            async def verify(i: int, batch: list[Prepared] = batch) -> int:
-                p = batch[i]
-                code = code_at(p.secret, datetime.now(UTC), PARAMS)
-                r = await client.post(
-                    f"/v1/unlock-requests/{p.request_id}/challenges/{p.challenge_id}/verify",
-                    json={"code": code},
-                )
-                return r.status_code
+            async def verify_one(i: int, batch: list[Prepared] = batch) -> int:
+                return (await verify(client, batch[i], right_code(batch[i]))).status_code
 
-            elapsed, latencies, statuses = await _bounded(accounts, connections, verify)
+            elapsed, latencies, statuses = await bounded(accounts, connections, verify_one)
             ok = sum(1 for s in statuses if 200 <= s < 300)
             status_counts = Counter(str(s) for s in statuses if not 200 <= s < 300)
             out.append(

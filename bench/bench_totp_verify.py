@@ -43,7 +43,7 @@ class Prepared:
     secret: str
 
 
-async def _prepare(client: httpx.AsyncClient, i: int) -> Prepared:
+async def prepare(client: httpx.AsyncClient, i: int) -> Prepared:
     account = f"bench-{i}"
     secret = (await client.post(f"/v1/accounts/{account}/totp")).json()["secret"]
     earlier = code_at(secret, datetime.now(UTC) - timedelta(seconds=30), PARAMS)
@@ -60,7 +60,19 @@ async def _prepare(client: httpx.AsyncClient, i: int) -> Prepared:
     return Prepared(decision["id"], challenge["id"], secret)
 
 
-async def _bounded(n: int, concurrency: int, job: Any) -> tuple[float, list[float], list[int]]:
+def right_code(p: Prepared) -> str:
+    return code_at(p.secret, datetime.now(UTC), PARAMS)
+
+
+async def verify(client: httpx.AsyncClient, p: Prepared, code: str) -> httpx.Response:
+    """One proof for a prepared challenge."""
+    return await client.post(
+        f"/v1/unlock-requests/{p.request_id}/challenges/{p.challenge_id}/verify",
+        json={"code": code},
+    )
+
+
+async def bounded(n: int, concurrency: int, job: Any) -> tuple[float, list[float], list[int]]:
     latencies: list[float] = []
     statuses: list[int] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -93,25 +105,15 @@ async def _measure_service(base: str, key: str, args: argparse.Namespace) -> lis
     async with httpx.AsyncClient(
         base_url=base, headers=headers, timeout=30, limits=limits
     ) as client:
-        right = [await _prepare(client, i) for i in range(args.accounts)]
-        wrong = [await _prepare(client, args.accounts + i) for i in range(args.accounts)]
+        right = [await prepare(client, i) for i in range(args.accounts)]
+        wrong = [await prepare(client, args.accounts + i) for i in range(args.accounts)]
 
         async def accept(i: int) -> int:
-            p = right[i]
-            code = code_at(p.secret, datetime.now(UTC), PARAMS)
-            r = await client.post(
-                f"/v1/unlock-requests/{p.request_id}/challenges/{p.challenge_id}/verify",
-                json={"code": code},
-            )
-            return r.status_code
+            return (await verify(client, right[i], right_code(right[i]))).status_code
 
         async def reject(i: int) -> int:
             p = wrong[i]
-            code = f"{(int(code_at(p.secret, datetime.now(UTC), PARAMS)) + 1) % 1_000_000:06d}"
-            r = await client.post(
-                f"/v1/unlock-requests/{p.request_id}/challenges/{p.challenge_id}/verify",
-                json={"code": code},
-            )
+            r = await verify(client, p, f"{(int(right_code(p)) + 1) % 1_000_000:06d}")
             if r.status_code == 429 and not seen_429:
                 seen_429.append(r.text)
             return r.status_code
@@ -122,7 +124,7 @@ async def _measure_service(base: str, key: str, args: argparse.Namespace) -> lis
             ("POST …/verify (right code)", accept),
             ("POST …/verify (wrong code)", reject),
         ):
-            elapsed, latencies, statuses = await _bounded(args.accounts, args.connections, job)
+            elapsed, latencies, statuses = await bounded(args.accounts, args.connections, job)
             rows.append(_row(name, args.accounts, elapsed, latencies, statuses))
     rows.extend(seen_429[:1])
     return rows
@@ -135,8 +137,8 @@ async def _measure_trivial(base: str, args: argparse.Namespace) -> str:
         async def echo(i: int) -> int:
             return (await client.post("/echo", json={"code": "123456", "i": i})).status_code
 
-        await _bounded(200, args.connections, echo)  # warm-up
-        elapsed, latencies, statuses = await _bounded(args.accounts * 4, args.connections, echo)
+        await bounded(200, args.connections, echo)  # warm-up
+        elapsed, latencies, statuses = await bounded(args.accounts * 4, args.connections, echo)
         return _row(
             "POST /echo (trivial, same client)", args.accounts * 4, elapsed, latencies, statuses
         )
