@@ -1,7 +1,7 @@
 """HTTP benchmark (issue 4): FairUnlock's POST /v1/unlock-requests against a trivial Litestar
 JSON endpoint served the same way (uvicorn, same worker count, 127.0.0.1) in the same run.
 
-    python -m bench.bench_http [--duration S] [--connections C] [--workers 1,2]
+    python -m bench.bench_http [--duration S] [--connections 32,64] [--workers 1,2]
                                [--target trivial|unlock] [--database sqlite|postgres]
 
 For each worker count: the trivial app (GET /hello, and POST /echo with the unlock request's
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TARGET_RATIO = 0.30
 TARGET_P99_MS = 25.0
+TARGET_P99_CONNECTIONS = 32
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 UNLOCK_PATH = "/v1/unlock-requests"
 
@@ -89,7 +91,9 @@ class Endpoint:
     body: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
-    def spec(self, base_url: str, args: argparse.Namespace, duration_s: float) -> LoadSpec:
+    def spec(
+        self, base_url: str, args: argparse.Namespace, duration_s: float, connections: int
+    ) -> LoadSpec:
         headers = dict(self.headers)
         if self.body:
             headers["Content-Type"] = "application/json"
@@ -99,7 +103,7 @@ class Endpoint:
             body_template=REQUEST_TEMPLATE if self.body else None,
             headers=headers,
             vary=VARY if self.body else {},
-            connections=args.connections,
+            connections=connections,
             duration_s=duration_s,
         )
 
@@ -108,6 +112,7 @@ class Endpoint:
 class Run:
     endpoint: Endpoint
     workers: int
+    connections: int
     rep: int
     result: LoadResult
     loadavg_before: float
@@ -150,12 +155,13 @@ def _measure(
     endpoint: Endpoint, base_url: str, args: argparse.Namespace, workers: int
 ) -> list[Run]:
     runs = []
-    for rep in range(1, args.runs + 1):
+    for connections, rep in itertools.product(args.connections, range(1, args.runs + 1)):
         loadavg = os.getloadavg()[0]
-        result = run_load(endpoint.spec(base_url, args, args.duration), tool=args.tool)
-        runs.append(Run(endpoint, workers, rep, result, loadavg))
+        spec = endpoint.spec(base_url, args, args.duration, connections)
+        result = run_load(spec, tool=args.tool)
+        runs.append(Run(endpoint, workers, connections, rep, result, loadavg))
         print(
-            f"  {endpoint.target}:{endpoint.name} workers={workers} run {rep}: "
+            f"  {endpoint.target}:{endpoint.name} workers={workers} c={connections} run {rep}: "
             f"{result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  "
             f"errors {result.http_errors}+{result.socket_errors}  (load avg {loadavg:.2f})",
             flush=True,
@@ -165,7 +171,8 @@ def _measure(
 
 def _warm_up(endpoint: Endpoint, base_url: str, args: argparse.Namespace) -> None:
     if args.warmup > 0:
-        run_load(endpoint.spec(base_url, args, args.warmup), tool=args.tool)
+        spec = endpoint.spec(base_url, args, args.warmup, args.connections[0])
+        run_load(spec, tool=args.tool)
 
 
 def bench_trivial(args: argparse.Namespace, workers: int, log_dir: Path) -> list[Run]:
@@ -310,17 +317,19 @@ def bench_unlock(args: argparse.Namespace, workers: int, log_dir: Path) -> tuple
 
 
 def summarize(runs: list[Run]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, int], list[Run]] = {}
+    groups: dict[tuple[str, str, int, int], list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.endpoint.target, run.endpoint.name, run.workers), []).append(run)
+        key = (run.endpoint.target, run.endpoint.name, run.workers, run.connections)
+        groups.setdefault(key, []).append(run)
     rows = []
-    for (target, name, workers), group in groups.items():
+    for (target, name, workers, connections), group in groups.items():
         rps = [r.result.rps for r in group]
         rows.append(
             {
                 "target": target,
                 "endpoint": name,
                 "workers": workers,
+                "connections": connections,
                 "runs": len(group),
                 "rps_median": statistics.median(rps),
                 "rps_min": min(rps),
@@ -335,24 +344,30 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_key = {(r["endpoint"], r["workers"]): r for r in rows}
+    by_key = {(r["endpoint"], r["workers"], r["connections"]): r for r in rows}
     out = []
     for row in rows:
         if row["target"] != "unlock":
             continue
         for reference in ("POST /echo", "GET /hello"):
-            trivial = by_key.get((reference, row["workers"]))
+            trivial = by_key.get((reference, row["workers"], row["connections"]))
             if trivial is None:
                 continue
             ratio = row["rps_median"] / trivial["rps_median"]
             out.append(
                 {
                     "workers": row["workers"],
+                    "connections": row["connections"],
                     "reference": reference,
                     "ratio": round(ratio, 4),
                     "meets_ratio": ratio >= TARGET_RATIO,
                     "p99_ms": row["p99_ms_median"],
-                    "meets_p99": row["p99_ms_median"] <= TARGET_P99_MS,
+                    # The p99 target is stated at 32 connections; other counts are reported only.
+                    "meets_p99": (
+                        row["p99_ms_median"] <= TARGET_P99_MS
+                        if row["connections"] == TARGET_P99_CONNECTIONS
+                        else None
+                    ),
                 }
             )
     return out
@@ -360,9 +375,9 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], args: Any) -> None:
     print()
-    print(f"connections {args.connections}, {args.duration:g} s per run, medians of {args.runs}")
+    print(f"{args.duration:g} s per run, medians of {args.runs}")
     header = (
-        f"{'endpoint':<28} {'workers':>7} {'req/s (median)':>15} {'min..max':>17} "
+        f"{'endpoint':<28} {'workers':>7} {'conns':>5} {'req/s (median)':>15} {'min..max':>17} "
         f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
     )
     print(header)
@@ -370,16 +385,18 @@ def print_table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], ar
     for r in rows:
         span = f"{r['rps_min']:,.0f}..{r['rps_max']:,.0f}"
         print(
-            f"{r['endpoint']:<28} {r['workers']:>7} {r['rps_median']:>15,.1f} {span:>17} "
+            f"{r['endpoint']:<28} {r['workers']:>7} {r['connections']:>5} "
+            f"{r['rps_median']:>15,.1f} {span:>17} "
             f"{r['p50_ms_median']:>8.2f} {r['p99_ms_median']:>8.2f} "
             f"{r['http_errors'] + r['socket_errors']:>7}"
         )
     for q in ratio_rows:
+        p99_verdict = {True: "meets", False: "MISSES", None: "no target"}[q["meets_p99"]]
         print(
-            f"unlock / {q['reference']} at {q['workers']} worker(s): {q['ratio']:.1%} "
-            f"({'meets' if q['meets_ratio'] else 'MISSES'} >= {TARGET_RATIO:.0%}); "
-            f"p99 {q['p99_ms']:.2f} ms "
-            f"({'meets' if q['meets_p99'] else 'MISSES'} <= {TARGET_P99_MS:g} ms)"
+            f"unlock / {q['reference']} at {q['workers']} worker(s), {q['connections']} conns: "
+            f"{q['ratio']:.1%} ({'meets' if q['meets_ratio'] else 'MISSES'} >= "
+            f"{TARGET_RATIO:.0%}); p99 {q['p99_ms']:.2f} ms ({p99_verdict} <= "
+            f"{TARGET_P99_MS:g} ms at {TARGET_P99_CONNECTIONS} conns)"
         )
 
 
@@ -390,12 +407,21 @@ def _workers(text: str) -> list[int]:
     return values
 
 
+def _connections(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or any(not 1 <= v <= 1024 for v in values):
+        raise argparse.ArgumentTypeError("connections: a comma-separated list of 1..1024")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded warm-up")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per configuration")
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--connections", type=_connections, default=[TARGET_P99_CONNECTIONS], help="e.g. 32,64"
+    )
     parser.add_argument("--workers", type=_workers, default=[1, 2], help="e.g. 1,2")
     parser.add_argument("--target", choices=["trivial", "unlock"], default="trivial")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
@@ -406,8 +432,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")
     args = parser.parse_args(argv)
-    if not 1 <= args.duration <= 120 or not 1 <= args.connections <= 1024:
-        parser.error("--duration must be 1..120 s and --connections 1..1024")
+    if not 1 <= args.duration <= 120:
+        parser.error("--duration must be 1..120 s")
     if args.tool == "auto":
         args.tool = "wrk" if shutil.which("wrk") else "httpx"
     return args
@@ -475,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                         "target": r.endpoint.target,
                         "endpoint": r.endpoint.name,
                         "workers": r.workers,
+                        "connections": r.connections,
                         "rep": r.rep,
                         "loadavg_before": r.loadavg_before,
                         **r.result.as_dict(),

@@ -35,11 +35,13 @@ waits for the next step, and the time spent so is reported (``pool_wait_s``). Ev
 counted as accepted (``result.value`` true) or rejected (with privacyIDEA's message); a run where
 fewer than 90 % are accepted is flagged as not a valid throughput figure.
 
-FairUnlock's own TOTP verify is measured in the same command, per worker count, with
-bench/bench_totp_verify.py's ``prepare`` (account, enrolment, unlock request, challenge; not
-timed) and ``bounded`` (a fixed number of verifies with the right code at C concurrent clients)
-on ``fairunlock serve`` started by bench/bench_http.py's ``fairunlock_server``. The ratio is
-FairUnlock TOTP verify req/s / privacyIDEA cheap /validate/check req/s (target >= 25x).
+FairUnlock's own TOTP verify is measured in the same command, per worker count, on
+``fairunlock serve`` started by bench/bench_http.py's ``fairunlock_server``, with
+bench/bench_totp_verify.py's VerifyBench: accounts, enrolments, unlock requests and challenges
+prepared first (not timed), then wrk sends each challenge one right code for ``--duration`` at C
+connections. (The peer's own load is an httpx client: at its rates the client is not the limit.)
+The ratio is FairUnlock TOTP verify req/s / privacyIDEA cheap /validate/check req/s (target
+>= 25x).
 
 Load goes to 127.0.0.1 only and is bounded in time and count.
 Every server runs in its own process group and is stopped on exit, error or Ctrl-C. Results:
@@ -74,7 +76,7 @@ import httpx
 import pyotp
 
 from bench.bench_http import ROOT, fairunlock_server
-from bench.bench_totp_verify import Prepared, bounded, prepare, right_code, verify
+from bench.bench_totp_verify import VerifyBench
 from bench.http_load import LOOPBACK, Server, free_port, serve
 
 PI_DIR = ROOT / "bench" / "privacyidea"
@@ -348,54 +350,40 @@ async def load_validate_check(
 # -- FairUnlock's TOTP verify --------------------------------------------------------------------
 
 
-async def _fairunlock_runs(
-    base_url: str, key: str, plan: list[tuple[int, int]], accounts: int
+def _fairunlock_runs(
+    base_url: str, key: str, plan: list[tuple[int, int]], duration_s: float
 ) -> list[tuple[int, int, PeerResult]]:
-    """Prepare ``accounts`` per (connections, rep) in ``plan``, then run the right-code verifies."""
-    headers = {"Authorization": f"Bearer {key}"}
-    limits = httpx.Limits(max_connections=max(c for c, _ in plan))
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, timeout=30, limits=limits
-    ) as client:
-        total = accounts * len(plan)
-        gate = asyncio.Semaphore(8)
-
-        async def prepare_gated(i: int) -> Prepared:
-            async with gate:
-                return await prepare(client, i)
-
-        started = time.perf_counter()
-        prepared = list(await asyncio.gather(*(prepare_gated(i) for i in range(total))))
-        log(f"  FairUnlock: prepared {total} challenges in {time.perf_counter() - started:.1f} s")
-        out = []
-        for n, (connections, rep) in enumerate(plan):
-            batch = prepared[n * accounts : (n + 1) * accounts]
-
-            async def verify_one(i: int, batch: list[Prepared] = batch) -> int:
-                return (await verify(client, batch[i], right_code(batch[i]))).status_code
-
-            elapsed, latencies, statuses = await bounded(accounts, connections, verify_one)
-            ok = sum(1 for s in statuses if 200 <= s < 300)
-            status_counts = Counter(str(s) for s in statuses if not 200 <= s < 300)
-            out.append(
-                (
-                    connections,
-                    rep,
-                    PeerResult(
-                        requests=len(statuses),
-                        duration_s=round(elapsed, 3),
-                        rps=round(len(statuses) / elapsed, 1),
-                        p50_ms=round(_percentile(latencies, 50) * 1000, 2),
-                        p99_ms=round(_percentile(latencies, 99) * 1000, 2),
-                        accepted=ok,
-                        rejected=len(statuses) - ok,
-                        http_errors=sum(1 for s in statuses if s >= 400),
-                        socket_errors=0,
-                        pool_wait_s=0.0,
-                        reject_reasons=dict(status_counts),
-                    ),
-                )
+    """The right-code verify for each (connections, rep) in ``plan``, driven by wrk over
+    challenges prepared for it (bench/bench_totp_verify.py's VerifyBench)."""
+    bench = VerifyBench(base_url, key)
+    log(f"  FairUnlock: probe {bench.probe(plan[0][0]):,.0f} req/s")
+    out = []
+    for connections, rep in plan:
+        run = bench.run(connections, rep, duration_s, wrong=False)
+        r = run.result
+        rejected = r.http_errors + r.socket_errors
+        reasons = {"ran out of prepared challenges (lower bound)": 1} if r.exhausted else {}
+        if r.http_errors:
+            reasons["HTTP status >= 400"] = r.http_errors
+        out.append(
+            (
+                connections,
+                rep,
+                PeerResult(
+                    requests=r.requests,
+                    duration_s=r.duration_s,
+                    rps=r.rps,
+                    p50_ms=r.p50_ms,
+                    p99_ms=r.p99_ms,
+                    accepted=r.requests - rejected,
+                    rejected=rejected,
+                    http_errors=r.http_errors,
+                    socket_errors=r.socket_errors,
+                    pool_wait_s=0.0,
+                    reject_reasons=reasons,
+                ),
             )
+        )
     return out
 
 
@@ -449,9 +437,7 @@ def bench_privacyidea(args: argparse.Namespace, log_dir: Path) -> list[Row]:
 
 def bench_fairunlock(args: argparse.Namespace, log_dir: Path) -> list[Row]:
     rows: list[Row] = []
-    fu_args = argparse.Namespace(
-        log_level="WARNING", database="sqlite", pg_admin_url="", accounts=args.fu_accounts
-    )
+    fu_args = argparse.Namespace(log_level="WARNING", database="sqlite", pg_admin_url="")
     plan = [(c, rep) for c in args.connections for rep in range(1, args.runs + 1)]
     for workers in args.workers:
         log(f"FairUnlock TOTP verify: fairunlock serve --workers {workers}")
@@ -459,8 +445,8 @@ def bench_fairunlock(args: argparse.Namespace, log_dir: Path) -> list[Row]:
             server,
             key,
         ):
-            for connections, rep, result in asyncio.run(
-                _fairunlock_runs(server.base_url, key, plan, args.fu_accounts)
+            for connections, rep, result in _fairunlock_runs(
+                server.base_url, key, plan, args.duration
             ):
                 rows.append(Row("FairUnlock TOTP verify", workers, connections, rep, result))
                 _print_run(rows[-1])
@@ -554,17 +540,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per privacyIDEA run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of discarded warm-up")
     parser.add_argument("--users", type=int, default=1000, help="privacyIDEA users/tokens")
-    parser.add_argument(
-        "--fu-accounts", type=int, default=300, help="FairUnlock verifies per measured run"
-    )
     parser.add_argument("--skip-default-hashing", action="store_true")
     parser.add_argument("--skip-fairunlock", action="store_true")
     parser.add_argument("--output", type=Path, default=None, help="results JSON path")
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 120 or not 1 <= args.runs <= 10:
         parser.error("--duration must be 1..120 s and --runs 1..10")
-    if not 10 <= args.users <= 50_000 or not 10 <= args.fu_accounts <= 10_000:
-        parser.error("--users must be 10..50000 and --fu-accounts 10..10000")
+    if not 10 <= args.users <= 50_000:
+        parser.error("--users must be 10..50000")
     return args
 
 

@@ -1,11 +1,17 @@
 """HTTP load harness: start a server on loopback, load it for a fixed time, always stop it.
 
+- ``call_all(base_url, calls, concurrency)`` sends a list of requests over keep-alive
+  connections and returns each status and body: the set-up a benchmark needs before it measures,
+  several times faster than httpx, whose client cost would make the set-up the slowest part.
 - ``serve(command, port=..., env=...)`` starts a server process in its own process group, waits
   until it answers HTTP, and on exit sends SIGTERM to the group, then SIGKILL after a grace period.
 - ``run_load(spec)`` loads one endpoint for ``spec.duration_s`` with ``spec.connections`` open
-  connections and returns requests/s and latency percentiles. It uses ``wrk`` when it is on PATH
-  (this module installs nothing: ``apt-get install wrk``) and otherwise a bounded asyncio + httpx
-  client, whose own CPU cost then limits what it can measure (results name the tool).
+  connections and returns requests/s and latency percentiles. With ``spec.sequence`` every
+  request is the next (path, body) of that list, each sent once (a proof that is good once);
+  when it runs out the load stops early and the result says ``exhausted``. It uses ``wrk`` when
+  it is on PATH (this module installs nothing: ``apt-get install wrk``) and otherwise a bounded
+  asyncio + httpx client, whose own CPU cost then limits what it can measure (results name the
+  tool).
 
 Every URL is ``http://127.0.0.1:<port>``; anything else is refused.
 """
@@ -176,6 +182,8 @@ class LoadSpec:
     connections: int = 32
     duration_s: float = 10.0
     timeout_s: float = 10.0
+    # (path, body) per request, each used once, in order; url then gives only host and port.
+    sequence: tuple[tuple[str, str], ...] | None = None
 
     def body(self, n: int) -> str | None:
         if self.body_template is None:
@@ -197,6 +205,8 @@ class LoadResult:
     http_errors: int  # responses with status >= 400
     socket_errors: int
     latency_distribution_ms: dict[str, float] = field(default_factory=dict)
+    # spec.sequence ran out before the duration ended: rps is then a lower bound
+    exhausted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,7 +240,23 @@ def _wrk_script(spec: LoadSpec) -> str:
         f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}"
         for name, value in spec.headers.items()
     ]
-    if spec.body_template is not None:
+    if spec.sequence is not None:
+        lines += [
+            "local paths = {" + ",".join(_lua_string(p) for p, _ in spec.sequence) + "}",
+            "local bodies = {" + ",".join(_lua_string(b) for _, b in spec.sequence) + "}",
+            "local n = 0",
+            "exhausted = 0",
+            "request = function()",
+            "  n = n + 1",
+            "  if n > #paths then",
+            "    exhausted = 1",
+            "    wrk.thread:stop()",
+            "    n = #paths",
+            "  end",
+            "  return wrk.format(nil, paths[n], nil, bodies[n])",
+            "end",
+        ]
+    elif spec.body_template is not None:
         mods = ", ".join(f"{{{_lua_string(k)}, {v}}}" for k, v in spec.vary.items())
         lines += [
             f"local template = {_lua_string(spec.body_template)}",
@@ -247,11 +273,17 @@ def _wrk_script(spec: LoadSpec) -> str:
         ]
     # Exact figures (microseconds) and every error class, in one parseable line.
     lines += [
+        "local threads = {}",
+        "setup = function(thread) table.insert(threads, thread) end",
         "done = function(summary, latency, requests)",
         "  local e = summary.errors",
-        '  io.write(string.format("FU_RESULT %d %d %d %d %d %d %d %d %d\\n",',
+        "  local ran_out = 0",
+        "  for _, t in ipairs(threads) do",
+        "    if t:get('exhausted') == 1 then ran_out = 1 end",
+        "  end",
+        '  io.write(string.format("FU_RESULT %d %d %d %d %d %d %d %d %d %d\\n",',
         "    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),",
-        "    e.connect, e.read, e.write, e.status, e.timeout))",
+        "    e.connect, e.read, e.write, e.status, e.timeout, ran_out))",
         "end",
     ]
     return "\n".join(lines) + "\n"
@@ -298,7 +330,7 @@ def _run_wrk(spec: LoadSpec) -> LoadResult:
     match = re.search(r"^FU_RESULT ([\d ]+)$", completed.stdout, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"wrk printed no result line:\n{completed.stdout}")
-    requests, duration_us, p50_us, p99_us, connect, read, write, status, timeouts = map(
+    requests, duration_us, p50_us, p99_us, connect, read, write, status, timeouts, ran_out = map(
         int, match.group(1).split()
     )
     duration_s = duration_us / 1e6
@@ -312,6 +344,7 @@ def _run_wrk(spec: LoadSpec) -> LoadResult:
         http_errors=status,  # wrk counts responses with status > 399 here
         socket_errors=connect + read + write + timeouts,
         latency_distribution_ms=parse_wrk_latency(completed.stdout),
+        exhausted=bool(ran_out),
     )
 
 
@@ -345,14 +378,22 @@ async def _run_httpx(spec: LoadSpec) -> LoadResult:
         started = time.perf_counter()
         deadline = started + spec.duration_s
 
+        exhausted = False
+
         async def connection() -> None:
-            nonlocal errors
+            nonlocal errors, exhausted
             while time.perf_counter() < deadline and len(latencies) + errors < MAX_REQUESTS:
-                body = spec.body(next(numbers))
+                n = next(numbers)
+                target, body = path, spec.body(n)
+                if spec.sequence is not None:
+                    if n >= len(spec.sequence):
+                        exhausted = True
+                        return
+                    target, body = spec.sequence[n]
                 sent = time.perf_counter()
                 try:
                     response = await client.request(
-                        spec.method, path, content=body.encode() if body is not None else None
+                        spec.method, target, content=body.encode() if body is not None else None
                     )
                 except httpx.HTTPError:
                     errors += 1
@@ -374,4 +415,75 @@ async def _run_httpx(spec: LoadSpec) -> LoadResult:
         http_errors=sum(n for status, n in statuses.items() if status >= 400),
         socket_errors=errors,
         latency_distribution_ms=distribution,
+        exhausted=exhausted,
     )
+
+
+# -- set-up client -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    body: bytes | None = None
+
+
+async def _keep_alive_connection(
+    host: str,
+    port: int,
+    headers: bytes,
+    calls: list[Call],
+    cursor: Iterator[int],
+    answers: list[tuple[int, bytes] | None],
+    timeout_s: float,
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for i in cursor:
+            call = calls[i]
+            body = call.body or b""
+            head = f"{call.method} {call.path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
+            writer.write(head.encode("latin-1") + headers + b"\r\n" + body)
+            status_line = await asyncio.wait_for(reader.readline(), timeout_s)
+            status = int(status_line.split(b" ", 2)[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answers[i] = (status, await reader.readexactly(length) if length else b"")
+    finally:
+        writer.close()
+        with suppress(OSError):
+            await writer.wait_closed()
+
+
+async def call_all(
+    base_url: str,
+    calls: list[Call],
+    *,
+    headers: Mapping[str, str],
+    concurrency: int = 32,
+    timeout_s: float = 30.0,
+) -> list[tuple[int, bytes]]:
+    """Send ``calls`` over ``concurrency`` keep-alive HTTP/1.1 connections; (status, body) each,
+    in the order of ``calls``. For set-up only: it expects Content-Length bodies (no chunking),
+    which is what Litestar sends for JSON."""
+    _check_loopback(base_url)
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or LOOPBACK, parts.port or 80
+    fixed = {"Host": f"{host}:{port}", "Content-Type": "application/json", **headers}
+    header_bytes = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+    answers: list[tuple[int, bytes] | None] = [None] * len(calls)
+    cursor = iter(range(len(calls)))  # shared: each connection takes the next call
+    await asyncio.gather(
+        *(
+            _keep_alive_connection(host, port, header_bytes, calls, cursor, answers, timeout_s)
+            for _ in range(min(concurrency, len(calls)) or 1)
+        )
+    )
+    done = [a for a in answers if a is not None]
+    if len(done) != len(calls):
+        raise RuntimeError(f"set-up: {len(calls) - len(done)} requests got no answer")
+    return done

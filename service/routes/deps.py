@@ -17,7 +17,11 @@ def _context(request: Request[Any, Any, Any]) -> ServiceContext:
     return ctx
 
 
-def _principal(request: Request[Any, Any, Any]) -> Principal:
+def _principal(request: Request[Any, Any, Any], ctx: NamedDependency[ServiceContext]) -> Principal:
+    # ``ctx`` is unused but orders the two providers: Litestar resolves providers of one level
+    # concurrently in an anyio task group, which cost ~7 % of a decision's CPU (py-spy) for two
+    # attribute reads. Dependent, they resolve one after the other with no task group.
+    del ctx
     return principal_of(request)
 
 
