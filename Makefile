@@ -50,13 +50,24 @@ FUZZ_EXAMPLES ?= 100
 fuzz: $(STAMP) ## longer contract fuzzing (schemathesis) of a served process; FUZZ_EXAMPLES=N per operation
 	FAIRUNLOCK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/evidence/test_contract_fuzz.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP) ## every benchmark in bench/, minutes each (figures go in the issue notes)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+BENCH_OUT ?= docs/benchmarks/$(shell date -u +%Y-%m-%d)
+bench: $(BENCH_STAMP) ## every benchmark in bench/ (tens of minutes); JSON and PNG charts in BENCH_OUT
+	@command -v wrk >/dev/null || echo "NOTE: wrk not found (apt-get install wrk): HTTP figures fall back to an httpx client"
+	mkdir -p $(BENCH_OUT)
 	$(BIN)/python -m bench.bench_policy
+	$(BIN)/python -m bench.bench_audit_append
 	$(BIN)/python -m bench.bench_audit_verify
-	$(BIN)/python -m bench.bench_http --target unlock --database sqlite --workers 1,2
-	$(BIN)/python -m bench.bench_http --target unlock --database postgres --workers 1,2
-	$(BIN)/python -m bench.bench_totp_verify
-	$(BIN)/python -m bench.bench_peer --workers 1,2 --connections 32,64 --runs 3
+	$(BIN)/python -m bench.bench_audit_export
+	$(BIN)/python -m bench.bench_http --target unlock --database sqlite --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/http-unlock-sqlite.json
+	$(BIN)/python -m bench.bench_http --target unlock --database postgres --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/http-unlock-postgres.json
+	$(BIN)/python -m bench.bench_totp_verify --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/totp-verify-sqlite.json
+	$(BIN)/python -m bench.bench_peer --workers 1,2 --connections 32,64 --runs 3 --output $(BENCH_OUT)/peer-privacyidea.json
+	$(BIN)/python -m bench.charts $(BENCH_OUT)/*.json
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

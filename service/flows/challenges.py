@@ -23,6 +23,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.entry import EntryKind, JSONValue
+from audit.store import AuditStore
 from policy.model import Method, ReviewReason
 from service import dto
 from service.adapters.sms import SmsDeliveryError
@@ -309,19 +310,30 @@ def _need(value: str | None, name: str) -> str:
 async def _check_totp(
     ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
 ) -> Checked:
+    async with ctx.engine.connect() as conn:
+        return await _check_totp_in(conn, ctx, loaded, ch, body, now)
+
+
+async def _check_totp_in(
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    body: dto.VerifyIn,
+    now: datetime,
+) -> Checked:
     code = _need(body.code, "code").strip()
     secret: str | None = None
     last_step: int | None = None
     if loaded.request.known_account:
-        async with ctx.engine.connect() as conn:
-            snapshot = await AccountRepository(conn).snapshot(ch.subject)
-            if snapshot.totp is not None and snapshot.totp.confirmed:
-                secret = (
-                    await ctx.data_keys.decrypt(
-                        conn, loaded.account_id, snapshot.totp.secret_ciphertext, TOTP_AAD
-                    )
-                ).decode()
-                last_step = snapshot.totp.last_step
+        enrolment = await AccountRepository(conn).totp(ch.subject)
+        if enrolment is not None and enrolment.confirmed:
+            secret = (
+                await ctx.data_keys.decrypt(
+                    conn, loaded.account_id, enrolment.secret_ciphertext, TOTP_AAD
+                )
+            ).decode()
+            last_step = enrolment.last_step
     if secret is None:
         # Same work as a real check against a secret no one holds.
         totp.verify(totp.new_secret(), code, now, TOTP_PARAMS, None)
@@ -472,6 +484,30 @@ CHECKERS: dict[Method, Checker] = {
 }
 
 
+async def _check_sms_in(
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    body: dto.VerifyIn,
+    now: datetime,
+) -> Checked:
+    return await _check_sms(ctx, loaded, ch, body, now)
+
+
+InlineChecker = Callable[
+    [AsyncConnection, ServiceContext, Loaded, ChallengeRow, dto.VerifyIn, datetime],
+    Awaitable[Checked],
+]
+# Methods whose check is a few microseconds of CPU and at most a read: their whole proof (load,
+# throttles, attempt, check, outcome) is one transaction, with one commit. The others (argon2,
+# an OIDC round trip, a face provider) keep the three phases, so no transaction waits on them.
+AT_ONCE: dict[Method, InlineChecker] = {
+    Method.TOTP: _check_totp_in,
+    Method.SMS: _check_sms_in,
+}
+
+
 # --- verifying -------------------------------------------------------------------------------
 
 
@@ -486,19 +522,51 @@ async def verify(
     ctx: ServiceContext, actor: str, request_id: str, challenge_id: str, body: dto.VerifyIn
 ) -> dto.DecisionOut:
     now = ctx.clock()
-    async with ctx.engine.connect() as conn:
+    failure: ProofRejected | None = None
+    async with ctx.engine.begin() as conn:
         loaded = await _load(conn, ctx, request_id, now)
         repo = ChallengeRepository(conn)
         challenge = await repo.get(challenge_id)
         if challenge is None or challenge.unlock_request_id != request_id:
             raise ChallengeNotFound("No such challenge for this unlock request.")
         method = Method(challenge.method)
+        open_ = challenge.status == "open" and now < challenge.expires_at
+        at_once = AT_ONCE.get(method) if open_ else None
+        if at_once is not None:
+            await repo.serialise(f"attempts:{method.value}", challenge.subject)
+        # Throttled first: a throttled account hears when to come back, whatever the challenge.
         await _check_throttles(repo, ctx, loaded, method, now)
-    if challenge.status != "open":
-        raise ChallengeClosed(
-            f"This challenge is {challenge.status}; start a new one.",
-            challenge_status=challenge.status,
-        )
+        if challenge.status != "open":
+            raise ChallengeClosed(
+                f"This challenge is {challenge.status}; start a new one.",
+                challenge_status=challenge.status,
+            )
+        if at_once is not None:
+            # An error raised in here rolls everything back, the reservation included: a proof
+            # that was never judged (a missing field) counts against no one.
+            attempt_id = await _reserve_in(
+                conn, ctx, loaded, challenge, method, now, serialised=True
+            )
+            checked = await at_once(conn, ctx, loaded, challenge, body, now)
+            if checked.ok:
+                try:
+                    async with conn.begin_nested():
+                        row, index = await _succeed_in(
+                            conn, ctx, actor, loaded, challenge, method, now, checked, attempt_id
+                        )
+                except _ProofUsed:
+                    checked = Checked(ok=False, reason="code_reused")
+            if not checked.ok:
+                failure = await _fail_in(
+                    conn, ctx, actor, loaded, challenge, now, checked, attempt_id=attempt_id
+                )
+    if at_once is not None:
+        # Committed: the failed attempt counts (NIST-63B4-3.2.2), or the proof was accepted.
+        if failure is not None:
+            raise failure
+        return await _answer(ctx, row, index, now)
+    # The three phases, for checks that take time (_reserve checks the throttles again,
+    # serialised with the attempt they admit).
     if now >= challenge.expires_at:
         await _fail(
             ctx, actor, loaded, challenge, now, Checked(ok=False, reason="expired"), expire=True
@@ -525,23 +593,39 @@ async def _reserve(
     (NIST-63B4-3.2.2). The attempt stays ``pending`` (a failure for every throttle) until
     settled."""
     async with ctx.engine.begin() as conn:
-        repo = ChallengeRepository(conn)
+        return await _reserve_in(conn, ctx, loaded, ch, method, now)
+
+
+async def _reserve_in(
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    method: Method,
+    now: datetime,
+    *,
+    serialised: bool = False,
+) -> str:
+    """``serialised``: the caller took the serialisation and checked the throttles in this same
+    transaction already."""
+    repo = ChallengeRepository(conn)
+    if not serialised:
         await repo.serialise(f"attempts:{method.value}", ch.subject)
         await _check_throttles(repo, ctx, loaded, method, now)
-        if not await repo.reserve_attempt(ch.id, ctx.policy.limits.challenge_attempts):
-            current = await repo.get(ch.id)
-            status = "failed" if current is None or current.status == "open" else current.status
-            raise ChallengeClosed(
-                f"This challenge is {status}; start a new one.", challenge_status=status
-            )
-        return await repo.record_attempt(
-            ch.subject,
-            ch.unlock_request_id,
-            method.value,
-            "pending",
-            loaded.request.source_index,
-            now,
+    if not await repo.reserve_attempt(ch.id, ctx.policy.limits.challenge_attempts):
+        current = await repo.get(ch.id)
+        status = "failed" if current is None or current.status == "open" else current.status
+        raise ChallengeClosed(
+            f"This challenge is {status}; start a new one.", challenge_status=status
         )
+    return await repo.record_attempt(
+        ch.subject,
+        ch.unlock_request_id,
+        method.value,
+        "pending",
+        loaded.request.source_index,
+        now,
+    )
 
 
 async def _fail(
@@ -555,72 +639,91 @@ async def _fail(
     expire: bool = False,
     attempt_id: str | None = None,
 ) -> None:
-    limits = ctx.policy.limits
     async with ctx.engine.begin() as conn:
-        repo = ChallengeRepository(conn)
-        if attempt_id is not None:
-            # The attempt was reserved (and counted) before the check: settle it.
-            attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
-            await repo.settle_attempt(attempt_id, checked.reason)
-        else:
-            assert expire, "a judged proof always has a reserved attempt"
-            await repo.expire(ch.id, now)
-            attempts_left = 0
-            await repo.record_attempt(
-                ch.subject,
-                ch.unlock_request_id,
-                ch.method,
-                checked.reason,
-                loaded.request.source_index,
-                now,
-            )
-        review_reason = checked.review_reason
-        if review_reason is None:
-            failures = await repo.failures_since(
-                now - timedelta(hours=24), subject=ch.subject, method=ch.method
-            )
-            if len(failures) >= limits.method_failures_per_day:
-                review_reason = ReviewReason.REPEATED_FAILURES
-        if review_reason is not None:
-            state = await repo.lock_request(ch.unlock_request_id)
-            if state is not None and state[2] is None:
-                status, factors, _ = state
-                await repo.update_request(
-                    ch.unlock_request_id,
-                    status=status,
-                    factors=factors,
-                    review_reason=review_reason.value,
-                    now=now,
-                )
-            # Issue 6: a face failure or repeated failures open a review case (idempotent).
-            from service.flows import review
+        failure = await _fail_in(
+            conn, ctx, actor, loaded, ch, now, checked, expire=expire, attempt_id=attempt_id
+        )
+    raise failure
 
-            await review.open_case_in(
-                conn,
-                ctx,
-                ch.unlock_request_id,
-                ch.subject,
-                origin=review_reason.value.lower(),
-                now=now,
-            )
-        await record(
-            conn,
-            ctx,
-            EntryKind.VERIFICATION_ATTEMPT,
-            actor,
+
+async def _fail_in(
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    actor: str,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    now: datetime,
+    checked: Checked,
+    *,
+    expire: bool = False,
+    attempt_id: str | None = None,
+) -> ProofRejected:
+    """Settle a rejected proof in the caller's transaction; the error to raise once it commits."""
+    limits = ctx.policy.limits
+    repo = ChallengeRepository(conn)
+    if attempt_id is not None:
+        # The attempt was reserved (and counted) before the check: settle it.
+        attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
+        await repo.settle_attempt(attempt_id, checked.reason)
+    else:
+        assert expire, "a judged proof always has a reserved attempt"
+        await repo.expire(ch.id, now)
+        attempts_left = 0
+        await repo.record_attempt(
             ch.subject,
-            {
-                "unlock_request_id": ch.unlock_request_id,
-                "challenge_id": ch.id,
-                "method": ch.method,
-                "outcome": "failure",
-                "reason": checked.reason,
-                "attempts_left": attempts_left,
-                **checked.audit,
-            },
+            ch.unlock_request_id,
+            ch.method,
+            checked.reason,
+            loaded.request.source_index,
             now,
         )
-    raise ProofRejected(
+    review_reason = checked.review_reason
+    if review_reason is None:
+        failures = await repo.failures_since(
+            now - timedelta(hours=24), subject=ch.subject, method=ch.method
+        )
+        if len(failures) >= limits.method_failures_per_day:
+            review_reason = ReviewReason.REPEATED_FAILURES
+    if review_reason is not None:
+        state = await repo.lock_request(ch.unlock_request_id)
+        if state is not None and state[2] is None:
+            status, factors, _ = state
+            await repo.update_request(
+                ch.unlock_request_id,
+                status=status,
+                factors=factors,
+                review_reason=review_reason.value,
+                now=now,
+            )
+        # Issue 6: a face failure or repeated failures open a review case (idempotent).
+        from service.flows import review
+
+        await review.open_case_in(
+            conn,
+            ctx,
+            ch.unlock_request_id,
+            ch.subject,
+            origin=review_reason.value.lower(),
+            now=now,
+        )
+    await record(
+        conn,
+        ctx,
+        EntryKind.VERIFICATION_ATTEMPT,
+        actor,
+        ch.subject,
+        {
+            "unlock_request_id": ch.unlock_request_id,
+            "challenge_id": ch.id,
+            "method": ch.method,
+            "outcome": "failure",
+            "reason": checked.reason,
+            "attempts_left": attempts_left,
+            **checked.audit,
+        },
+        now,
+    )
+    return ProofRejected(
         "The proof was not accepted." if checked.reason != "expired" else "The challenge expired.",
         reason=checked.reason,
         attempts_left=attempts_left,
@@ -644,48 +747,9 @@ async def _succeed(
 ) -> dto.DecisionOut:
     try:
         async with ctx.engine.begin() as conn:
-            repo = ChallengeRepository(conn)
-            won = await repo.complete(ch.id, now)
-            if won and checked.totp_step is not None:
-                won = await repo.consume_totp_step(ch.subject, checked.totp_step)
-            if won and checked.recovery_code_id is not None:
-                won = await repo.use_recovery_code(checked.recovery_code_id, now)
-            if not won:
-                # Another request used this proof first: exactly one wins (ASVS4-2.8.5).
-                raise _ProofUsed
-            state = await repo.lock_request(ch.unlock_request_id)
-            assert state is not None  # the request exists: it was loaded above and is never deleted
-            status, factors, review_reason = state
-            proven = set(factors) | {method.value}
-            approved = status == "pending_verification" and satisfied(loaded.decision.offer, proven)
-            new_status = "approved" if approved else status
-            await repo.update_request(
-                ch.unlock_request_id,
-                status=new_status,
-                factors=sorted(proven),
-                review_reason=review_reason,
-                now=now,
+            row, index = await _succeed_in(
+                conn, ctx, actor, loaded, ch, method, now, checked, attempt_id
             )
-            await repo.settle_attempt(attempt_id, "success")
-            await record(
-                conn,
-                ctx,
-                EntryKind.VERIFICATION_ATTEMPT,
-                actor,
-                ch.subject,
-                {
-                    "unlock_request_id": ch.unlock_request_id,
-                    "challenge_id": ch.id,
-                    "method": method.value,
-                    "outcome": "success",
-                    "factors_satisfied": sorted(proven),
-                    **checked.audit,
-                },
-                now,
-            )
-            if approved:
-                await approve_in(conn, ctx, actor, loaded, now, via="verification")
-            row = await UnlockRequestRepository(conn).get(ch.unlock_request_id)
     except _ProofUsed:
         # Recorded after the rollback, in a transaction of its own (never a nested connection).
         await _fail(
@@ -697,8 +761,78 @@ async def _succeed(
             Checked(ok=False, reason="code_reused"),
             attempt_id=attempt_id,
         )
+        raise AssertionError("unreachable: _fail raises") from None
+    return await _answer(ctx, row, index, now)
+
+
+async def _succeed_in(
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    actor: str,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    method: Method,
+    now: datetime,
+    checked: Checked,
+    attempt_id: str,
+) -> tuple[UnlockRequestRow, int | None]:
+    """An accepted proof's writes in the caller's transaction: the request row after them and its
+    log index (None while pending). Raises _ProofUsed when another request used the proof first;
+    the caller rolls back what this wrote."""
+    repo = ChallengeRepository(conn)
+    won = await repo.complete(ch.id, now)
+    if won and checked.totp_step is not None:
+        won = await repo.consume_totp_step(ch.subject, checked.totp_step)
+    if won and checked.recovery_code_id is not None:
+        won = await repo.use_recovery_code(checked.recovery_code_id, now)
+    if not won:
+        # Another request used this proof first: exactly one wins (ASVS4-2.8.5).
+        raise _ProofUsed
+    state = await repo.lock_request(ch.unlock_request_id)
+    assert state is not None  # the request exists: it was loaded above and is never deleted
+    status, factors, review_reason = state
+    proven = set(factors) | {method.value}
+    approved = status == "pending_verification" and satisfied(loaded.decision.offer, proven)
+    new_status = "approved" if approved else status
+    await repo.update_request(
+        ch.unlock_request_id,
+        status=new_status,
+        factors=sorted(proven),
+        review_reason=review_reason,
+        now=now,
+    )
+    await repo.settle_attempt(attempt_id, "success")
+    await record(
+        conn,
+        ctx,
+        EntryKind.VERIFICATION_ATTEMPT,
+        actor,
+        ch.subject,
+        {
+            "unlock_request_id": ch.unlock_request_id,
+            "challenge_id": ch.id,
+            "method": method.value,
+            "outcome": "success",
+            "factors_satisfied": sorted(proven),
+            **checked.audit,
+        },
+        now,
+    )
+    if approved:
+        await approve_in(conn, ctx, actor, loaded, now, via="verification")
+    row = await UnlockRequestRepository(conn).get(ch.unlock_request_id)
     assert row is not None
-    return unlock.view(ctx, row, await unlock.audit_index(ctx, row), now)
+    # The decision's entry was integrated when it was made: read its index here rather
+    # than in a transaction of its own afterwards.
+    return row, await AuditStore(conn).index_of(row.audit_inbox_id)
+
+
+async def _answer(
+    ctx: ServiceContext, row: UnlockRequestRow, index: int | None, now: datetime
+) -> dto.DecisionOut:
+    if index is None:  # still pending (another worker integrating): wait for it
+        index = await unlock.audit_index(ctx, row)
+    return unlock.view(ctx, row, index, now)
 
 
 async def approve_in(

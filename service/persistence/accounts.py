@@ -143,6 +143,12 @@ LINKED = (
     .where(linked_identities.c.subject == bindparam("subject"))
     .order_by(linked_identities.c.provider)
 )
+# What a TOTP proof reads: the enrolment alone, not the whole snapshot.
+TOTP = select(
+    totp_enrolments.c.secret_ciphertext,
+    totp_enrolments.c.confirmed_at,
+    totp_enrolments.c.last_step,
+).where(totp_enrolments.c.subject == bindparam("subject"))
 # The linked identities of several accounts at once (group commit of decisions).
 LINKED_MANY = (
     select(linked_identities.c.subject, *LINKED.selected_columns)
@@ -199,6 +205,12 @@ class AccountRepository:
         row = (await self._conn.execute(SNAPSHOT_FACTS, params)).one()
         linked = (await self._conn.execute(LINKED, params)).all()
         return snapshot_from(subject, row, linked)
+
+    async def totp(self, subject: str) -> TotpRecord | None:
+        row = (await self._conn.execute(TOTP, {"subject": subject})).first()
+        if row is None:
+            return None
+        return TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step)
 
     async def set_phone(
         self,

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.tables import (
@@ -58,6 +58,85 @@ _CHALLENGE_COLUMNS = (
 )
 
 
+# Built once, with bind parameters: constructing a statement costs about twice what running it
+# does (measured: ~105 µs of ~160 µs per SELECT on SQLite), and a proof runs some twenty. The bind
+# names differ from column names, which SQLAlchemy reserves for an UPDATE's or INSERT's values.
+_GET_CHALLENGE = select(*_CHALLENGE_COLUMNS).where(challenges.c.id == bindparam("p_id"))
+_COMPLETE = (
+    update(challenges)
+    .where(challenges.c.id == bindparam("p_id"), challenges.c.status == "open")
+    .values(status="succeeded", completed_at=bindparam("p_now"))
+)
+_RESERVE = (
+    update(challenges)
+    .where(
+        challenges.c.id == bindparam("p_id"),
+        challenges.c.status == "open",
+        challenges.c.attempts < bindparam("p_max"),
+    )
+    .values(attempts=challenges.c.attempts + 1)
+)
+_ATTEMPTS = select(challenges.c.attempts).where(challenges.c.id == bindparam("p_id"))
+_CLOSE_FAILED = (
+    update(challenges)
+    .where(challenges.c.id == bindparam("p_id"), challenges.c.status == "open")
+    .values(status="failed", completed_at=bindparam("p_now"))
+)
+_INSERT_ATTEMPT = insert(verification_attempts)
+_SETTLE_ATTEMPT = (
+    update(verification_attempts)
+    .where(verification_attempts.c.id == bindparam("p_id"))
+    .values(outcome=bindparam("p_outcome"))
+)
+_FAILED = (verification_attempts.c.outcome != "success",)
+_FAILURES_OF_METHOD = (
+    select(verification_attempts.c.created_at)
+    .where(
+        *_FAILED,
+        verification_attempts.c.created_at >= bindparam("p_since"),
+        verification_attempts.c.subject == bindparam("p_subject"),
+        verification_attempts.c.method == bindparam("p_method"),
+    )
+    .order_by(verification_attempts.c.created_at)
+)
+_FAILURES_FROM_SOURCE = (
+    select(verification_attempts.c.created_at)
+    .where(
+        *_FAILED,
+        verification_attempts.c.created_at >= bindparam("p_since"),
+        verification_attempts.c.source_index == bindparam("p_source"),
+    )
+    .order_by(verification_attempts.c.created_at)
+)
+_CONSUME_TOTP_STEP = (
+    update(totp_enrolments)
+    .where(
+        totp_enrolments.c.subject == bindparam("p_subject"),
+        totp_enrolments.c.confirmed_at.is_not(None),
+        (totp_enrolments.c.last_step.is_(None))
+        | (totp_enrolments.c.last_step < bindparam("p_step")),
+    )
+    .values(last_step=bindparam("p_step"))
+)
+_REQUEST_STATE = select(
+    unlock_requests.c.status,
+    unlock_requests.c.factors_satisfied,
+    unlock_requests.c.review_reason,
+).where(unlock_requests.c.id == bindparam("p_id"))
+_REQUEST_STATE_FOR_UPDATE = _REQUEST_STATE.with_for_update()
+_UPDATE_REQUEST = (
+    update(unlock_requests)
+    .where(unlock_requests.c.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        factors_satisfied=bindparam("p_factors"),
+        review_reason=bindparam("p_review_reason"),
+        updated_at=bindparam("p_now"),
+    )
+)
+_INSERT_OUTBOX = insert(outbox_events)
+
+
 @dataclass(frozen=True, slots=True)
 class UnusedCode:
     id: str
@@ -74,11 +153,7 @@ class ChallengeRepository:
         )
 
     async def get(self, challenge_id: str) -> ChallengeRow | None:
-        row = (
-            await self._conn.execute(
-                select(*_CHALLENGE_COLUMNS).where(challenges.c.id == challenge_id)
-            )
-        ).first()
+        row = (await self._conn.execute(_GET_CHALLENGE, {"p_id": challenge_id})).first()
         return None if row is None else ChallengeRow(**row._mapping)
 
     async def open_for(
@@ -116,25 +191,13 @@ class ChallengeRepository:
 
     async def complete(self, challenge_id: str, now: datetime) -> bool:
         """Open -> succeeded, at most once: True only for the caller that made the change."""
-        result = await self._conn.execute(
-            update(challenges)
-            .where(challenges.c.id == challenge_id, challenges.c.status == "open")
-            .values(status="succeeded", completed_at=now)
-        )
+        result = await self._conn.execute(_COMPLETE, {"p_id": challenge_id, "p_now": now})
         return result.rowcount == 1
 
     async def reserve_attempt(self, challenge_id: str, max_attempts: int) -> bool:
         """Take one of the challenge's attempts before its proof is checked; False when none is
         left or the challenge is closed. Concurrent proofs cannot all see the same count."""
-        result = await self._conn.execute(
-            update(challenges)
-            .where(
-                challenges.c.id == challenge_id,
-                challenges.c.status == "open",
-                challenges.c.attempts < max_attempts,
-            )
-            .values(attempts=challenges.c.attempts + 1)
-        )
+        result = await self._conn.execute(_RESERVE, {"p_id": challenge_id, "p_max": max_attempts})
         return result.rowcount == 1
 
     async def release_attempt(self, challenge_id: str, attempt_id: str) -> None:
@@ -150,17 +213,9 @@ class ChallengeRepository:
 
     async def close_if_exhausted(self, challenge_id: str, max_attempts: int, now: datetime) -> int:
         """After a failed (reserved) attempt: close the challenge at the limit; attempts left."""
-        attempts = (
-            await self._conn.execute(
-                select(challenges.c.attempts).where(challenges.c.id == challenge_id)
-            )
-        ).scalar_one()
+        attempts = (await self._conn.execute(_ATTEMPTS, {"p_id": challenge_id})).scalar_one()
         if attempts >= max_attempts:
-            await self._conn.execute(
-                update(challenges)
-                .where(challenges.c.id == challenge_id, challenges.c.status == "open")
-                .values(status="failed", completed_at=now)
-            )
+            await self._conn.execute(_CLOSE_FAILED, {"p_id": challenge_id, "p_now": now})
         return max(0, max_attempts - int(attempts))
 
     async def expire(self, challenge_id: str, now: datetime) -> None:
@@ -184,24 +239,21 @@ class ChallengeRepository:
         """Insert an attempt; outcome ``pending`` counts as a failure until it is settled."""
         attempt_id = str(uuid.uuid4())
         await self._conn.execute(
-            insert(verification_attempts).values(
-                id=attempt_id,
-                subject=subject,
-                unlock_request_id=unlock_request_id,
-                method=method,
-                outcome=outcome,
-                source_index=source_index,
-                created_at=now,
-            )
+            _INSERT_ATTEMPT,
+            {
+                "id": attempt_id,
+                "subject": subject,
+                "unlock_request_id": unlock_request_id,
+                "method": method,
+                "outcome": outcome,
+                "source_index": source_index,
+                "created_at": now,
+            },
         )
         return attempt_id
 
     async def settle_attempt(self, attempt_id: str, outcome: str) -> None:
-        await self._conn.execute(
-            update(verification_attempts)
-            .where(verification_attempts.c.id == attempt_id)
-            .values(outcome=outcome)
-        )
+        await self._conn.execute(_SETTLE_ATTEMPT, {"p_id": attempt_id, "p_outcome": outcome})
 
     async def serialise(self, scope: str, key: str) -> None:
         """Serialise the transactions that check and then record against one limit (``scope``,
@@ -223,6 +275,16 @@ class ChallengeRepository:
     ) -> list[datetime]:
         """When the failed attempts since ``since`` happened, oldest first, for an account
         (and method) or for a source address: what throttling and Retry-After are computed from."""
+        # The two throttles' shapes, built once; any other combination is built here.
+        if subject is not None and method is not None and source_index is None:
+            statement, params = (
+                _FAILURES_OF_METHOD,
+                {"p_since": since, "p_subject": subject, "p_method": method},
+            )
+            return [r[0] for r in await self._conn.execute(statement, params)]
+        if source_index is not None and subject is None and method is None:
+            params = {"p_since": since, "p_source": source_index}
+            return [r[0] for r in await self._conn.execute(_FAILURES_FROM_SOURCE, params)]
         where = [
             verification_attempts.c.outcome != "success",
             verification_attempts.c.created_at >= since,
@@ -268,13 +330,7 @@ class ChallengeRepository:
     async def consume_totp_step(self, subject: str, step: int) -> bool:
         """Advance the last accepted TOTP step; False if this or a later step was used already."""
         result = await self._conn.execute(
-            update(totp_enrolments)
-            .where(
-                totp_enrolments.c.subject == subject,
-                totp_enrolments.c.confirmed_at.is_not(None),
-                (totp_enrolments.c.last_step.is_(None)) | (totp_enrolments.c.last_step < step),
-            )
-            .values(last_step=step)
+            _CONSUME_TOTP_STEP, {"p_subject": subject, "p_step": step}
         )
         return result.rowcount == 1
 
@@ -301,14 +357,9 @@ class ChallengeRepository:
     ) -> tuple[str, list[str], str | None] | None:
         """Status, satisfied factors and review reason, locked for this transaction on PostgreSQL
         (SQLite's BEGIN IMMEDIATE already serialises writers)."""
-        stmt = select(
-            unlock_requests.c.status,
-            unlock_requests.c.factors_satisfied,
-            unlock_requests.c.review_reason,
-        ).where(unlock_requests.c.id == unlock_request_id)
-        if self._conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = (await self._conn.execute(stmt)).first()
+        postgres = self._conn.dialect.name == "postgresql"
+        stmt = _REQUEST_STATE_FOR_UPDATE if postgres else _REQUEST_STATE
+        row = (await self._conn.execute(stmt, {"p_id": unlock_request_id})).first()
         if row is None:
             return None
         return row.status, list(json.loads(row.factors_satisfied)), row.review_reason
@@ -323,14 +374,14 @@ class ChallengeRepository:
         now: datetime,
     ) -> None:
         await self._conn.execute(
-            update(unlock_requests)
-            .where(unlock_requests.c.id == unlock_request_id)
-            .values(
-                status=status,
-                factors_satisfied=json.dumps(sorted(factors)),
-                review_reason=review_reason,
-                updated_at=now,
-            )
+            _UPDATE_REQUEST,
+            {
+                "p_id": unlock_request_id,
+                "p_status": status,
+                "p_factors": json.dumps(sorted(factors)),
+                "p_review_reason": review_reason,
+                "p_now": now,
+            },
         )
 
     async def enqueue(
@@ -338,13 +389,14 @@ class ChallengeRepository:
     ) -> str:
         event_id = str(uuid.uuid4())
         await self._conn.execute(
-            insert(outbox_events).values(
-                id=event_id,
-                kind=kind,
-                subject=subject,
-                payload=json.dumps({"event_id": event_id, **payload}, sort_keys=True),
-                created_at=now,
-                next_attempt_at=now,
-            )
+            _INSERT_OUTBOX,
+            {
+                "id": event_id,
+                "kind": kind,
+                "subject": subject,
+                "payload": json.dumps({"event_id": event_id, **payload}, sort_keys=True),
+                "created_at": now,
+                "next_attempt_at": now,
+            },
         )
         return event_id

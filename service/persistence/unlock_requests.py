@@ -121,6 +121,8 @@ def decision_inputs_statement(count: int) -> Select[Any]:
 
 
 _INSERT = insert(unlock_requests)
+# Built once (see service/persistence/challenges.py): read on every proof and every GET.
+_GET = select(*_COLUMNS).where(unlock_requests.c.id == bindparam("p_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +181,7 @@ class UnlockRequestRepository:
         await self._conn.execute(_INSERT, list(rows))
 
     async def get(self, request_id: str) -> UnlockRequestRow | None:
-        row = (
-            await self._conn.execute(select(*_COLUMNS).where(unlock_requests.c.id == request_id))
-        ).first()
+        row = (await self._conn.execute(_GET, {"p_id": request_id})).first()
         return None if row is None else UnlockRequestRow(**row._mapping)
 
     async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
