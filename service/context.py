@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +13,7 @@ from audit.checkpoint import CheckpointSigner
 from policy.config import Policy
 from service.adapters.face import FaceVerifier
 from service.adapters.oidc import OidcClient
-from service.adapters.sms import SmsGateway
+from service.adapters.sms import SendTimings, SmsGateway
 from service.data_keys import DataKeys
 from service.group_commit import GroupCommit
 from service.notice import FaceNotice
@@ -45,6 +45,7 @@ class ServiceContext:
     # (service.flows.unlock.decision_batches).
     decisions: GroupCommit[Any, Any]
     clock: Callable[[], datetime] = utc_now
+    sms_timings: SendTimings = field(default_factory=SendTimings)
 
     @property
     def audit_origin(self) -> str:

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -457,3 +458,23 @@ def build_sms_gateway(config: SmsConfig) -> SmsGateway:
         timeout_s=config.timeout_s,
         policy=RetryPolicy(max_attempts=config.max_attempts),
     )
+
+
+class SendTimings:
+    """How long this worker's recent gateway sends took. An SMS challenge that sends nothing
+    (an unknown account id, or an account with no number on file) waits as long as one of them
+    did, so the missing round trip does not tell the two apart (OWASP-FP-1/2). A worker that has
+    sent nothing yet has nothing to imitate and does not wait."""
+
+    __slots__ = ("_recent",)
+
+    def __init__(self, size: int = 64) -> None:
+        self._recent: deque[float] = deque(maxlen=size)
+
+    def record(self, seconds: float) -> None:
+        self._recent.append(seconds)
+
+    async def pad(self) -> None:
+        if self._recent:
+            # A recent send's duration, drawn at random: the same distribution, not its mean.
+            await asyncio.sleep(secrets.choice(self._recent))

@@ -185,3 +185,46 @@ def test_known_and_unknown_accounts_answer_in_the_same_time(security_stack: Secu
     )
     print(report)
     assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
+
+
+SMS_IDS = 60  # each id starts two SMS challenges: within the per-number hourly limit (3)
+SMS_ROUNDS = 2
+
+
+def test_an_sms_challenge_takes_as_long_for_an_unknown_account_as_for_a_known_one(
+    security_stack: SecurityStack,
+) -> None:
+    """A known account's SMS challenge calls the gateway; an unknown id's sends nothing. Without
+    padding, the missing round trip would tell the two apart (OWASP-FP-1/2)."""
+    service = security_stack.service
+    known = _known_accounts(service, "acct-smstime-known", SMS_IDS)
+    unknown = [f"acct-smstime-unknown-{i}" for i in range(SMS_IDS)]
+    with service.client() as client:
+
+        def timed(account: str) -> float:
+            decision = ok(client.post("/v1/unlock-requests", json=request_body(account)), 201)
+            began = time.perf_counter()
+            r = start(client, decision["id"], "sms")
+            elapsed = time.perf_counter() - began
+            assert r.status_code == 201, r.text
+            return elapsed
+
+        known_times: list[float] = []
+        unknown_times: list[float] = []
+        for r in range(SMS_ROUNDS):
+            for i in range(SMS_IDS):
+                pair = [(known_times, known[i]), (unknown_times, unknown[i])]
+                for times, account in pair if (r + i) % 2 == 0 else reversed(pair):
+                    times.append(timed(account))
+    # The first of each kind warm the worker (and give it gateway timings to pad with).
+    known_times, unknown_times = known_times[5:], unknown_times[5:]
+    p = mann_whitney_p(known_times, unknown_times)
+    median_known = statistics.median(known_times)
+    median_unknown = statistics.median(unknown_times)
+    relative = abs(median_known - median_unknown) / median_known
+    report = (
+        f"SMS challenge, n={len(known_times)} each: known median {median_known * 1e3:.2f} ms, "
+        f"unknown {median_unknown * 1e3:.2f} ms ({relative:.1%}), Mann-Whitney p={p:.3g}"
+    )
+    print(report)
+    assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
