@@ -120,6 +120,18 @@ class DataKeys:
     async def decrypt(
         self, conn: AsyncConnection, account_id: str, token: str, aad: bytes = b""
     ) -> bytes:
+        return await self.decrypt_with(conn, account_id, None, token, aad)
+
+    async def decrypt_with(
+        self,
+        conn: AsyncConnection,
+        account_id: str,
+        key_row: KeyRow | None,
+        token: str,
+        aad: bytes = b"",
+    ) -> bytes:
+        """``decrypt`` with the key row the caller already read in this transaction (see
+        ``KEY_COLUMNS``); None reads it."""
         subject = self.pseudonymize(account_id)
         try:
             raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
@@ -130,7 +142,10 @@ class DataKeys:
         token_format, version = _HEADER.unpack_from(raw)
         if token_format != TOKEN_FORMAT:
             raise CiphertextInvalid(f"Unknown ciphertext format {token_format}.")
-        stored_version, data_key = await self._key(conn, subject, create=False)
+        if key_row is None:
+            stored_version, data_key = await self._key(conn, subject, create=False)
+        else:
+            stored_version, data_key = self._unwrap(subject, key_row)
         if version != stored_version:
             raise CiphertextInvalid("The ciphertext was made with another key version.")
         nonce = raw[_HEADER.size : _HEADER.size + NONCE_BYTES]

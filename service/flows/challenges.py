@@ -9,6 +9,7 @@ trail see every attempt (NIST-63B4-3.2.2) even though the caller gets a 4xx.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -338,11 +339,12 @@ async def _check_totp_in(
     secret: str | None = None
     last_step: int | None = None
     if loaded.request.known_account:
-        enrolment = await AccountRepository(conn).totp(ch.subject)
-        if enrolment is not None and enrolment.confirmed:
+        found = await AccountRepository(conn).totp(ch.subject)
+        if found is not None and found[0].confirmed:
+            enrolment, key_row = found
             secret = (
-                await ctx.data_keys.decrypt(
-                    conn, loaded.account_id, enrolment.secret_ciphertext, TOTP_AAD
+                await ctx.data_keys.decrypt_with(
+                    conn, loaded.account_id, key_row, enrolment.secret_ciphertext, TOTP_AAD
                 )
             ).decode()
             last_step = enrolment.last_step
@@ -556,16 +558,18 @@ async def verify(
         if at_once is not None:
             # An error raised in here rolls everything back, the reservation included: a proof
             # that was never judged (a missing field) counts against no one.
+            # The attempt row is written once, with its outcome, after the check: no one
+            # outside this transaction could see it before its commit anyway.
             attempt_id = await _reserve_in(
-                conn, ctx, loaded, challenge, method, now, serialised=True
+                conn, ctx, loaded, challenge, method, now, serialised=True, record=False
             )
             checked = await at_once(conn, ctx, loaded, challenge, body, now)
             if checked.ok:
                 try:
-                    async with conn.begin_nested():
-                        row, index = await _succeed_in(
-                            conn, ctx, actor, loaded, challenge, method, now, checked, attempt_id
-                        )
+                    # No savepoint: what _succeed_in wrote before a _ProofUsed may commit.
+                    row, index = await _succeed_in(
+                        conn, ctx, actor, loaded, challenge, method, now, checked, attempt_id
+                    )
                 except _ProofUsed:
                     checked = Checked(ok=False, reason="code_reused")
             if not checked.ok:
@@ -605,7 +609,9 @@ async def _reserve(
     (NIST-63B4-3.2.2). The attempt stays ``pending`` (a failure for every throttle) until
     settled."""
     async with ctx.engine.begin() as conn:
-        return await _reserve_in(conn, ctx, loaded, ch, method, now)
+        attempt_id = await _reserve_in(conn, ctx, loaded, ch, method, now)
+    assert attempt_id is not None  # recorded: this reservation commits before the check
+    return attempt_id
 
 
 async def _reserve_in(
@@ -617,9 +623,11 @@ async def _reserve_in(
     now: datetime,
     *,
     serialised: bool = False,
-) -> str:
+    record: bool = True,
+) -> str | None:
     """``serialised``: the caller took the serialisation and checked the throttles in this same
-    transaction already."""
+    transaction already. ``record``: write the attempt now, as pending (its id); without, the
+    caller records it with its outcome later in this transaction (None)."""
     repo = ChallengeRepository(conn)
     if not serialised:
         await repo.serialise(f"attempts:{method.value}", ch.subject)
@@ -630,6 +638,8 @@ async def _reserve_in(
         raise ChallengeClosed(
             f"This challenge is {status}; start a new one.", challenge_status=status
         )
+    if not record:
+        return None
     return await repo.record_attempt(
         ch.subject,
         ch.unlock_request_id,
@@ -673,12 +683,11 @@ async def _fail_in(
     """Settle a rejected proof in the caller's transaction; the error to raise once it commits."""
     limits = ctx.policy.limits
     repo = ChallengeRepository(conn)
-    if attempt_id is not None:
+    if not expire:
         # The attempt was reserved (and counted) before the check: settle it.
         attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
-        await repo.settle_attempt(attempt_id, checked.reason)
+        await _settle(repo, loaded, ch, attempt_id, checked.reason, now)
     else:
-        assert expire, "a judged proof always has a reserved attempt"
         await repo.expire(ch.id, now)
         attempts_left = 0
         await repo.record_attempt(
@@ -743,6 +752,24 @@ async def _fail_in(
     )
 
 
+async def _settle(
+    repo: ChallengeRepository,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    attempt_id: str | None,
+    outcome: str,
+    now: datetime,
+) -> None:
+    """The reserved attempt's outcome: its pending row updated, or (None: reserved in this
+    transaction without a row) its row written now."""
+    if attempt_id is not None:
+        await repo.settle_attempt(attempt_id, outcome)
+        return
+    await repo.record_attempt(
+        ch.subject, ch.unlock_request_id, ch.method, outcome, loaded.request.source_index, now
+    )
+
+
 class _ProofUsed(Exception):
     """Internal: the conditional update found the proof already used; the transaction rolls back."""
 
@@ -786,17 +813,22 @@ async def _succeed_in(
     method: Method,
     now: datetime,
     checked: Checked,
-    attempt_id: str,
+    attempt_id: str | None,
 ) -> tuple[UnlockRequestRow, int | None]:
     """An accepted proof's writes in the caller's transaction: the request row after them and its
-    log index (None while pending). Raises _ProofUsed when another request used the proof first;
-    the caller rolls back what this wrote."""
+    log index (None while pending). Raises _ProofUsed when another request used the proof first,
+    having written nothing (see below for the one exception, which is safe to commit)."""
     repo = ChallengeRepository(conn)
-    won = await repo.complete(ch.id, now)
-    if won and checked.totp_step is not None:
+    # The proof first, then the challenge: a proof another request used writes nothing here.
+    # The challenge cannot then fail to complete when its attempt was reserved in this same
+    # transaction (the path of _verify's at-once methods); if it ever did, the proof stays used
+    # and the attempt is settled as a failure, which only costs the person a code.
+    won = True
+    if checked.totp_step is not None:
         won = await repo.consume_totp_step(ch.subject, checked.totp_step)
     if won and checked.recovery_code_id is not None:
         won = await repo.use_recovery_code(checked.recovery_code_id, now)
+    won = won and await repo.complete(ch.id, now)
     if not won:
         # Another request used this proof first: exactly one wins (ASVS4-2.8.5).
         raise _ProofUsed
@@ -813,7 +845,7 @@ async def _succeed_in(
         review_reason=review_reason,
         now=now,
     )
-    await repo.settle_attempt(attempt_id, "success")
+    await _settle(repo, loaded, ch, attempt_id, "success", now)
     await record(
         conn,
         ctx,
@@ -832,8 +864,14 @@ async def _succeed_in(
     )
     if approved:
         await approve_in(conn, ctx, actor, loaded, now, via="verification")
-    row = await UnlockRequestRepository(conn).get(ch.unlock_request_id)
-    assert row is not None
+    # The row as this transaction left it (update_request above is its only change), without
+    # reading it back.
+    row = dataclasses.replace(
+        loaded.request,
+        status=new_status,
+        factors_satisfied=json.dumps(sorted(proven)),
+        review_reason=review_reason,
+    )
     # The decision's entry was integrated when it was made: read its index here rather
     # than in a transaction of its own afterwards.
     return row, await AuditStore(conn).index_of(row.audit_inbox_id)

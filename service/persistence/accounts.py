@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from policy.model import TotpState
+from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.persistence.tables import (
     accounts,
     face_consents,
@@ -143,12 +144,22 @@ LINKED = (
     .where(linked_identities.c.subject == bindparam("subject"))
     .order_by(linked_identities.c.provider)
 )
-# What a TOTP proof reads: the enrolment alone, not the whole snapshot.
-TOTP = select(
-    totp_enrolments.c.secret_ciphertext,
-    totp_enrolments.c.confirmed_at,
-    totp_enrolments.c.last_step,
-).where(totp_enrolments.c.subject == bindparam("subject"))
+# What a TOTP proof reads: the enrolment alone, not the whole snapshot, with the data key that
+# opens its secret.
+TOTP = (
+    select(
+        totp_enrolments.c.secret_ciphertext,
+        totp_enrolments.c.confirmed_at,
+        totp_enrolments.c.last_step,
+        *KEY_COLUMNS,
+    )
+    .select_from(
+        totp_enrolments.outerjoin(
+            account_data_keys, account_data_keys.c.subject == totp_enrolments.c.subject
+        )
+    )
+    .where(totp_enrolments.c.subject == bindparam("subject"))
+)
 # The linked identities of several accounts at once (group commit of decisions).
 LINKED_MANY = (
     select(linked_identities.c.subject, *LINKED.selected_columns)
@@ -206,11 +217,18 @@ class AccountRepository:
         linked = (await self._conn.execute(LINKED, params)).all()
         return snapshot_from(subject, row, linked)
 
-    async def totp(self, subject: str) -> TotpRecord | None:
+    async def totp(self, subject: str) -> tuple[TotpRecord, KeyRow | None] | None:
+        """The enrolment and the account's data key row (for DataKeys.decrypt_with)."""
         row = (await self._conn.execute(TOTP, {"subject": subject})).first()
         if row is None:
             return None
-        return TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step)
+        key_row: KeyRow | None = (
+            None
+            if row.key_version is None
+            else (int(row.key_version), row.wrapped_key, row.destroyed_at)
+        )
+        record = TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step)
+        return record, key_row
 
     async def set_phone(
         self,

@@ -14,6 +14,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -149,6 +150,34 @@ def test_the_mann_whitney_helper_tells_shifted_samples_apart() -> None:
     assert mann_whitney_p(same, [v + 3 for v in same]) < 1e-6
 
 
+def _interleaved(
+    known: list[str], unknown: list[str], rounds: int, timed: Callable[[str], float]
+) -> tuple[list[float], list[float]]:
+    """Times of each kind, interleaved and alternating which kind goes first, so drift in the
+    machine's load falls on both kinds alike."""
+    known_times: list[float] = []
+    unknown_times: list[float] = []
+    for r in range(rounds):
+        for i in range(len(known)):
+            pair = [(known_times, known[i]), (unknown_times, unknown[i])]
+            for times, account in pair if (r + i) % 2 == 0 else reversed(pair):
+                times.append(timed(account))
+    return known_times, unknown_times
+
+
+def _assert_same_time(what: str, known_times: list[float], unknown_times: list[float]) -> None:
+    p = mann_whitney_p(known_times, unknown_times)
+    median_known = statistics.median(known_times)
+    median_unknown = statistics.median(unknown_times)
+    relative = abs(median_known - median_unknown) / median_known
+    report = (
+        f"{what}, n={len(known_times)} each: known median {median_known * 1e3:.2f} ms, "
+        f"unknown {median_unknown * 1e3:.2f} ms ({relative:.1%}), Mann-Whitney p={p:.3g}"
+    )
+    print(report)
+    assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
+
+
 def test_known_and_unknown_accounts_answer_in_the_same_time(security_stack: SecurityStack) -> None:
     service = security_stack.service
     known = _known_accounts(service, "acct-time-known", IDS)
@@ -166,25 +195,8 @@ def test_known_and_unknown_accounts_answer_in_the_same_time(security_stack: Secu
         for i in range(WARM_UP):
             timed(known[i % IDS])
             timed(unknown[i % IDS])
-        known_times: list[float] = []
-        unknown_times: list[float] = []
-        # Interleaved and alternating which kind goes first, so drift in the machine's load
-        # falls on both kinds alike.
-        for r in range(ROUNDS):
-            for i in range(IDS):
-                pair = [(known_times, known[i]), (unknown_times, unknown[i])]
-                for times, account in pair if (r + i) % 2 == 0 else reversed(pair):
-                    times.append(timed(account))
-    p = mann_whitney_p(known_times, unknown_times)
-    median_known = statistics.median(known_times)
-    median_unknown = statistics.median(unknown_times)
-    relative = abs(median_known - median_unknown) / median_known
-    report = (
-        f"n={len(known_times)} each: known median {median_known * 1e3:.2f} ms, "
-        f"unknown {median_unknown * 1e3:.2f} ms ({relative:.1%}), Mann-Whitney p={p:.3g}"
-    )
-    print(report)
-    assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
+        known_times, unknown_times = _interleaved(known, unknown, ROUNDS, timed)
+    _assert_same_time("unlock request", known_times, unknown_times)
 
 
 SMS_IDS = 60  # each id starts two SMS challenges: within the per-number hourly limit (3)
@@ -209,22 +221,6 @@ def test_an_sms_challenge_takes_as_long_for_an_unknown_account_as_for_a_known_on
             assert r.status_code == 201, r.text
             return elapsed
 
-        known_times: list[float] = []
-        unknown_times: list[float] = []
-        for r in range(SMS_ROUNDS):
-            for i in range(SMS_IDS):
-                pair = [(known_times, known[i]), (unknown_times, unknown[i])]
-                for times, account in pair if (r + i) % 2 == 0 else reversed(pair):
-                    times.append(timed(account))
+        known_times, unknown_times = _interleaved(known, unknown, SMS_ROUNDS, timed)
     # The first of each kind warm the worker (and give it gateway timings to pad with).
-    known_times, unknown_times = known_times[5:], unknown_times[5:]
-    p = mann_whitney_p(known_times, unknown_times)
-    median_known = statistics.median(known_times)
-    median_unknown = statistics.median(unknown_times)
-    relative = abs(median_known - median_unknown) / median_known
-    report = (
-        f"SMS challenge, n={len(known_times)} each: known median {median_known * 1e3:.2f} ms, "
-        f"unknown {median_unknown * 1e3:.2f} ms ({relative:.1%}), Mann-Whitney p={p:.3g}"
-    )
-    print(report)
-    assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
+    _assert_same_time("SMS challenge", known_times[5:], unknown_times[5:])
