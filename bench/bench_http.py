@@ -400,14 +400,14 @@ def print_table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], ar
         )
 
 
-def _workers(text: str) -> list[int]:
+def parse_workers(text: str) -> list[int]:
     values = [int(part) for part in text.split(",") if part.strip()]
     if not values or any(not 1 <= v <= 16 for v in values):
         raise argparse.ArgumentTypeError("workers: a comma-separated list of 1..16")
     return values
 
 
-def _connections(text: str) -> list[int]:
+def parse_connections(text: str) -> list[int]:
     values = [int(part) for part in text.split(",") if part.strip()]
     if not values or any(not 1 <= v <= 1024 for v in values):
         raise argparse.ArgumentTypeError("connections: a comma-separated list of 1..1024")
@@ -420,9 +420,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded warm-up")
     parser.add_argument("--runs", type=int, default=3, help="measured runs per configuration")
     parser.add_argument(
-        "--connections", type=_connections, default=[TARGET_P99_CONNECTIONS], help="e.g. 32,64"
+        "--connections", type=parse_connections, default=[TARGET_P99_CONNECTIONS], help="e.g. 32,64"
     )
-    parser.add_argument("--workers", type=_workers, default=[1, 2], help="e.g. 1,2")
+    parser.add_argument("--workers", type=parse_workers, default=[1, 2], help="e.g. 1,2")
     parser.add_argument("--target", choices=["trivial", "unlock"], default="trivial")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)

@@ -35,7 +35,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.bench_http import REQUEST_TEMPLATE, ROOT, fairunlock_server
+from bench.bench_http import (
+    REQUEST_TEMPLATE,
+    ROOT,
+    fairunlock_server,
+    parse_connections,
+    parse_workers,
+)
 from bench.http_load import (
     Call,
     LoadResult,
@@ -264,14 +270,10 @@ def _echo_spec(base_url: str, connections: int, duration_s: float) -> LoadSpec:
     )
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workers", type=_int_list, default=[1])
-    parser.add_argument("--connections", type=_int_list, default=[32])
+    parser.add_argument("--workers", type=parse_workers, default=[1])
+    parser.add_argument("--connections", type=parse_connections, default=[32])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")

@@ -120,9 +120,7 @@ async def _check_throttles(
 ) -> None:
     limits = ctx.policy.limits
     day = timedelta(hours=24)
-    failures = await repo.failures_since(
-        now - day, subject=loaded.request.subject, method=method.value
-    )
+    failures = await repo.method_failures_since(now - day, loaded.request.subject, method.value)
     if len(failures) >= limits.method_failures_per_day:
         raise Throttled(
             f"Too many failed {method.value} attempts today; "
@@ -133,7 +131,7 @@ async def _check_throttles(
     source = loaded.request.source_index
     if source is not None:
         hour = timedelta(hours=1)
-        from_source = await repo.failures_since(now - hour, source_index=source)
+        from_source = await repo.source_failures_since(now - hour, source)
         if len(from_source) >= limits.source_failures_per_hour:
             raise Throttled(
                 "Too many failed attempts from this network; try later or ask for human review.",
@@ -321,13 +319,6 @@ def _need(value: str | None, name: str) -> str:
 
 
 async def _check_totp(
-    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
-) -> Checked:
-    async with ctx.engine.connect() as conn:
-        return await _check_totp_in(conn, ctx, loaded, ch, body, now)
-
-
-async def _check_totp_in(
     conn: AsyncConnection,
     ctx: ServiceContext,
     loaded: Loaded,
@@ -399,8 +390,14 @@ async def _check_recovery_code(
 
 
 async def _check_sms(
-    ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
+    conn: AsyncConnection,
+    ctx: ServiceContext,
+    loaded: Loaded,
+    ch: ChallengeRow,
+    body: dto.VerifyIn,
+    now: datetime,
 ) -> Checked:
+    # Reads nothing: the code's keyed hash is on the challenge row (``conn`` is for the shape).
     code = _need(body.code, "code").strip()
     expected = ch.secret_hash or _NEVER
     ok = hmac.compare_digest(_sms_hash(ctx, ch.id, code), expected)
@@ -489,24 +486,13 @@ async def _check_face(
     )
 
 
+# The methods whose check takes time: a proof runs in three phases (verify), so that no
+# transaction stays open across argon2, an OIDC round trip or a face provider.
 CHECKERS: dict[Method, Checker] = {
-    Method.TOTP: _check_totp,
     Method.RECOVERY_CODE: _check_recovery_code,
-    Method.SMS: _check_sms,
     Method.LINKED_IDENTITY: _check_oidc,
     Method.FACE: _check_face,
 }
-
-
-async def _check_sms_in(
-    conn: AsyncConnection,
-    ctx: ServiceContext,
-    loaded: Loaded,
-    ch: ChallengeRow,
-    body: dto.VerifyIn,
-    now: datetime,
-) -> Checked:
-    return await _check_sms(ctx, loaded, ch, body, now)
 
 
 InlineChecker = Callable[
@@ -514,11 +500,11 @@ InlineChecker = Callable[
     Awaitable[Checked],
 ]
 # Methods whose check is a few microseconds of CPU and at most a read: their whole proof (load,
-# throttles, attempt, check, outcome) is one transaction, with one commit. The others (argon2,
-# an OIDC round trip, a face provider) keep the three phases, so no transaction waits on them.
+# throttles, attempt, check, outcome) is one transaction, with one commit. Every method is in
+# exactly one of CHECKERS and AT_ONCE.
 AT_ONCE: dict[Method, InlineChecker] = {
-    Method.TOTP: _check_totp_in,
-    Method.SMS: _check_sms_in,
+    Method.TOTP: _check_totp,
+    Method.SMS: _check_sms,
 }
 
 
@@ -583,7 +569,7 @@ async def verify(
         return await _answer(ctx, row, index, now)
     # The three phases, for checks that take time (_reserve checks the throttles again,
     # serialised with the attempt they admit).
-    if now >= challenge.expires_at:
+    if now >= challenge.expires_at:  # any method's expired challenge ends here (_fail raises)
         await _fail(
             ctx, actor, loaded, challenge, now, Checked(ok=False, reason="expired"), expire=True
         )
@@ -683,25 +669,18 @@ async def _fail_in(
     """Settle a rejected proof in the caller's transaction; the error to raise once it commits."""
     limits = ctx.policy.limits
     repo = ChallengeRepository(conn)
-    if not expire:
-        # The attempt was reserved (and counted) before the check: settle it.
-        attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
-        await _settle(repo, loaded, ch, attempt_id, checked.reason, now)
-    else:
+    if expire:
         await repo.expire(ch.id, now)
         attempts_left = 0
-        await repo.record_attempt(
-            ch.subject,
-            ch.unlock_request_id,
-            ch.method,
-            checked.reason,
-            loaded.request.source_index,
-            now,
-        )
+    else:
+        # The attempt was reserved (and counted) before the check.
+        attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
+    # An expired challenge's attempt was never reserved: _settle writes its row.
+    await _settle(repo, loaded, ch, attempt_id, checked.reason, now)
     review_reason = checked.review_reason
     if review_reason is None:
-        failures = await repo.failures_since(
-            now - timedelta(hours=24), subject=ch.subject, method=ch.method
+        failures = await repo.method_failures_since(
+            now - timedelta(hours=24), ch.subject, ch.method
         )
         if len(failures) >= limits.method_failures_per_day:
             review_reason = ReviewReason.REPEATED_FAILURES

@@ -265,42 +265,19 @@ class ChallengeRepository:
                 select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
             )
 
-    async def failures_since(
-        self,
-        since: datetime,
-        *,
-        subject: str | None = None,
-        method: str | None = None,
-        source_index: str | None = None,
+    # When the failed attempts since ``since`` happened, oldest first: what throttling and
+    # Retry-After are computed from.
+    async def method_failures_since(
+        self, since: datetime, subject: str, method: str
     ) -> list[datetime]:
-        """When the failed attempts since ``since`` happened, oldest first, for an account
-        (and method) or for a source address: what throttling and Retry-After are computed from."""
-        # The two throttles' shapes, built once; any other combination is built here.
-        if subject is not None and method is not None and source_index is None:
-            statement, params = (
-                _FAILURES_OF_METHOD,
-                {"p_since": since, "p_subject": subject, "p_method": method},
-            )
-            return [r[0] for r in await self._conn.execute(statement, params)]
-        if source_index is not None and subject is None and method is None:
-            params = {"p_since": since, "p_source": source_index}
-            return [r[0] for r in await self._conn.execute(_FAILURES_FROM_SOURCE, params)]
-        where = [
-            verification_attempts.c.outcome != "success",
-            verification_attempts.c.created_at >= since,
-        ]
-        if subject is not None:
-            where.append(verification_attempts.c.subject == subject)
-        if method is not None:
-            where.append(verification_attempts.c.method == method)
-        if source_index is not None:
-            where.append(verification_attempts.c.source_index == source_index)
-        rows = await self._conn.execute(
-            select(verification_attempts.c.created_at)
-            .where(*where)
-            .order_by(verification_attempts.c.created_at)
-        )
-        return [r[0] for r in rows]
+        """An account's failed attempts at one method."""
+        params = {"p_since": since, "p_subject": subject, "p_method": method}
+        return [r[0] for r in await self._conn.execute(_FAILURES_OF_METHOD, params)]
+
+    async def source_failures_since(self, since: datetime, source_index: str) -> list[datetime]:
+        """The failed attempts from one source address (its blind index), any account."""
+        params = {"p_since": since, "p_source": source_index}
+        return [r[0] for r in await self._conn.execute(_FAILURES_FROM_SOURCE, params)]
 
     async def sms_sends_since(self, destination_index: str, since: datetime) -> list[datetime]:
         rows = await self._conn.execute(

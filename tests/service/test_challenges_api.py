@@ -371,3 +371,14 @@ def test_guessing_a_six_digit_sms_code_within_a_day_is_bounded_by_the_limits(
     guesses_per_day = limits.method_failures_per_day + 1
     bound = guesses_per_day / 10**challenges.SMS_CODE_DIGITS
     assert bound <= 1e-4, bound
+
+
+def test_every_method_is_checked_in_exactly_one_way() -> None:
+    """A proof runs at once (one transaction) or in three phases: each method in one table, so the
+    three-phase path never meets a method it has no checker for."""
+    from policy.model import Method
+
+    at_once, phased = set(challenges.AT_ONCE), set(challenges.CHECKERS)
+    assert at_once.isdisjoint(phased)
+    assert at_once | phased == set(Method)
+    assert at_once == {Method.TOTP, Method.SMS}  # the checks that are microseconds of CPU
