@@ -19,7 +19,7 @@ from service.context import ServiceContext
 from service.data_keys import DataKeys
 from service.db import create_engine
 from service.errors import EXCEPTION_HANDLERS, database_unavailable
-from service.flows import unlock
+from service.flows import challenges, unlock
 from service.http import require_json_body
 from service.keystore import KeyStore
 from service.notice import load_shipped_notice
@@ -95,6 +95,7 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         face=parties.face,
         face_audiences=parties.face_audiences,
         decisions=unlock.decision_batches(engine, observe=metrics.observe_batch),
+        proofs=challenges.proof_batches(engine),
     )
 
     outbox = OutboxDispatcher(

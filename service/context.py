@@ -44,6 +44,8 @@ class ServiceContext:
     # Decisions of concurrent requests commit together, with one audit integration per batch
     # (service.flows.unlock.decision_batches).
     decisions: GroupCommit[Any, Any]
+    # Proofs of concurrent requests commit together (service.flows.challenges.proof_batches).
+    proofs: GroupCommit[Any, Any]
     clock: Callable[[], datetime] = utc_now
     sms_timings: SendTimings = field(default_factory=SendTimings)
 

@@ -16,6 +16,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from service.sqlite_inline import BEGIN_IMMEDIATE, inline_creator
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_DEADLOCK_SQLSTATE = "40P01"
 
 
 def is_sqlite(url: str) -> bool:
@@ -73,3 +74,20 @@ def create_engine(
         max_overflow=pool_size,
         pool_pre_ping=True,
     )
+
+
+def deadlocked(exc: BaseException) -> bool:
+    """True when PostgreSQL aborted the transaction to break a deadlock (SQLSTATE 40P01): nothing
+    of it committed, and its parts run one transaction at a time cannot deadlock the same way."""
+    current: BaseException | None = exc
+    for _ in range(8):  # the error, what SQLAlchemy wrapped, and the driver's cause
+        if current is None:
+            return False
+        if _DEADLOCK_SQLSTATE in (
+            getattr(current, "sqlstate", None),
+            getattr(current, "pgcode", None),
+        ):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False

@@ -44,7 +44,15 @@ class _Pending(Generic[T, A]):
 class GroupCommit(Generic[T, A]):
     """One per worker process and kind of work."""
 
-    __slots__ = ("_engine", "_max_batch", "_observe", "_pending", "_process", "_runner")
+    __slots__ = (
+        "_alone_on",
+        "_engine",
+        "_max_batch",
+        "_observe",
+        "_pending",
+        "_process",
+        "_runner",
+    )
 
     def __init__(
         self,
@@ -53,6 +61,7 @@ class GroupCommit(Generic[T, A]):
         *,
         max_batch: int = 64,
         observe: Callable[[int], None] | None = None,
+        alone_on: Callable[[Exception], bool] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -60,6 +69,7 @@ class GroupCommit(Generic[T, A]):
         self._process = process
         self._max_batch = max_batch
         self._observe = observe
+        self._alone_on = alone_on
         self._pending: list[_Pending[T, A]] = []
         self._runner: asyncio.Task[None] | None = None
 
@@ -101,15 +111,19 @@ class GroupCommit(Generic[T, A]):
                 outcomes = await self._process(conn, [p.item for p in batch])
                 if len(outcomes) != len(batch):
                     raise RuntimeError("group commit: process answered a different number of items")
-        except BaseException as exc:
-            # Nothing of the batch committed: every caller still waiting learns it.
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise  # cancelled (shutdown) or interpreter exit
+        except Exception as exc:
+            if len(batch) > 1 and self._alone_on is not None and self._alone_on(exc):
+                log.info("group commit of %d requests retried one by one: %r", len(batch), exc)
+                for pending in batch:
+                    await self._run_batch([pending])
+                return
+            self._fail(batch, exc)
             log.warning("group commit of %d requests failed: %r", len(batch), exc)
             return
+        except BaseException as exc:
+            # Cancelled (shutdown) or interpreter exit: nothing of the batch committed.
+            self._fail(batch, exc)
+            raise
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():
                 continue
@@ -117,3 +131,10 @@ class GroupCommit(Generic[T, A]):
                 pending.future.set_exception(outcome)
             else:
                 pending.future.set_result(outcome)
+
+    @staticmethod
+    def _fail(batch: list[_Pending[T, A]], exc: BaseException) -> None:
+        # Nothing of the batch committed: every caller still waiting learns it.
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import dataclasses
 import json
 import re
 import time
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 
 from service import dto
-from service.domain import ProofRejected
+from service.domain import ChallengeNotFound, ProofMissing, ProofRejected
 from service.flows import challenges
+from service.group_commit import GroupCommit
 from service.methods import totp
 from service.methods.totp import TotpParameters, code_at
 from tests.service.conftest import PERSONA_REQUEST, Api
@@ -382,3 +384,55 @@ def test_every_method_is_checked_in_exactly_one_way() -> None:
     assert at_once.isdisjoint(phased)
     assert at_once | phased == set(Method)
     assert at_once == {Method.TOTP, Method.SMS}  # the checks that are microseconds of CPU
+
+
+def test_concurrent_proofs_share_a_commit_yet_each_gets_its_own_outcome(api: Api) -> None:
+    """Proofs commit in groups (challenges.proof_batches): the accepted one is approved, the
+    rejected one's attempt counts, the malformed one counts against no one, and the unknown
+    challenge is a 404 — as if each had its own transaction."""
+    limit = api.ctx.policy.limits.challenge_attempts
+    ready = {}
+    for name in ("right", "wrong", "missing"):
+        secret = _enrol_totp(api, f"acct-batch-{name}", at=previous_step())
+        decision = _request(api, f"acct-batch-{name}")
+        ready[name] = (secret, decision["id"], _start(api, decision["id"], "totp").json()["id"])
+    other = _request(api, "acct-batch-none")["id"]
+    batches: list[int] = []
+
+    async def recording(conn: Any, batch: Any) -> Any:
+        batches.append(len(batch))
+        return await challenges.prove_batch(conn, batch)
+
+    ctx = dataclasses.replace(api.ctx, proofs=GroupCommit(api.ctx.engine, recording))
+    code = code_at(ready["right"][0], datetime.now(UTC), PARAMS)
+    wrong = f"{(int(code_at(ready['wrong'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
+
+    async def attempt(request_id: str, challenge_id: str, proof: dto.VerifyIn) -> Any:
+        try:
+            return await challenges.verify(ctx, "batch", request_id, challenge_id, proof)
+        except Exception as exc:
+            return exc
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(
+            attempt(*ready["right"][1:], dto.VerifyIn(code=code)),
+            attempt(*ready["wrong"][1:], dto.VerifyIn(code=wrong)),
+            attempt(*ready["missing"][1:], dto.VerifyIn()),
+            attempt(other, "00000000-0000-0000-0000-000000000000", dto.VerifyIn(code=code)),
+        )
+
+    accepted, rejected, missing, unknown = api.run(together)
+    assert max(batches) > 1, batches  # they did share a transaction
+    assert isinstance(accepted, dto.DecisionOut)
+    assert accepted.status == "approved"
+    assert isinstance(rejected, ProofRejected)
+    assert rejected.extra["attempts_left"] == limit - 1
+    assert isinstance(missing, ProofMissing)
+    assert isinstance(unknown, ChallengeNotFound)
+    # What committed: the rejected attempt counts, the malformed proof did not.
+    again = _verify(api, *ready["wrong"][1:], code=wrong)
+    assert again.json()["attempts_left"] == limit - 2
+    again = _verify(api, *ready["missing"][1:], code=wrong)
+    assert again.json()["attempts_left"] == limit - 1
+    r = api.client.get(f"/v1/unlock-requests/{ready['right'][1]}", headers=api.headers())
+    assert r.json()["status"] == "approved"

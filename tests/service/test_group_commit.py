@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.db import create_engine
+from service.db import create_engine, deadlocked
 from service.group_commit import GroupCommit
 
 metadata = MetaData()
@@ -132,3 +132,73 @@ def test_max_batch_must_be_positive(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
     with pytest.raises(ValueError, match="max_batch"):
         GroupCommit(engine, Recorder().process, max_batch=0)
+
+
+class Deadlock(Exception):
+    """Stands for PostgreSQL's deadlock error in the unit test of the retry rule."""
+
+
+def test_a_batch_that_deadlocks_is_retried_one_request_at_a_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        _, recorder, engine = await _setup(tmp_path)
+
+        async def process(conn: AsyncConnection, items: Sequence[str]) -> list[str | Exception]:
+            outcomes = await recorder.process(conn, items)
+            if len(items) > 1:
+                raise Deadlock("two batches locked the same rows in opposite orders")
+            return outcomes
+
+        group = GroupCommit(engine, process, alone_on=lambda exc: isinstance(exc, Deadlock))
+        answers = await asyncio.gather(*(group.submit(f"k{i}", f"v{i}") for i in range(6)))
+        assert answers == [f"v{i}:0" for i in range(6)]
+        assert any(len(b) > 1 for b in recorder.batches)  # a shared batch did fail first
+        async with engine.connect() as conn:
+            assert await _count(conn) == 6  # each once: the failed batch kept nothing
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_other_errors_are_not_retried_one_by_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        _, recorder, engine = await _setup(tmp_path)
+        recorder.fail_with = OSError("disk full")
+        group = GroupCommit(engine, recorder.process, alone_on=lambda exc: False)
+        outcomes = await asyncio.gather(
+            *(group.submit(f"k{i}", "x") for i in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(o, OSError) for o in outcomes)
+        assert sum(len(b) for b in recorder.batches) == 4  # each request ran exactly once
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_deadlocked_recognises_a_real_postgresql_deadlock(postgres_url: str) -> None:
+    async def scenario() -> None:
+        engine = create_engine(postgres_url)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(insert(rows), [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}])
+        first_locked, second_locked = asyncio.Event(), asyncio.Event()
+
+        async def lock(mine: int, theirs: int, locked: asyncio.Event, other: asyncio.Event) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(rows.update().where(rows.c.id == mine).values(v="x"))
+                locked.set()
+                await other.wait()
+                await conn.execute(rows.update().where(rows.c.id == theirs).values(v="y"))
+
+        outcomes = await asyncio.gather(
+            lock(1, 2, first_locked, second_locked),
+            lock(2, 1, second_locked, first_locked),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(errors) == 1  # PostgreSQL aborts one of the two
+        assert deadlocked(errors[0])
+        assert not deadlocked(OSError("disk full"))
+        await engine.dispose()
+
+    asyncio.run(scenario())
