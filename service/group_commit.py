@@ -11,6 +11,8 @@ audit integration — then one COMMIT makes it durable. Only then does any calle
 (it must have written nothing for that item). Requests with the same ``key`` (the account) never
 share a batch: a later one is held for the next batch, so its reads see the earlier one's rows
 (e.g. the velocity count). No timer: an idle worker commits at once; a busy one batches by itself.
+With ``concurrency`` above one (PostgreSQL, where a batch mostly waits on round trips), that many
+batches run at once on their own connections; a key is never in two of them.
 
 A ``process`` that raises, or a failed COMMIT, fails every request of the batch; nothing of it
 was committed.
@@ -46,12 +48,13 @@ class GroupCommit(Generic[T, A]):
 
     __slots__ = (
         "_alone_on",
+        "_concurrency",
         "_engine",
         "_max_batch",
         "_observe",
         "_pending",
         "_process",
-        "_runner",
+        "_runners",
     )
 
     def __init__(
@@ -62,16 +65,21 @@ class GroupCommit(Generic[T, A]):
         max_batch: int = 64,
         observe: Callable[[int], None] | None = None,
         alone_on: Callable[[Exception], bool] | None = None,
+        concurrency: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self._engine = engine
         self._process = process
         self._max_batch = max_batch
         self._observe = observe
         self._alone_on = alone_on
+        self._concurrency = concurrency
         self._pending: list[_Pending[T, A]] = []
-        self._runner: asyncio.Task[None] | None = None
+        # Each running batch loop and the keys of the batch it holds.
+        self._runners: dict[asyncio.Task[None], set[str]] = {}
 
     async def submit(self, key: str, item: T) -> A:
         """Process ``item`` in the next batch that holds nothing else for ``key``; its answer,
@@ -79,19 +87,23 @@ class GroupCommit(Generic[T, A]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[A] = loop.create_future()
         self._pending.append(_Pending(key, item, future))
-        runner = self._runner
         # A runner of another (closed) loop never finishes: tests reuse an app across loops.
-        if runner is None or runner.done() or runner.get_loop() is not loop:
-            self._runner = asyncio.create_task(self._run())
+        self._runners = {
+            task: keys
+            for task, keys in self._runners.items()
+            if not task.done() and task.get_loop() is loop
+        }
+        if len(self._runners) < self._concurrency:
+            self._runners[asyncio.create_task(self._run())] = set()
         # shield: a caller that goes away (client disconnect) must not cancel others' batch.
         return await asyncio.shield(future)
 
-    def _take_batch(self) -> list[_Pending[T, A]]:
+    def _take_batch(self, busy: set[str]) -> list[_Pending[T, A]]:
         batch: list[_Pending[T, A]] = []
         keys: set[str] = set()
         held: list[_Pending[T, A]] = []
         for pending in self._pending:
-            if len(batch) < self._max_batch and pending.key not in keys:
+            if len(batch) < self._max_batch and pending.key not in keys | busy:
                 batch.append(pending)
                 keys.add(pending.key)
             else:
@@ -100,8 +112,21 @@ class GroupCommit(Generic[T, A]):
         return batch
 
     async def _run(self) -> None:
-        while self._pending:
-            await self._run_batch(self._take_batch())
+        me = asyncio.current_task()
+        assert me is not None
+        mine = self._runners.setdefault(me, set())
+        try:
+            while self._pending:
+                # Keys another runner's batch holds wait for that batch's commit.
+                busy = set().union(*(k for t, k in self._runners.items() if t is not me))
+                batch = self._take_batch(busy)
+                if not batch:
+                    return
+                mine.update(p.key for p in batch)
+                await self._run_batch(batch)
+                mine.clear()
+        finally:
+            self._runners.pop(me, None)
 
     async def _run_batch(self, batch: list[_Pending[T, A]]) -> None:
         if self._observe is not None:

@@ -202,3 +202,45 @@ def test_deadlocked_recognises_a_real_postgresql_deadlock(postgres_url: str) -> 
         await engine.dispose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_batches_in_flight_overlap_but_never_share_a_key(postgres_url: str) -> None:
+    async def scenario() -> None:
+        engine = create_engine(postgres_url)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        running: list[set[str]] = []
+        overlapped = False
+
+        async def process(conn: AsyncConnection, items: Sequence[str]) -> list[str | Exception]:
+            nonlocal overlapped
+            keys = {item.split(":")[0] for item in items}
+            assert all(not (keys & other) for other in running), "a key in two batches"
+            overlapped = overlapped or bool(running)
+            running.append(keys)
+            try:
+                await conn.execute(insert(rows), [{"v": item} for item in items])
+                await asyncio.sleep(0.02)  # a round trip's wait, during which another batch runs
+                return [f"{item}:ok" for item in items]
+            finally:
+                running.remove(keys)
+
+        # Small batches, so the runners started for later requests find keys no batch holds.
+        group = GroupCommit(engine, process, concurrency=3, max_batch=4)
+        # Ten keys, four requests each: a key's requests must run in separate batches, in order.
+        items = [(f"k{i % 10}", f"k{i % 10}:{i}") for i in range(40)]
+        answers = await asyncio.gather(*(group.submit(key, item) for key, item in items))
+        assert answers == [f"{item}:ok" for _, item in items]
+        assert overlapped  # with concurrency 3, batches did run at the same time
+        async with engine.connect() as conn:
+            assert await _count(conn) == 40
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_concurrency_must_be_positive(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+    with pytest.raises(ValueError, match="concurrency"):
+        GroupCommit(engine, Recorder().process, concurrency=0)
