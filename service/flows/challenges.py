@@ -126,8 +126,15 @@ async def _check_throttles(
     repo: ChallengeRepository, ctx: ServiceContext, loaded: Loaded, method: Method, now: datetime
 ) -> None:
     limits = ctx.policy.limits
-    day = timedelta(hours=24)
-    failures = await repo.method_failures_since(now - day, loaded.request.subject, method.value)
+    day, hour = timedelta(hours=24), timedelta(hours=1)
+    subject, source = loaded.request.subject, loaded.request.source_index
+    if source is None:
+        failures = await repo.method_failures_since(now - day, subject, method.value)
+        from_source: list[datetime] = []
+    else:
+        failures, from_source = await repo.failures_since(
+            now - day, subject, method.value, now - hour, source
+        )
     if len(failures) >= limits.method_failures_per_day:
         raise Throttled(
             f"Too many failed {method.value} attempts today; "
@@ -135,16 +142,12 @@ async def _check_throttles(
             retry_after=_retry_after(failures[-limits.method_failures_per_day], day, now),
             appeal_path=loaded.decision.review.appeal_path,
         )
-    source = loaded.request.source_index
-    if source is not None:
-        hour = timedelta(hours=1)
-        from_source = await repo.source_failures_since(now - hour, source)
-        if len(from_source) >= limits.source_failures_per_hour:
-            raise Throttled(
-                "Too many failed attempts from this network; try later or ask for human review.",
-                retry_after=_retry_after(from_source[-limits.source_failures_per_hour], hour, now),
-                appeal_path=loaded.decision.review.appeal_path,
-            )
+    if len(from_source) >= limits.source_failures_per_hour:
+        raise Throttled(
+            "Too many failed attempts from this network; try later or ask for human review.",
+            retry_after=_retry_after(from_source[-limits.source_failures_per_hour], hour, now),
+            appeal_path=loaded.decision.review.appeal_path,
+        )
 
 
 # --- starting a challenge --------------------------------------------------------------------

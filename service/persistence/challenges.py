@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.tables import (
@@ -99,15 +99,21 @@ _FAILURES_OF_METHOD = (
     )
     .order_by(verification_attempts.c.created_at)
 )
-_FAILURES_FROM_SOURCE = (
-    select(verification_attempts.c.created_at)
-    .where(
+# Both throttles' failures in one round trip: "m" rows are the account's at the method, "s" rows
+# the source address's (any account).
+_FAILURES_OF_METHOD_AND_SOURCE = union_all(
+    select(literal("m").label("k"), verification_attempts.c.created_at).where(
         *_FAILED,
         verification_attempts.c.created_at >= bindparam("p_since"),
+        verification_attempts.c.subject == bindparam("p_subject"),
+        verification_attempts.c.method == bindparam("p_method"),
+    ),
+    select(literal("s").label("k"), verification_attempts.c.created_at).where(
+        *_FAILED,
+        verification_attempts.c.created_at >= bindparam("p_source_since"),
         verification_attempts.c.source_index == bindparam("p_source"),
-    )
-    .order_by(verification_attempts.c.created_at)
-)
+    ),
+).order_by("k", "created_at")
 _CONSUME_TOTP_STEP = (
     update(totp_enrolments)
     .where(
@@ -274,10 +280,23 @@ class ChallengeRepository:
         params = {"p_since": since, "p_subject": subject, "p_method": method}
         return [r[0] for r in await self._conn.execute(_FAILURES_OF_METHOD, params)]
 
-    async def source_failures_since(self, since: datetime, source_index: str) -> list[datetime]:
-        """The failed attempts from one source address (its blind index), any account."""
-        params = {"p_since": since, "p_source": source_index}
-        return [r[0] for r in await self._conn.execute(_FAILURES_FROM_SOURCE, params)]
+    async def failures_since(
+        self, since: datetime, subject: str, method: str, source_since: datetime, source_index: str
+    ) -> tuple[list[datetime], list[datetime]]:
+        """An account's failed attempts at one method since ``since``, and those from one source
+        address (its blind index; any account) since ``source_since``, in one statement."""
+        params = {
+            "p_since": since,
+            "p_subject": subject,
+            "p_method": method,
+            "p_source_since": source_since,
+            "p_source": source_index,
+        }
+        of_method: list[datetime] = []
+        from_source: list[datetime] = []
+        for kind, at in await self._conn.execute(_FAILURES_OF_METHOD_AND_SOURCE, params):
+            (of_method if kind == "m" else from_source).append(at)
+        return of_method, from_source
 
     async def sms_sends_since(self, destination_index: str, since: datetime) -> list[datetime]:
         rows = await self._conn.execute(

@@ -187,6 +187,47 @@ def test_failures_pause_the_method_not_the_account(sqlite_api: Api) -> None:
     ).items()
 
 
+def test_failures_from_one_network_pause_proofs_from_it_for_every_account(
+    sqlite_api: Api,
+) -> None:
+    """The per-source throttle (OWASP-FP-15): failures spread over many accounts from one address
+    add up; past the hourly limit a proof from there is refused before it is checked."""
+    api = sqlite_api
+    limits = api.ctx.policy.limits
+    per_account = limits.method_failures_per_day - 1  # never the per-account limit
+    # An account that never fails, with a challenge started before the failures add up.
+    secret = _enrol_totp(api, "acct-src-last", at=previous_step())
+    request_id = _request(api, "acct-src-last")["id"]
+    challenge = _start(api, request_id, "totp").json()
+    failures, n = 0, 0
+    while failures < limits.source_failures_per_hour:
+        account = f"acct-src-{n}"
+        n += 1
+        _enrol_totp(api, account, at=previous_step())
+        failing = _request(api, account)["id"]  # every request comes from one address
+        done = 0
+        while done < per_account and failures < limits.source_failures_per_hour:
+            started = _start(api, failing, "totp").json()
+            for _ in range(min(limits.challenge_attempts, per_account - done)):
+                r = _verify(api, failing, started["id"], code="000000")
+                assert r.status_code == 422, r.text
+                done += 1
+                failures += 1
+                if failures == limits.source_failures_per_hour:
+                    break
+    # Even the right code: the throttle is checked first, and this account never failed.
+    r = _verify(api, request_id, challenge["id"], code=code_at(secret, datetime.now(UTC), PARAMS))
+    assert r.status_code == 429, r.text
+    assert "network" in r.json()["detail"]
+    assert int(r.headers["retry-after"]) > 0
+    assert _start(api, request_id, "totp").status_code == 429  # nothing starts from there either
+    # From another address the same account proves itself.
+    other = _request(api, "acct-src-last", ip="198.51.100.9")["id"]
+    challenge = _start(api, other, "totp").json()
+    r = _verify(api, other, challenge["id"], code=code_at(secret, datetime.now(UTC), PARAMS))
+    assert r.status_code == 200, r.text
+
+
 # --- recovery codes -------------------------------------------------------------------------
 
 
