@@ -956,26 +956,29 @@ async def approve_in(
     request_id = loaded.request.id
     sealed_account = loaded.request.account_id_sealed
     assert sealed_account is not None  # erased requests are closed before any proof is checked
-    await repo.enqueue(
-        "account_unlocked",
-        loaded.request.subject,
-        {
-            "unlock_request_id": request_id,
-            "account_id_sealed": sealed_account,
-            "via": via,
-            "approved_at": now.isoformat(),
-        },
-        now,
-    )
-    # NIST-63B4-4.6: tell the person on every channel on file, with no secret in the message.
-    await repo.enqueue(
-        "notify_person",
-        loaded.request.subject,
-        {
-            "unlock_request_id": request_id,
-            "account_id_sealed": sealed_account,
-            "locale": loaded.decision.locale,
-        },
+    await repo.enqueue_many(
+        [
+            (
+                "account_unlocked",
+                loaded.request.subject,
+                {
+                    "unlock_request_id": request_id,
+                    "account_id_sealed": sealed_account,
+                    "via": via,
+                    "approved_at": now.isoformat(),
+                },
+            ),
+            # NIST-63B4-4.6: tell the person on every channel on file, with no secret in it.
+            (
+                "notify_person",
+                loaded.request.subject,
+                {
+                    "unlock_request_id": request_id,
+                    "account_id_sealed": sealed_account,
+                    "locale": loaded.decision.locale,
+                },
+            ),
+        ],
         now,
     )
     await record(

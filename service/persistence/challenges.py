@@ -383,16 +383,26 @@ class ChallengeRepository:
     async def enqueue(
         self, kind: str, subject: str, payload: dict[str, object], now: datetime
     ) -> str:
-        event_id = str(uuid.uuid4())
-        await self._conn.execute(
-            _INSERT_OUTBOX,
-            {
-                "id": event_id,
-                "kind": kind,
-                "subject": subject,
-                "payload": json.dumps({"event_id": event_id, **payload}, sort_keys=True),
-                "created_at": now,
-                "next_attempt_at": now,
-            },
-        )
-        return event_id
+        return (await self.enqueue_many([(kind, subject, payload)], now))[0]
+
+    async def enqueue_many(
+        self, events: list[tuple[str, str, dict[str, object]]], now: datetime
+    ) -> list[str]:
+        """Outbox events (kind, subject, payload), in one statement; their ids."""
+        ids: list[str] = []
+        rows: list[dict[str, object]] = []
+        for kind, subject, payload in events:
+            event_id = str(uuid.uuid4())
+            ids.append(event_id)
+            rows.append(
+                {
+                    "id": event_id,
+                    "kind": kind,
+                    "subject": subject,
+                    "payload": json.dumps({"event_id": event_id, **payload}, sort_keys=True),
+                    "created_at": now,
+                    "next_attempt_at": now,
+                }
+            )
+        await self._conn.execute(_INSERT_OUTBOX, rows)
+        return ids
