@@ -20,6 +20,7 @@ from service.data_keys import DataKeys
 from service.db import create_engine
 from service.errors import EXCEPTION_HANDLERS, database_unavailable
 from service.flows import unlock
+from service.gc_tuning import startup_heap_frozen
 from service.http import require_json_body
 from service.keystore import KeyStore
 from service.notice import load_shipped_notice
@@ -128,7 +129,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
             integrator.start()
         outbox.start()
         try:
-            yield
+            with startup_heap_frozen():  # gc: see service/gc_tuning.py
+                yield
         finally:
             try:
                 await outbox.aclose()

@@ -3,6 +3,7 @@ route guarded or explicitly public (STYLE.md habit 11)."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def test_create_app_builds_nothing_at_import_and_serves_liveness(tmp_path: Path)
         response = client.get("/health/live")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_the_running_app_keeps_its_start_up_heap_out_of_gc_and_releases_it_on_stop(
+    tmp_path: Path,
+) -> None:
+    # Full collections walking the start-up heap were the decision route's p99 (gc_tuning.py).
+    app = _app(tmp_path)
+    assert gc.get_freeze_count() == 0  # building the app freezes nothing; the lifespan does
+    with TestClient(app) as client:
+        assert gc.get_freeze_count() > 10_000
+        assert client.get("/health/live").status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 def test_unknown_route_is_problem_json(tmp_path: Path) -> None:
