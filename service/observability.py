@@ -398,13 +398,24 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_batch(self, size: int) -> None:
         self.group_commit_batch.observe(size)
 
     def observe_request(self, method: str, route: str, status: int, duration_s: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(duration_s)
+        # The labelled children, remembered per label set: labels() costs twice the updates.
+        # As many entries as the metrics have children, so no new bound is needed.
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def record_decision(self, level: str, status: str, offered_face: bool) -> None:
         self.decisions.labels(str(level), str(status)).inc()
