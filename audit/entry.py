@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeAlias, cast
 
+import msgspec
 import rfc8785
 
 FORMAT_VERSION = 1
@@ -220,10 +221,10 @@ class AuditEvent:
             object.__setattr__(self, "time", moment.astimezone(UTC))
 
 
-# json.dumps(obj, sort_keys=True, ...) builds this encoder per call.
-_SORTED_COMPACT = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
+# Sorted keys, compact, UTF-8 out: for validated ASCII-keyed values, the bytes of
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() in a
+# seventh of the time (see _canonical).
+_SORTED_COMPACT = msgspec.json.Encoder(order="sorted")
 
 
 def _canonical(obj: Mapping[str, Any], what: str, shape: int | None = None) -> bytes:
@@ -232,14 +233,21 @@ def _canonical(obj: Mapping[str, Any], what: str, shape: int | None = None) -> b
     For such values RFC 8785 is the standard library's sorted, compact, non-ASCII-preserving
     JSON — same escapes (quote, backslash, \\b \\t \\n \\f \\r, other controls as lowercase
     \\u00xx) and integer forms — except that RFC 8785 sorts keys by UTF-16 code units, which
-    orders differently from code points only for non-ASCII keys. So ASCII-keyed values take the
-    C encoder (~4x faster; it is on every decision's path) and the rest the rfc8785 package;
-    tests/audit/test_entry.py proves the two agree."""
+    orders differently from code points only for non-ASCII keys. So ASCII-keyed values take a
+    C encoder (it is on every decision's path) and the rest the rfc8785 package. The C encoder
+    is msgspec's with sorted keys, which writes the same bytes as the standard library's here
+    (the same minimal escapes, lowercase \\u00xx, integers, UTF-8) ~7x faster;
+    tests/audit/test_entry.py proves all three agree."""
     try:
         if (_json_shape(obj) if shape is None else shape) == _VALID_ASCII_KEYS:
-            return _SORTED_COMPACT.encode(obj).encode("utf-8")
+            return _SORTED_COMPACT.encode(obj)
         return rfc8785.dumps(obj)
-    except (rfc8785.CanonicalizationError, UnicodeEncodeError, ValueError) as exc:
+    except (
+        rfc8785.CanonicalizationError,
+        msgspec.EncodeError,
+        UnicodeEncodeError,
+        ValueError,
+    ) as exc:
         # Defensive: values are validated beforehand; a lone surrogate cannot be UTF-8.
         raise EntryError(f"{what}: cannot canonicalise: {exc}") from None
 

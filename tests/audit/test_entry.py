@@ -385,6 +385,36 @@ def test_fast_canonical_json_is_byte_identical_to_rfc8785(value: dict[str, Any])
     assert _canonical(value, "test") == rfc8785.dumps(value)
 
 
+_ascii_keys = st.text(st.characters(max_codepoint=0x7F), max_size=6)
+_ascii_keyed_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | _text,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(_ascii_keys, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(value=st.dictionaries(_ascii_keys, _ascii_keyed_values, max_size=6))
+@settings(max_examples=1000, deadline=None)
+def test_ascii_keyed_canonical_json_is_the_standard_librarys_and_rfc8785s(
+    value: dict[str, Any],
+) -> None:
+    # The hot path's encoder (msgspec, sorted keys) against both references.
+    stdlib = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8", "surrogatepass")
+    try:
+        canonical = _canonical(value, "test")
+    except EntryError:  # a lone surrogate: not UTF-8, refused by every path
+        with pytest.raises(rfc8785.CanonicalizationError):
+            rfc8785.dumps(value)
+        return
+    assert canonical == stdlib == rfc8785.dumps(value)
+
+
 def test_non_ascii_keys_sort_by_utf16_code_units_as_rfc8785_requires() -> None:
     # U+FF61 sorts after U+1F600 in UTF-16 (0xFF61 > 0xD83D) but before it by code point.
     value = {"\uff61": 1, "\U0001f600": 2}
