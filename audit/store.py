@@ -214,6 +214,12 @@ class GroupAppender:
 # The statements every decision runs, built once: on this machine constructing a statement
 # costs more Python time than SQLite needs to execute it.
 _INSERT_INBOX = insert(audit_inbox)
+_INSERT_INBOX_RETURNING_IN_ORDER = insert(audit_inbox).returning(
+    audit_inbox.c.id, sort_by_parameter_order=True
+)
+_INSERT_INBOX_RETURNING_PAYLOAD = insert(audit_inbox).returning(
+    audit_inbox.c.id, audit_inbox.c.payload
+)
 _INSERT_LOG = insert(audit_log)
 _INSERT_CHECKPOINT = insert(audit_checkpoints)
 _HEAD = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
@@ -267,18 +273,13 @@ class AuditStore:
         rows = [{"payload": p, "created_at": now} for p in payloads]
         if self.is_postgres:
             # SQLAlchemy orders RETURNING by parameter position on PostgreSQL (sentinel column).
-            result = await self._conn.execute(
-                insert(audit_inbox).returning(audit_inbox.c.id, sort_by_parameter_order=True),
-                rows,
-            )
+            result = await self._conn.execute(_INSERT_INBOX_RETURNING_IN_ORDER, rows)
             return [int(row.id) for row in result]
         # SQLite: SQLAlchemy would fall back to one INSERT per row for an ordered RETURNING
         # (6x slower). Under BEGIN IMMEDIATE this is the only writer and AUTOINCREMENT gives the
         # VALUES rows ascending ids in order, so sorting the ids restores the input order; the
         # payload comparison proves it rather than trusting it.
-        result = await self._conn.execute(
-            insert(audit_inbox).returning(audit_inbox.c.id, audit_inbox.c.payload), rows
-        )
+        result = await self._conn.execute(_INSERT_INBOX_RETURNING_PAYLOAD, rows)
         returned = sorted((int(row.id), bytes(row.payload)) for row in result)
         if [payload for _, payload in returned] != list(payloads):
             raise AuditStoreError("inbox ids came back out of insertion order")

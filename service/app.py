@@ -17,9 +17,10 @@ from service import __doc__ as service_doc
 from service.auth import KeyCache, authentication_middleware
 from service.context import ServiceContext
 from service.data_keys import DataKeys
-from service.db import create_engine, is_sqlite
+from service.db import batches_in_flight, create_engine
 from service.errors import EXCEPTION_HANDLERS, database_unavailable
 from service.flows import challenges, unlock
+from service.gc_tuning import startup_heap_frozen
 from service.http import require_json_body
 from service.keystore import KeyStore
 from service.notice import load_shipped_notice
@@ -45,7 +46,6 @@ from service.wiring import Adapters, build_adapters
 
 API_TITLE = "FairUnlock"
 API_VERSION = "1.0.0"
-PG_BATCHES_IN_FLIGHT = 4
 
 
 log = logging.getLogger("fairunlock")
@@ -81,9 +81,6 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
     keystore = KeyStore.load(settings)
     audit_signer = keystore.signer(settings.audit_origin)
     parties = adapters if adapters is not None else build_adapters(settings)
-    # SQLite has one writer and one connection per worker; PostgreSQL overlaps the round trips
-    # of a few batches (measured: see the issue notes).
-    batches_in_flight = 1 if is_sqlite(settings.resolved_database_url) else PG_BATCHES_IN_FLIGHT
     # A policy that breaks a principle stops the start here, naming the rule.
     ctx = ServiceContext(
         settings=settings,
@@ -99,9 +96,13 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         face=parties.face,
         face_audiences=parties.face_audiences,
         decisions=unlock.decision_batches(
-            engine, observe=metrics.observe_batch, concurrency=batches_in_flight
+            engine,
+            observe=metrics.observe_batch,
+            concurrency=batches_in_flight(settings.resolved_database_url),
         ),
-        proofs=challenges.proof_batches(engine, concurrency=batches_in_flight),
+        proofs=challenges.proof_batches(
+            engine, concurrency=batches_in_flight(settings.resolved_database_url)
+        ),
     )
 
     outbox = OutboxDispatcher(
@@ -135,7 +136,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
             integrator.start()
         outbox.start()
         try:
-            yield
+            with startup_heap_frozen():  # gc: see service/gc_tuning.py
+                yield
         finally:
             try:
                 await outbox.aclose()

@@ -16,6 +16,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from service.sqlite_inline import BEGIN_IMMEDIATE, inline_creator
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_BATCHES_IN_FLIGHT = 4
 _DEADLOCK_SQLSTATE = "40P01"
 
 
@@ -38,6 +39,13 @@ def _sqlite_begin(conn: Any) -> None:
     # Take the write lock at BEGIN: a deferred BEGIN that upgrades later deadlocks under load
     # (AUDIT.md §7.3 measured 1.9 M busy retries). Readers are not blocked in WAL mode.
     conn.exec_driver_sql(BEGIN_IMMEDIATE)
+
+
+def batches_in_flight(url: str) -> int:
+    """How many group-commit batches (service.group_commit) a worker runs at once: SQLite has one
+    writer and one connection per worker; on PostgreSQL a batch mostly waits on round trips, so
+    a few overlap."""
+    return 1 if is_sqlite(url) else PG_BATCHES_IN_FLIGHT
 
 
 def create_engine(

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from audit.entry import AuditEvent, EntryKind, JSONValue, event_to_payload
+from audit.entry import EntryKind, JSONValue, new_event_payload
 from audit.integrator import NotIntegratedError, integrate_in
 from audit.store import AuditStore
 from policy.config import Policy
@@ -368,14 +368,12 @@ async def _prepare(
     out = _decision_out(
         request_id, body.account_id, decision, policy, body.locale, phone_masked, now, expires_at
     )
-    payload = event_to_payload(
-        AuditEvent(
-            kind=EntryKind.DECISION,
-            actor=request.actor,
-            subject=request.subject,
-            data=_audit_data(request_id, decision, out, body),
-            time=now,
-        )
+    payload = new_event_payload(
+        kind=EntryKind.DECISION,
+        actor=request.actor,
+        subject=request.subject,
+        data=_audit_data(request_id, decision, out, body),
+        time=now,
     )
     stored = StoredDecision(
         # The account id rests sealed in its own column, never in the stored JSON.

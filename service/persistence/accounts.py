@@ -3,6 +3,7 @@ and writes rows inside the connection it is given."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,12 +161,19 @@ TOTP = (
     )
     .where(totp_enrolments.c.subject == bindparam("subject"))
 )
-# The linked identities of several accounts at once (group commit of decisions).
-LINKED_MANY = (
-    select(linked_identities.c.subject, *LINKED.selected_columns)
-    .where(linked_identities.c.subject.in_(bindparam("subjects", expanding=True)))
-    .order_by(linked_identities.c.subject, linked_identities.c.provider)
-)
+
+
+@functools.lru_cache(maxsize=128)
+def linked_many(count: int) -> Select[Any]:
+    """The linked identities of ``count`` accounts at once (group commit of decisions), named
+    s0..s{count-1} like decision_inputs_statement's. Built once per count: an expanding IN
+    re-renders its SQL on every execution, which cost more than this (usually empty) read."""
+    subjects = [bindparam(f"s{i}", type_=String) for i in range(count)]
+    return (
+        select(linked_identities.c.subject, *LINKED.selected_columns)
+        .where(linked_identities.c.subject.in_(subjects))
+        .order_by(linked_identities.c.subject, linked_identities.c.provider)
+    )
 
 
 def snapshot_from(subject: str, row: Any, linked: Sequence[Any]) -> AccountSnapshot:

@@ -27,8 +27,8 @@ from policy.model import Method, RequestHistory
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.persistence import UtcDateTime
 from service.persistence.accounts import (
-    LINKED_MANY,
     AccountSnapshot,
+    linked_many,
     snapshot_facts,
     snapshot_from,
 )
@@ -156,7 +156,7 @@ class UnlockRequestRepository:
         }
         rows = (await self._conn.execute(decision_inputs_statement(len(subjects)), params)).all()
         linked: dict[str, list[Any]] = {}
-        for r in await self._conn.execute(LINKED_MANY, {"subjects": list(subjects)}):
+        for r in await self._conn.execute(linked_many(len(subjects)), params):
             linked.setdefault(r.subject, []).append(r)
         inputs = {}
         for row in rows:

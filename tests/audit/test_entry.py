@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import UserDict, UserList
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -13,14 +16,18 @@ from hypothesis import strategies as st
 
 from audit.entry import (
     FORMAT_VERSION,
+    MAX_DEPTH,
+    MAX_SAFE_INTEGER,
     AuditEvent,
     EntryError,
     EntryKind,
     _canonical,
+    _json_shape,
     decode_entry,
     encode_entry,
     event_to_payload,
     format_time,
+    new_event_payload,
     payload_to_event,
 )
 
@@ -257,6 +264,100 @@ def test_payload_must_have_exactly_the_payload_keys() -> None:
         payload_to_event(line)
 
 
+@given(event=events)
+@settings(max_examples=200, deadline=None)
+def test_an_event_built_and_encoded_in_one_step_is_the_same_payload(event: AuditEvent) -> None:
+    assert new_event_payload(
+        event.kind, event.actor, event.subject, event.data, event.time
+    ) == event_to_payload(event)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"score": 0.5}, {"nested": {"deep": [1, 2.0]}}, {"big": 2**53}, {1: "int key"}, {"s": {1}}],
+)
+def test_an_event_built_and_encoded_in_one_step_is_still_checked(data: dict[Any, Any]) -> None:
+    with pytest.raises(EntryError, match="data"):
+        new_event_payload(EntryKind.DECISION, "actor", None, data, WHEN)
+
+
+class _Level(StrEnum):
+    HIGH = "high"
+
+
+class _Count(IntEnum):
+    TWO = 2
+
+
+def _reference_shape(value: object, depth: int = 0) -> int:
+    """The walk as first written (one isinstance chain, one call per value): the fast walk must
+    agree with it on every value. 2: valid with ASCII keys, 1: valid, 0: invalid."""
+    if value is None or isinstance(value, (bool, str)):
+        return 2
+    if depth > MAX_DEPTH:
+        return 0
+    if isinstance(value, int):
+        return 2 if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else 0
+    if isinstance(value, Mapping):
+        shapes = [2]
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return 0
+            shapes += [2 if key.isascii() else 1, _reference_shape(item, depth + 1)]
+        return min(shapes)
+    if isinstance(value, (list, tuple)):
+        return min([2, *(_reference_shape(item, depth + 1) for item in value)])
+    return 0
+
+
+_any_scalar = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([2**53 - 1, 2**53, -(2**53) + 1, -(2**53), _Count.TWO])
+    | st.floats()
+    | st.text(max_size=3)
+    | st.just(_Level.HIGH)
+    | st.builds(bytes)
+    | st.frozensets(st.integers(), max_size=2)
+)
+_any_values = st.recursive(
+    _any_scalar,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.lists(children, max_size=3).map(UserList)
+        | st.dictionaries(
+            st.text(max_size=3) | st.sampled_from([1, None, _Level.HIGH, "é"]), children, max_size=3
+        )
+        | st.dictionaries(st.text(max_size=3), children, max_size=3).map(UserDict)
+    ),
+    max_leaves=12,
+)
+
+
+def _nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@given(value=_any_values)
+@settings(max_examples=1000, deadline=None)
+def test_the_fast_walk_agrees_with_the_plain_walk_on_any_value(value: object) -> None:
+    assert _json_shape(value) == _reference_shape(value)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 2])
+@pytest.mark.parametrize("leaf", [1, "s", None, [], {}, 2**60, {"é": 1}])
+def test_the_fast_walk_agrees_with_the_plain_walk_at_the_depth_limit(
+    depth: int, leaf: object
+) -> None:
+    value = _nested(depth, leaf)
+    assert _json_shape(value) == _reference_shape(value)
+
+
 def test_data_mutated_after_construction_is_checked_again_when_encoding() -> None:
     data: dict[str, Any] = {"attempt": 1}
     event = _event(data=data)
@@ -282,6 +383,36 @@ _canonical_values = st.recursive(
 def test_fast_canonical_json_is_byte_identical_to_rfc8785(value: dict[str, Any]) -> None:
     # The C encoder serves ASCII-keyed values on the hot path; rfc8785 is the reference.
     assert _canonical(value, "test") == rfc8785.dumps(value)
+
+
+_ascii_keys = st.text(st.characters(max_codepoint=0x7F), max_size=6)
+_ascii_keyed_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | _text,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(_ascii_keys, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(value=st.dictionaries(_ascii_keys, _ascii_keyed_values, max_size=6))
+@settings(max_examples=1000, deadline=None)
+def test_ascii_keyed_canonical_json_is_the_standard_librarys_and_rfc8785s(
+    value: dict[str, Any],
+) -> None:
+    # The hot path's encoder (msgspec, sorted keys) against both references.
+    stdlib = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8", "surrogatepass")
+    try:
+        canonical = _canonical(value, "test")
+    except EntryError:  # a lone surrogate: not UTF-8, refused by every path
+        with pytest.raises(rfc8785.CanonicalizationError):
+            rfc8785.dumps(value)
+        return
+    assert canonical == stdlib == rfc8785.dumps(value)
 
 
 def test_non_ascii_keys_sort_by_utf16_code_units_as_rfc8785_requires() -> None:

@@ -3,6 +3,7 @@ route guarded or explicitly public (STYLE.md habit 11)."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from litestar.testing import TestClient
 from audit.entry import AuditEvent, EntryKind
 from audit.store import append_event_now
 from service.app import create_app
+from service.gc_tuning import YOUNG_THRESHOLD
 from service.settings import Settings
 
 
@@ -25,6 +27,21 @@ def test_create_app_builds_nothing_at_import_and_serves_liveness(tmp_path: Path)
         response = client.get("/health/live")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_the_running_app_keeps_its_start_up_heap_out_of_gc_and_releases_it_on_stop(
+    tmp_path: Path,
+) -> None:
+    # Full collections walking the start-up heap were the decision route's p99 (gc_tuning.py).
+    app = _app(tmp_path)
+    assert gc.get_freeze_count() == 0  # building the app freezes nothing; the lifespan does
+    thresholds = gc.get_threshold()
+    with TestClient(app) as client:
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *thresholds[1:])
+        assert client.get("/health/live").status_code == 200
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == thresholds
 
 
 def test_unknown_route_is_problem_json(tmp_path: Path) -> None:

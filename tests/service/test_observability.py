@@ -22,6 +22,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.testing import TestClient
 from sqlalchemy import text
 
+from service import observability
 from service.auth import authentication_middleware, require_roles
 from service.db import create_engine
 from service.errors import EXCEPTION_HANDLERS
@@ -231,6 +232,98 @@ def test_the_access_line_names_the_api_key_and_never_shows_it(running: Running) 
     assert response.status_code == 200
     assert running.access()[-1]["api_key_name"] == "frontend-bench"
     assert running.key not in running.logs.getvalue()
+
+
+class _Clock:
+    """time.time and time.perf_counter for both access-line paths: a fixed wall clock and a
+    request that always takes 12.3456 ms."""
+
+    def __init__(self) -> None:
+        self.ticks = 0.0
+
+    def time(self) -> float:
+        return 1_796_000_000.1234567
+
+    def perf_counter(self) -> float:
+        self.ticks += 0.0123456
+        return self.ticks
+
+
+def test_the_direct_access_line_is_the_line_logging_writes(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a served process, configure_logging's handler is the root's only one: pytest's
+    # capture handlers go for this test (restore_logging puts the root's handlers back).
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if getattr(h, "stream", None) is running.logs]
+    clock = _Clock()
+    monkeypatch.setattr(observability, "time", clock)
+    monkeypatch.setattr(logging, "time", clock)  # LogRecord.created
+    auth = {"Authorization": f"Bearer {running.key}"}
+    requests = [
+        ("/whoami", {**auth, "X-Request-ID": "edge-1"}),
+        ("/items/12345678", {"X-Request-ID": "Edge-20481337"}),  # both redacted
+        ("/no/fu_abcdefghijkl/493817/+8613812345678/é%22q", {"X-Request-ID": "r-404"}),
+        ("/whoami", {"X-Request-ID": "r-401"}),
+    ]
+
+    def access_lines() -> list[str]:
+        before = len(running.logs.getvalue().splitlines())
+        for path, headers in requests:
+            running.client.get(path, headers=headers)
+        lines = running.logs.getvalue().splitlines()[before:]
+        return [line for line in lines if '"logger":"fairunlock.access"' in line]
+
+    def no_record(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the access line went through logging")
+
+    with monkeypatch.context() as direct:
+        direct.setattr(observability.access_log, "info", no_record)
+        direct_lines = access_lines()
+    seen: list[logging.LogRecord] = []
+
+    def through_logging(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    # Any filter on the way sends the line through logging, as every line went before.
+    observability.access_log.addFilter(through_logging)
+    try:
+        logged_lines = access_lines()
+    finally:
+        observability.access_log.removeFilter(through_logging)
+    assert len(seen) == len(requests)
+    assert len(direct_lines) == len(requests)
+    assert direct_lines == logged_lines
+    first = json.loads(direct_lines[0])
+    assert first["duration_ms"] == 12.346
+    assert first["api_key_name"] == "frontend-bench"
+    assert json.loads(direct_lines[1])["request_id"] == f"Edge-{REDACTED}"
+    third = json.loads(direct_lines[2])
+    assert third["status"] == 404
+    assert third["path"] == f'/no/{REDACTED}/{REDACTED}/{REDACTED}/é"q'
+    assert third["message"] == f'GET /no/{REDACTED}/{REDACTED}/{REDACTED}/é"q 404'
+    assert running.key not in running.logs.getvalue()
+
+
+def test_an_access_line_reaches_every_handler_on_its_way(running: Running) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    capture = Capture()
+    logging.getLogger("fairunlock").addHandler(capture)
+    try:
+        running.client.get("/items/3", headers={"X-Request-ID": "both"})
+    finally:
+        logging.getLogger("fairunlock").removeHandler(capture)
+    access = [r for r in records if r.name == "fairunlock.access"]
+    assert [(r.getMessage(), getattr(r, "route", None)) for r in access] == [
+        ("GET /items/3 200", "/items/{item_id}")
+    ]
+    assert running.access()[-1]["request_id"] == "both"
 
 
 def _secrets() -> dict[str, str]:
