@@ -75,12 +75,15 @@ class UnlockRequestController(Controller):
     )
     async def verify(
         self,
-        ctx: Ctx,
-        principal: Caller,
         data: JSONBody[dto.VerifyIn],
+        request: Request[Any, Any, Any],
         request_id: str = RequestIdParam,
         challenge_id: str = Parameter(pattern=r"^[0-9a-f-]{36}$", max_length=36),
     ) -> dto.DecisionOut:
         """Submit the proof. Accepted: the updated decision (`factors_satisfied`, `status`).
         Rejected: 422 with `reason` and `attempts_left`; throttled: 429 with Retry-After."""
-        return await challenges.verify(ctx, principal.name, request_id, challenge_id, data)
+        # A hot route too: the context and the caller read as in create().
+        ctx = request.app.state.ctx
+        return await challenges.verify(
+            ctx, principal_of(request).name, request_id, challenge_id, data
+        )
