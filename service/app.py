@@ -95,11 +95,9 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         oidc=parties.oidc,
         face=parties.face,
         face_audiences=parties.face_audiences,
-        decisions=unlock.decision_batches(
-            engine,
-            observe=metrics.observe_batch,
-            concurrency=batches_in_flight(settings.resolved_database_url),
-        ),
+        # One decision batch at a time: they share the audit integration lock, and more in
+        # flight made smaller batches (PostgreSQL, 2 workers: 1,098 -> 578 req/s with four).
+        decisions=unlock.decision_batches(engine, observe=metrics.observe_batch),
         proofs=challenges.proof_batches(
             engine, concurrency=batches_in_flight(settings.resolved_database_url)
         ),
