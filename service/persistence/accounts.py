@@ -167,7 +167,7 @@ TOTP = (
 def linked_many(count: int) -> Select[Any]:
     """The linked identities of ``count`` accounts at once (group commit of decisions), named
     s0..s{count-1} like decision_inputs_statement's. Built once per count: an expanding IN
-    re-renders its SQL on every execution, which cost more than this (usually empty) read."""
+    re-renders its SQL on every execution (~25 % of this read's time for 32 accounts)."""
     subjects = [bindparam(f"s{i}", type_=String) for i in range(count)]
     return (
         select(linked_identities.c.subject, *LINKED.selected_columns)
