@@ -39,6 +39,7 @@ from policy.model import (
 )
 from service import dto
 from service.context import ServiceContext
+from service.db import deadlocked
 from service.domain import AuditIndexPending, InvalidRequestContext, UnlockRequestNotFound
 from service.flows.audit_trail import index_of
 from service.flows.enrolment import consent_state
@@ -275,8 +276,10 @@ DecisionBatches = GroupCommit[DecisionRequest, StoredDecisionRef]
 
 
 def decision_batches(engine: AsyncEngine, **kwargs: Any) -> DecisionBatches:
-    """The worker's group commit for decisions (create_app builds one per process)."""
-    return GroupCommit(engine, decide_batch, **kwargs)
+    """The worker's group commit for decisions (create_app builds one per process). Two workers'
+    batches can deadlock on PostgreSQL (say, both creating one account's data key while waiting
+    for the integration lock); such a batch is retried one request at a time."""
+    return GroupCommit(engine, decide_batch, alone_on=deadlocked, **kwargs)
 
 
 async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> CreatedDecision:
@@ -334,6 +337,8 @@ async def decide_batch(
         try:
             outcomes.append(await _prepare(conn, request, inputs[request.subject]))
         except Exception as exc:  # this request's own failure: nothing was written for it
+            if deadlocked(exc):
+                raise  # PostgreSQL aborted the whole transaction: retried one request at a time
             outcomes.append(exc)
     made = [o for o in outcomes if isinstance(o, PreparedDecision)]
     stored = iter(await _store(conn, ctx, made) if made else [])
