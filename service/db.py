@@ -6,6 +6,7 @@ contention with the default async pool. WAL with synchronous=FULL keeps every ac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import event
@@ -84,18 +85,26 @@ def create_engine(
     )
 
 
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what SQLAlchemy wrapped (``orig``), and its causes and contexts."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 16:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        for nxt in (orig, current.__cause__, current.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+
+
 def deadlocked(exc: BaseException) -> bool:
     """True when PostgreSQL aborted the transaction to break a deadlock (SQLSTATE 40P01): nothing
     of it committed, and its parts run one transaction at a time cannot deadlock the same way."""
-    current: BaseException | None = exc
-    for _ in range(8):  # the error, what SQLAlchemy wrapped, and the driver's cause
-        if current is None:
-            return False
-        if _DEADLOCK_SQLSTATE in (
-            getattr(current, "sqlstate", None),
-            getattr(current, "pgcode", None),
-        ):
-            return True
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
+    return any(
+        _DEADLOCK_SQLSTATE in (getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None))
+        for cause in causes(exc)
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy import exc as sa_exc
 
 from service import domain
+from service.db import causes
 from service.domain import DomainError
 
 PROBLEM_JSON = "application/problem+json"
@@ -248,22 +248,6 @@ _SQLITE_UNAVAILABLE_TEXT = (
 _DRIVER_MODULES = ("asyncpg", "sqlalchemy", "aiosqlite")
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, what SQLAlchemy wrapped (``orig``), and its causes and contexts."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo and len(seen) < 16:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        orig = getattr(current, "orig", None)
-        for nxt in (orig, current.__cause__, current.__context__):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-
-
 def _raised_by_driver(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None:
@@ -284,7 +268,7 @@ def handle_bad_encoding(request: Request[Any, Any, Any], exc: UnicodeDecodeError
 
 def database_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable or cannot take work right now."""
-    for cause in _causes(exc):
+    for cause in causes(exc):
         if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
         if isinstance(cause, sqlite3.Error):

@@ -82,7 +82,7 @@ READINESS_TIMEOUT_S = 2.0
 
 _request_id: ContextVar[str | None] = ContextVar("fairunlock_request_id", default=None)
 
-access_log = logging.getLogger("fairunlock.access")  # _ACCESS_LOGGER_NAME
+access_log = logging.getLogger("fairunlock.access")
 log = logging.getLogger("fairunlock.observability")
 
 
@@ -247,7 +247,6 @@ def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
 # reports the error as it always does). tests/service/test_observability.py compares the two
 # paths' lines byte for byte.
 
-_ACCESS_LOGGER_NAME: Final = "fairunlock.access"
 _ACCESS_FIELDS: Final = ("method", "path", "route", "status", "duration_ms", "api_key_name")
 _REDACTED_CACHE_SIZE: Final = 512
 # redact() of values from small sets (methods, route templates, API key names): pure, so
@@ -305,7 +304,7 @@ def _write_access_line(
         {
             "time": _rfc3339(created),
             "level": "INFO",
-            "logger": _ACCESS_LOGGER_NAME,
+            "logger": access_log.name,
             "message": redact(f"{method} {path} {status}"),
             "request_id": redact(request_id),
             "method": _redact_known(method),

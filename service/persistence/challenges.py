@@ -89,25 +89,21 @@ _SETTLE_ATTEMPT = (
     .values(outcome=bindparam("p_outcome"))
 )
 _FAILED = (verification_attempts.c.outcome != "success",)
+_FAILED_AT_METHOD = (
+    *_FAILED,
+    verification_attempts.c.created_at >= bindparam("p_since"),
+    verification_attempts.c.subject == bindparam("p_subject"),
+    verification_attempts.c.method == bindparam("p_method"),
+)
 _FAILURES_OF_METHOD = (
     select(verification_attempts.c.created_at)
-    .where(
-        *_FAILED,
-        verification_attempts.c.created_at >= bindparam("p_since"),
-        verification_attempts.c.subject == bindparam("p_subject"),
-        verification_attempts.c.method == bindparam("p_method"),
-    )
+    .where(*_FAILED_AT_METHOD)
     .order_by(verification_attempts.c.created_at)
 )
 # Both throttles' failures in one round trip: "m" rows are the account's at the method, "s" rows
 # the source address's (any account).
 _FAILURES_OF_METHOD_AND_SOURCE = union_all(
-    select(literal("m").label("k"), verification_attempts.c.created_at).where(
-        *_FAILED,
-        verification_attempts.c.created_at >= bindparam("p_since"),
-        verification_attempts.c.subject == bindparam("p_subject"),
-        verification_attempts.c.method == bindparam("p_method"),
-    ),
+    select(literal("m").label("k"), verification_attempts.c.created_at).where(*_FAILED_AT_METHOD),
     select(literal("s").label("k"), verification_attempts.c.created_at).where(
         *_FAILED,
         verification_attempts.c.created_at >= bindparam("p_source_since"),
