@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import AuditEvent, event_to_payload
+from audit.hot_sql import HotStatement
 from audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange
 
 # The same convention as service.persistence, so one Alembic environment can hold both.
@@ -211,27 +212,31 @@ class GroupAppender:
                     future.set_result(inbox_id)
 
 
-# The statements every decision runs, built once: on this machine constructing a statement
-# costs more Python time than SQLite needs to execute it.
-_INSERT_INBOX = insert(audit_inbox)
+# The statements every decision and proof runs, built once and run in place on SQLite
+# (audit.hot_sql): constructing a statement, and SQLAlchemy's execution of it, cost more Python
+# time than SQLite needs to execute it.
+_INSERT_INBOX = HotStatement("audit_inbox.insert", insert(audit_inbox).returning(audit_inbox.c.id))
 _INSERT_INBOX_RETURNING_IN_ORDER = insert(audit_inbox).returning(
     audit_inbox.c.id, sort_by_parameter_order=True
 )
 _INSERT_INBOX_RETURNING_PAYLOAD = insert(audit_inbox).returning(
     audit_inbox.c.id, audit_inbox.c.payload
 )
-_INSERT_LOG = insert(audit_log)
-_INSERT_CHECKPOINT = insert(audit_checkpoints)
-_HEAD = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
+_INSERT_LOG = HotStatement("audit_log.insert", insert(audit_log))
+_INSERT_CHECKPOINT = HotStatement("audit_checkpoints.insert", insert(audit_checkpoints))
+_HEAD_SELECT = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
     audit_head.c.id == HEAD_ID
 )
-_HEAD_FOR_UPDATE = _HEAD.with_for_update()
-_INBOX_BATCH = (
+_HEAD = HotStatement("audit_head.get", _HEAD_SELECT)
+_HEAD_FOR_UPDATE = HotStatement("audit_head.get_for_update", _HEAD_SELECT.with_for_update())
+_INBOX_BATCH = HotStatement(
+    "audit_inbox.batch",
     select(audit_inbox.c.id, audit_inbox.c.payload)
     .order_by(audit_inbox.c.id)
-    .limit(bindparam("limit", type_=Integer))
+    .limit(bindparam("limit", type_=Integer)),
 )
-_MOVE_HEAD = (
+_MOVE_HEAD = HotStatement(
+    "audit_head.move",
     update(audit_head)
     .where(audit_head.c.id == HEAD_ID, audit_head.c.size == bindparam("old_size"))
     .values(
@@ -239,10 +244,14 @@ _MOVE_HEAD = (
         root=bindparam("new_root"),
         compact_range=bindparam("new_compact"),
         updated_at=bindparam("now"),
-    )
+    ),
 )
+# Expanding IN: rendered per execution, so SQLAlchemy runs it (once per batch).
 _DELETE_INBOX = delete(audit_inbox).where(audit_inbox.c.id.in_(bindparam("ids", expanding=True)))
-_INDEX_OF = select(audit_log.c.seq).where(audit_log.c.inbox_id == bindparam("inbox_id"))
+_INDEX_OF = HotStatement(
+    "audit_log.index_of",
+    select(audit_log.c.seq).where(audit_log.c.inbox_id == bindparam("inbox_id")),
+)
 
 
 class AuditStore:
@@ -260,12 +269,10 @@ class AuditStore:
     # -- writers ---------------------------------------------------------------------------
 
     async def enqueue(self, payload: bytes) -> int:
-        result = await self._conn.execute(
-            _INSERT_INBOX, {"payload": payload, "created_at": datetime.now(UTC)}
+        result = await _INSERT_INBOX.run(
+            self._conn, {"payload": payload, "created_at": datetime.now(UTC)}
         )
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return int(result.scalar_one())
 
     async def enqueue_batch(self, payloads: Sequence[bytes]) -> list[int]:
         """Insert several payloads in one statement; their ids in the same order."""
@@ -314,7 +321,7 @@ class AuditStore:
         # FOR UPDATE re-reads the newest version after waiting, so a second integrator cannot
         # fork (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers).
         query = _HEAD_FOR_UPDATE if for_update and self.is_postgres else _HEAD
-        row = (await self._conn.execute(query)).first()
+        row = (await query.run(self._conn)).first()
         if row is None:
             return None
         compact = CompactRange.from_lines(int(row.size), row.compact_range)
@@ -325,7 +332,7 @@ class AuditStore:
     async def inbox_batch(self, limit: int) -> list[InboxRow]:
         # All visible rows in id order, never "id > watermark": on PostgreSQL a smaller id can
         # commit later, and a watermark would skip it forever.
-        rows = await self._conn.execute(_INBOX_BATCH, {"limit": limit})
+        rows = await _INBOX_BATCH.run(self._conn, {"limit": limit})
         return [InboxRow(int(r.id), bytes(r.payload)) for r in rows]
 
     async def integrate(
@@ -333,8 +340,8 @@ class AuditStore:
     ) -> None:
         """Write one batch: log rows, the new head, its checkpoint; delete the consumed inbox."""
         now = datetime.now(UTC)
-        await self._conn.execute(
-            _INSERT_LOG,
+        await _INSERT_LOG.run(
+            self._conn,
             [
                 {
                     "seq": r.seq,
@@ -346,8 +353,8 @@ class AuditStore:
                 for r in rows
             ],
         )
-        result = await self._conn.execute(
-            _MOVE_HEAD,
+        result = await _MOVE_HEAD.run(
+            self._conn,
             {
                 "old_size": rows[0].seq,
                 "new_size": head.size,
@@ -358,14 +365,14 @@ class AuditStore:
         )
         if result.rowcount != 1:
             raise AuditStoreError("audit_head moved during integration")
-        await self._conn.execute(
-            _INSERT_CHECKPOINT,
+        await _INSERT_CHECKPOINT.run(
+            self._conn,
             {"size": head.size, "root": head.root, "note": note, "created_at": now},
         )
         for start in range(0, len(consumed), _IN_CHUNK):
             chunk = consumed[start : start + _IN_CHUNK]
-            result = await self._conn.execute(_DELETE_INBOX, {"ids": chunk})
-            if result.rowcount != len(chunk):
+            deleted = await self._conn.execute(_DELETE_INBOX, {"ids": chunk})
+            if deleted.rowcount != len(chunk):
                 raise AuditStoreError("inbox rows vanished during integration")
 
     # -- readers ---------------------------------------------------------------------------
@@ -380,7 +387,7 @@ class AuditStore:
         )
 
     async def index_of(self, inbox_id: int) -> int | None:
-        row = (await self._conn.execute(_INDEX_OF, {"inbox_id": inbox_id})).first()
+        row = (await _INDEX_OF.run(self._conn, {"inbox_id": inbox_id})).first()
         return None if row is None else int(row.seq)
 
     async def leaves(self, start: int, end: int) -> list[bytes]:

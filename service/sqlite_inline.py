@@ -145,6 +145,11 @@ class InlineConnection:
             cursor.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
 
     @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The connection itself, for statements run in place (service.hot_sql)."""
+        return self._conn
+
+    @property
     def _connection(self) -> sqlite3.Connection | None:
         # The dialect tests this before commit and rollback, as it does on aiosqlite.
         return self._conn

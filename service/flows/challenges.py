@@ -30,6 +30,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import EntryKind, JSONValue
+from audit.hot_sql import savepoint
 from audit.store import AuditStore
 from policy.model import Method, ReviewReason
 from service import dto
@@ -574,7 +575,7 @@ async def prove_batch(
     outcomes: list[_Accepted | _Later | Exception] = []
     for proof in batch:
         try:
-            async with conn.begin_nested():
+            async with savepoint(conn):
                 outcome: _Accepted | _Later | Exception = await _prove_in(conn, proof)
         except Exception as exc:
             if deadlocked(exc):

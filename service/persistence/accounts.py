@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from audit.hot_sql import HotStatement
 from policy.model import TotpState
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.persistence.tables import (
@@ -163,16 +164,22 @@ TOTP = (
 )
 
 
+_SNAPSHOT_FACTS = HotStatement("accounts.snapshot_facts", SNAPSHOT_FACTS)
+_LINKED = HotStatement("accounts.linked", LINKED)
+_TOTP = HotStatement("accounts.totp", TOTP)
+
+
 @functools.lru_cache(maxsize=128)
-def linked_many(count: int) -> Select[Any]:
+def linked_many(count: int) -> HotStatement:
     """The linked identities of ``count`` accounts at once (group commit of decisions), named
     s0..s{count-1} like decision_inputs_statement's. Built once per count: an expanding IN
     re-renders its SQL on every execution (~25 % of this read's time for 32 accounts)."""
     subjects = [bindparam(f"s{i}", type_=String) for i in range(count)]
-    return (
+    return HotStatement(
+        f"accounts.linked_many[{count}]",
         select(linked_identities.c.subject, *LINKED.selected_columns)
         .where(linked_identities.c.subject.in_(subjects))
-        .order_by(linked_identities.c.subject, linked_identities.c.provider)
+        .order_by(linked_identities.c.subject, linked_identities.c.provider),
     )
 
 
@@ -221,13 +228,14 @@ class AccountRepository:
         # The same statements run whether or not the account exists, so the two cost the same
         # (OWASP-FP-1/2: no enumeration by timing).
         params = {"subject": subject}
-        row = (await self._conn.execute(SNAPSHOT_FACTS, params)).one()
-        linked = (await self._conn.execute(LINKED, params)).all()
+        row = (await _SNAPSHOT_FACTS.run(self._conn, params)).first()
+        assert row is not None  # one row per anchor, whether or not the account exists
+        linked = (await _LINKED.run(self._conn, params)).all()
         return snapshot_from(subject, row, linked)
 
     async def totp(self, subject: str) -> tuple[TotpRecord, KeyRow | None] | None:
         """The enrolment and the account's data key row (for DataKeys.decrypt_with)."""
-        row = (await self._conn.execute(TOTP, {"subject": subject})).first()
+        row = (await _TOTP.run(self._conn, {"subject": subject})).first()
         if row is None:
             return None
         key_row: KeyRow | None = (

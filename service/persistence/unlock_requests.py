@@ -12,7 +12,6 @@ from sqlalchemy import (
     ColumnElement,
     Label,
     ScalarSelect,
-    Select,
     String,
     bindparam,
     func,
@@ -23,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from audit.hot_sql import HotStatement
 from policy.model import Method, RequestHistory
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.persistence import UtcDateTime
@@ -102,27 +102,30 @@ def _history_columns(subject: ColumnElement[Any]) -> list[Label[Any]]:
 
 
 @functools.lru_cache(maxsize=128)
-def decision_inputs_statement(count: int) -> Select[Any]:
+def decision_inputs_statement(count: int) -> HotStatement:
     """A decision's reads for ``count`` accounts (parameters s0..s{count-1}) in one statement:
     the account's facts, the history counts and the data key, one row per account whether or
     not it exists. Built once per count: construction costs more than SQLite's work."""
     anchor = union_all(
         *(select(bindparam(f"s{i}", type_=String).label("subject")) for i in range(count))
     ).subquery("anchor")
-    return (
+    return HotStatement(
+        f"unlock_requests.decision_inputs[{count}]",
         snapshot_facts(anchor)
         .add_columns(
             anchor.c.subject.label("anchor_subject"),
             *_history_columns(anchor.c.subject),
             *KEY_COLUMNS,
         )
-        .outerjoin(account_data_keys, account_data_keys.c.subject == anchor.c.subject)
+        .outerjoin(account_data_keys, account_data_keys.c.subject == anchor.c.subject),
     )
 
 
-_INSERT = insert(unlock_requests)
+_INSERT = HotStatement("unlock_requests.insert", insert(unlock_requests))
 # Built once (see service/persistence/challenges.py): read on every proof and every GET.
-_GET = select(*_COLUMNS).where(unlock_requests.c.id == bindparam("p_id"))
+_GET = HotStatement(
+    "unlock_requests.get", select(*_COLUMNS).where(unlock_requests.c.id == bindparam("p_id"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +157,13 @@ class UnlockRequestRepository:
             "failures_since": now - failures_window,
             "throttle_since": now - throttle_window,
         }
-        rows = (await self._conn.execute(decision_inputs_statement(len(subjects)), params)).all()
+        rows = (await decision_inputs_statement(len(subjects)).run(self._conn, params)).all()
         linked: dict[str, list[Any]] = {}
-        for r in await self._conn.execute(linked_many(len(subjects)), params):
+        for r in await linked_many(len(subjects)).run(self._conn, params):
             linked.setdefault(r.subject, []).append(r)
         inputs = {}
         for row in rows:
             subject = row.anchor_subject
-            m = row._mapping
             inputs[subject] = DecisionInputs(
                 snapshot=snapshot_from(subject, row, linked.get(subject, ())),
                 history=RequestHistory(
@@ -169,7 +171,9 @@ class UnlockRequestRepository:
                     recent_failed_verifications=int(row.recent_failures),
                 ),
                 throttled=frozenset(
-                    method for method in _METHODS if int(m[f"throttle_{method}"]) >= throttle_limit
+                    method
+                    for method in _METHODS
+                    if int(getattr(row, f"throttle_{method}")) >= throttle_limit
                 ),
                 key_row=None
                 if row.key_version is None
@@ -178,11 +182,11 @@ class UnlockRequestRepository:
         return inputs
 
     async def insert_many(self, rows: Sequence[Mapping[str, object]]) -> None:
-        await self._conn.execute(_INSERT, list(rows))
+        await _INSERT.run(self._conn, list(rows))
 
     async def get(self, request_id: str) -> UnlockRequestRow | None:
-        row = (await self._conn.execute(_GET, {"p_id": request_id})).first()
-        return None if row is None else UnlockRequestRow(**row._mapping)
+        row = (await _GET.run(self._conn, {"p_id": request_id})).first()
+        return None if row is None else UnlockRequestRow(**row._asdict())
 
     async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
         rows = (

@@ -1,0 +1,461 @@
+"""The contract of audit.hot_sql: a HotStatement run in place on SQLite is SQLAlchemy's execution of
+the same statement — the same SQL text, the same rows (values and types) and row count, and the
+same database afterwards — for every HotStatement the service and the audit store define.
+
+The rows come from a real scenario over the API (enrolments, decisions, a rejected and an accepted
+proof, an approval), so the statements meet the data they meet in service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, event, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from audit.hot_sql import HOT_STATEMENTS, HotStatement, NotHot, Rows, in_place_sqlite, savepoint
+from audit.store import audit_inbox
+from service.methods.totp import TotpParameters, code_at
+from service.persistence.tables import unlock_requests, verification_attempts
+from service.schema import ALL_METADATA
+from tests.service import test_challenges_api as flows
+from tests.service.conftest import Api, _api
+
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Iterator[Api]:
+    """An app on a file SQLite (statements in place) after a little of everything."""
+    for api in _api(tmp_path, None):
+        secret = flows._enrol_totp(api, "acct-hot", at=flows.previous_step())
+        flows._enrol_totp(api, "acct-other", at=flows.previous_step())
+        flows._phone(api, "acct-hot")
+        decision = flows._request(api, "acct-hot")
+        challenge = flows._start(api, decision["id"], "totp").json()
+        assert flows._verify(api, decision["id"], challenge["id"], code="000000").status_code == 422
+        code = code_at(secret, datetime.now(UTC), TotpParameters())
+        assert flows._verify(api, decision["id"], challenge["id"], code=code).status_code == 200
+        second = flows._request(api, "acct-other")
+        assert flows._start(api, second["id"], "totp").status_code == 201
+        flows._request(api, "acct-never-seen")
+        yield api
+
+
+async def _one(conn: AsyncConnection, sql: str) -> Any:
+    return (await conn.execute(text(sql))).first()
+
+
+async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
+    """Parameters for each statement family (the name before any ``[n]``): rows that exist, rows
+    that do not, datetimes, NULLs, one parameter set and several."""
+    now = datetime.now(UTC)
+    day_ago = now - timedelta(days=1)
+    subject, other = (
+        r[0] for r in (await conn.execute(text("SELECT subject FROM totp_enrolments"))).all()
+    )
+    open_ch = await _one(conn, "SELECT id FROM challenges WHERE status = 'open'")
+    done_ch = await _one(conn, "SELECT id FROM challenges WHERE status = 'succeeded'")
+    request = await _one(conn, "SELECT * FROM unlock_requests WHERE status = 'approved'")
+    pending = await _one(conn, "SELECT id FROM unlock_requests WHERE status != 'approved'")
+    attempt = await _one(conn, "SELECT id, source_index FROM verification_attempts")
+    head = await _one(conn, "SELECT size, root, compact_range FROM audit_head")
+    inbox_id = (await _one(conn, "SELECT max(inbox_id) FROM audit_log"))[0]
+    # Through the table, so the values have its types (aware datetimes, not strings).
+    typed = (
+        (await conn.execute(select(unlock_requests).where(unlock_requests.c.id == request.id)))
+        .one()
+        ._asdict()
+    )
+
+    def copy_of_request() -> dict[str, Any]:
+        return {**typed, "id": str(uuid.uuid4())}
+
+    def attempt_row(outcome: str, source: str | None) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "subject": subject,
+            "unlock_request_id": request.id,
+            "method": "totp",
+            "outcome": outcome,
+            "source_index": source,
+            "created_at": now,
+        }
+
+    def outbox_row(kind: str) -> dict[str, Any]:
+        event_id = str(uuid.uuid4())
+        return {
+            "id": event_id,
+            "kind": kind,
+            "subject": subject,
+            "payload": json.dumps({"event_id": event_id}),
+            "created_at": now,
+            "next_attempt_at": now,
+        }
+
+    subjects = {"s0": subject, "s1": "f" * 64, "s2": other}
+    windows = {"velocity_since": day_ago, "failures_since": day_ago, "throttle_since": day_ago}
+    size = int(head.size)
+    return {
+        "challenges.get": [{"p_id": done_ch.id}, {"p_id": open_ch.id}, {"p_id": "nope"}],
+        "challenges.complete": [
+            {"p_id": open_ch.id, "p_now": now},
+            {"p_id": done_ch.id, "p_now": now},
+        ],
+        "challenges.reserve_attempt": [
+            {"p_id": open_ch.id, "p_max": 5},
+            {"p_id": open_ch.id, "p_max": 0},
+        ],
+        "challenges.attempts": [{"p_id": done_ch.id}],
+        "challenges.close_failed": [{"p_id": open_ch.id, "p_now": now}],
+        "attempts.insert": [
+            attempt_row("pending", attempt.source_index),
+            attempt_row("wrong_code", None),
+            [attempt_row("wrong_code", None), attempt_row("success", "x" * 64)],
+        ],
+        "attempts.settle": [
+            {"p_id": attempt.id, "p_outcome": "success"},
+            {"p_id": "nope", "p_outcome": "success"},
+        ],
+        "attempts.failures_of_method": [
+            {"p_since": day_ago, "p_subject": subject, "p_method": "totp"},
+            {"p_since": now, "p_subject": subject, "p_method": "totp"},
+        ],
+        "attempts.failures_of_method_and_source": [
+            {
+                "p_since": day_ago,
+                "p_subject": subject,
+                "p_method": "totp",
+                "p_source_since": day_ago,
+                "p_source": attempt.source_index,
+            }
+        ],
+        "totp.consume_step": [
+            {"p_subject": subject, "p_step": 10**12},
+            {"p_subject": subject, "p_step": 1},
+            {"p_subject": other, "p_step": 10**12},
+        ],
+        "unlock_requests.state": [{"p_id": request.id}, {"p_id": "nope"}],
+        "unlock_requests.state_for_update": [{"p_id": pending.id}],
+        "unlock_requests.update_state": [
+            {
+                "p_id": pending.id,
+                "p_status": "review_required",
+                "p_factors": '["totp"]',
+                "p_review_reason": None,
+                "p_now": now,
+            }
+        ],
+        "unlock_requests.insert": [copy_of_request(), [copy_of_request(), copy_of_request()]],
+        "unlock_requests.get": [{"p_id": request.id}, {"p_id": "nope"}],
+        "unlock_requests.decision_inputs": [{**subjects, **windows}],
+        "outbox.insert": [outbox_row("notify_person"), [outbox_row("a"), outbox_row("b")]],
+        "accounts.snapshot_facts": [{"subject": subject}, {"subject": "f" * 64}],
+        "accounts.linked": [{"subject": subject}],
+        "accounts.totp": [{"subject": subject}, {"subject": "f" * 64}],
+        "accounts.linked_many": [subjects],
+        "audit_inbox.insert": [{"payload": b"{}", "created_at": now}],
+        "audit_inbox.batch": [{"limit": 10}],
+        "audit_log.insert": [
+            [
+                {
+                    "seq": size + i,
+                    "leaf": b"leaf",
+                    "leaf_hash": bytes(32),
+                    "inbox_id": 10**9 + i,
+                    "integrated_at": now,
+                }
+                for i in range(2)
+            ]
+        ],
+        "audit_log.index_of": [{"inbox_id": inbox_id}, {"inbox_id": -1}],
+        "audit_head.get": [None],
+        "audit_head.get_for_update": [None],
+        "audit_head.move": [
+            {
+                "old_size": size,
+                "new_size": size + 1,
+                "new_root": bytes(32),
+                "new_compact": head.compact_range,
+                "now": now,
+            }
+        ],
+        "audit_checkpoints.insert": [
+            {"size": size + 1, "root": bytes(32), "note": "test", "created_at": now}
+        ],
+    }
+
+
+def _family(statement: HotStatement) -> str:
+    return statement.name.split("[", 1)[0]
+
+
+def _statements() -> list[HotStatement]:
+    """Every HotStatement the modules define, with the sized families at the sizes used here."""
+    from service.persistence.accounts import linked_many
+    from service.persistence.unlock_requests import decision_inputs_statement
+
+    decision_inputs_statement(3)
+    linked_many(3)
+    return [s for s in HOT_STATEMENTS if "[" not in s.name or s.name.endswith("[3]")]
+
+
+async def _database(conn: AsyncConnection) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    tables = []
+    for metadata in ALL_METADATA:
+        for table in metadata.sorted_tables:
+            rows = (await conn.execute(select(table))).all()
+            tables.append((table.name, sorted((tuple(r) for r in rows), key=repr)))
+    return tables
+
+
+def _rows(result: Rows) -> list[list[tuple[str, type, Any]]]:
+    return [[(k, type(v), v) for k, v in row._asdict().items()] for row in result]
+
+
+def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) -> None:
+    engine = scenario.app.state.engine
+
+    async def compare() -> tuple[list[str], list[str]]:
+        compared: list[str] = []
+        changed: list[str] = []
+        executed: list[str] = []
+
+        def seen(*args: Any) -> None:
+            executed.append(args[2])
+
+        async with engine.begin() as conn:
+            db = in_place_sqlite(conn)
+            assert db is not None, "the scenario's SQLite must run in place"
+            cases = await _cases(conn)
+            statements = _statements()
+            missing = sorted({_family(s) for s in statements} - set(cases))
+            assert not missing, f"HotStatements without a contract case: {missing}"
+            for statement in statements:
+                for params in cases[_family(statement)]:
+                    before = await _database(conn)
+                    savepoint = await conn.begin_nested()
+                    in_place = statement.run_sqlite(db, conn.dialect, params)
+                    after_in_place = await _database(conn)
+                    await savepoint.rollback()
+
+                    executed.clear()
+                    savepoint = await conn.begin_nested()
+                    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+                    try:
+                        by_sqlalchemy = await statement.run_sqlalchemy(conn, params)
+                    finally:
+                        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+                    after_sqlalchemy = await _database(conn)
+                    await savepoint.rollback()
+
+                    label = f"{statement.name} with {params!r}"
+                    compiled = statement.compiled(conn.dialect, params)
+                    assert executed == [compiled.sql], label
+                    assert _rows(in_place) == _rows(by_sqlalchemy), label
+                    assert in_place.rowcount == by_sqlalchemy.rowcount, label
+                    assert after_in_place == after_sqlalchemy, label
+                    compared.append(label)
+                    if after_in_place != before:
+                        changed.append(label)
+            await conn.rollback()
+        return compared, changed
+
+    compared, changed = scenario.run(compare)
+    # Every write changed something in at least one case (the databases compared are not
+    # trivially equal), and no case was skipped.
+    writes = ("insert", "complete", "reserve_attempt", "close_failed", "settle", "consume_step")
+    writes += ("update_state", "move")
+    assert {c.split(" ", 1)[0] for c in changed} == {
+        s.name for s in _statements() if s.name.split(".", 1)[1].startswith(writes)
+    }
+    assert len(compared) == 46
+
+
+def test_a_write_in_place_commits_and_rolls_back_with_the_transaction(scenario: Api) -> None:
+    engine = scenario.app.state.engine
+    from service.persistence.challenges import _INSERT_ATTEMPT
+
+    def row(attempt_id: str) -> dict[str, Any]:
+        return {
+            "id": attempt_id,
+            "subject": "s" * 64,
+            "unlock_request_id": None,
+            "method": "sms",
+            "outcome": "wrong_code",
+            "source_index": None,
+            "created_at": datetime.now(UTC),
+        }
+
+    kept, dropped = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def failing_flow() -> None:
+        async with engine.begin() as conn:
+            await _INSERT_ATTEMPT.run(conn, row(dropped))
+            raise RuntimeError("the flow fails after its write")
+
+    async def scenario_steps() -> set[str]:
+        async with engine.begin() as conn:
+            await _INSERT_ATTEMPT.run(conn, row(kept))
+        with pytest.raises(RuntimeError):
+            await failing_flow()
+        async with engine.connect() as conn:
+            ids = select(verification_attempts.c.id).where(
+                verification_attempts.c.id.in_([kept, dropped])
+            )
+            return {r[0] for r in await conn.execute(ids)}
+
+    assert scenario.run(scenario_steps) == {kept}
+
+
+def test_a_database_error_in_place_is_sqlalchemys_error(scenario: Api) -> None:
+    """The error map (service.errors) and callers see what SQLAlchemy would have raised."""
+    from service.persistence.challenges import _INSERT_ATTEMPT
+
+    engine = scenario.app.state.engine
+    attempt = {
+        "id": "dup",
+        "subject": "s" * 64,
+        "unlock_request_id": None,
+        "method": "sms",
+        "outcome": "wrong_code",
+        "source_index": None,
+        "created_at": datetime.now(UTC),
+    }
+
+    async def twice() -> None:
+        async with engine.begin() as conn:
+            await _INSERT_ATTEMPT.run(conn, attempt)
+            await _INSERT_ATTEMPT.run(conn, attempt)
+
+    with pytest.raises(IntegrityError) as raised:
+        scenario.run(twice)
+    assert type(raised.value.orig).__name__ == "IntegrityError"
+    assert "UNIQUE" in str(raised.value.orig)
+
+
+def test_without_a_begun_transaction_the_statement_goes_through_sqlalchemy(scenario: Api) -> None:
+    """A connection that has not begun (autobegin) gets SQLAlchemy's execution, which begins it
+    (BEGIN IMMEDIATE through the engine's hook); in place only inside the transaction."""
+    from service.persistence.unlock_requests import _GET
+
+    engine = scenario.app.state.engine
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])
+
+    async def reads() -> tuple[bool, bool]:
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        try:
+            async with engine.connect() as conn:
+                before = in_place_sqlite(conn) is not None
+                await _GET.run(conn, {"p_id": "nope"})
+                after = in_place_sqlite(conn) is not None
+                await _GET.run(conn, {"p_id": "nope"})
+                await conn.rollback()
+            return before, after
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+    assert scenario.run(reads) == (False, True)
+    gets = [sql for sql in seen if sql.startswith("SELECT unlock_requests.id")]
+    assert len(gets) == 1  # the first through SQLAlchemy, the second in place
+
+
+def test_what_only_sqlalchemys_execution_does_cannot_be_hot(scenario: Api) -> None:
+    engine = scenario.app.state.engine
+    expanding = HotStatement.__new__(HotStatement)  # not registered: this one is refused
+    HotStatement.__init__(
+        expanding, "test.expanding", delete(audit_inbox).where(audit_inbox.c.id.in_([1, 2]))
+    )
+    HOT_STATEMENTS.remove(expanding)
+    many_returning = HotStatement.__new__(HotStatement)
+    HotStatement.__init__(
+        many_returning, "test.many_returning", insert(audit_inbox).returning(audit_inbox.c.id)
+    )
+    HOT_STATEMENTS.remove(many_returning)
+    now = datetime.now(UTC)
+
+    async def refused() -> list[str]:
+        reasons = []
+        async with engine.begin() as conn:
+            db = in_place_sqlite(conn)
+            assert db is not None
+            for statement, params in (
+                (expanding, None),
+                (many_returning, [{"payload": b"a", "created_at": now}] * 2),
+            ):
+                with pytest.raises(NotHot) as why:
+                    statement.run_sqlite(db, conn.dialect, params)
+                reasons.append(str(why.value))
+            await conn.rollback()
+        return reasons
+
+    assert len(scenario.run(refused)) == 2
+
+
+def test_on_aiosqlite_and_postgresql_nothing_runs_in_place(
+    tmp_path: Path, database_url: str
+) -> None:
+    """In place is only for the SQLite connection service.sqlite_inline opens."""
+    from service.db import create_engine
+
+    urls = [f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}", database_url]
+
+    async def check(url: str, inline: bool) -> bool:
+        engine = create_engine(url, inline_sqlite=inline)
+        try:
+            async with engine.begin() as conn:
+                return in_place_sqlite(conn) is not None
+        finally:
+            await engine.dispose()
+
+    results = {url: asyncio.run(check(url, False)) for url in urls}
+    assert not any(results.values())
+    in_place = asyncio.run(check(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}", True))
+    assert in_place
+
+
+def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database_url: str) -> None:
+    """audit.hot_sql.savepoint: in place on SQLite, SQLAlchemy's begin_nested on PostgreSQL; the
+    same outcome either way, in the caller's transaction."""
+    from audit.store import _INSERT_INBOX, create_schema
+    from service.db import create_engine
+
+    now = datetime.now(UTC)
+
+    async def main() -> tuple[bool, list[bytes]]:
+        engine = create_engine(database_url)
+        try:
+            await create_schema(engine)
+            async with engine.begin() as conn:
+                in_place = in_place_sqlite(conn) is not None
+                async with savepoint(conn):
+                    await _INSERT_INBOX.run(conn, {"payload": b"kept", "created_at": now})
+                with pytest.raises(RuntimeError):
+                    await failing(conn)
+                async with savepoint(conn):
+                    await _INSERT_INBOX.run(conn, {"payload": b"after", "created_at": now})
+            async with engine.connect() as conn:
+                payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
+                return in_place, [bytes(r[0]) for r in await conn.execute(payloads)]
+        finally:
+            await engine.dispose()
+
+    async def failing(conn: AsyncConnection) -> None:
+        async with savepoint(conn):
+            await _INSERT_INBOX.run(conn, {"payload": b"undone", "created_at": now})
+            raise RuntimeError("this proof raises")
+
+    in_place, payloads = asyncio.run(main())
+    assert in_place == database_url.startswith("sqlite")
+    assert payloads == [b"kept", b"after"]
