@@ -1,4 +1,4 @@
-"""Prebuilt statements on the hot paths, run straight on the SQLite driver of the transaction.
+"""Prebuilt statements on the hot paths, run in place on the driver of the caller's transaction.
 
 Here, below the service, because the audit store's inbox insert is on every hot path too; the
 service's repositories use it the same way.
@@ -10,25 +10,32 @@ fourteen. A ``HotStatement`` is compiled by SQLAlchemy once per dialect and para
 executed the way SQLAlchemy's default execution context would (its SQL text, its bind and result
 processors, its parameter defaults) on the driver connection of the caller's transaction, so it
 sees and is seen by every other statement of that transaction and commits or rolls back with it.
-Everywhere else (PostgreSQL, SQLite through aiosqlite's thread, a connection whose transaction has
-not begun) it is handed to SQLAlchemy unchanged. "In place" is service.sqlite_inline's driver: an
-aiosqlite-shaped connection that exposes its ``sqlite3.Connection`` as ``.sqlite``.
 
-The contract (tests/service/test_hot_sql.py): every ``HotStatement`` run both ways against the same
-rows gives the same SQL text, the same rows and row count, and leaves the same database.
+"In place" is, on SQLite, service.sqlite_inline's driver (an aiosqlite-shaped connection that
+exposes its ``sqlite3.Connection`` as ``.sqlite``); on PostgreSQL, SQLAlchemy's asyncpg adapter,
+through the same prepared-statement cache, lock and row-count parsing its cursor uses, once it has
+started the transaction. Everywhere else (SQLite in aiosqlite's thread, a connection whose
+transaction has not begun, a statement shape only SQLAlchemy's execution can render) the statement
+is handed to SQLAlchemy unchanged. Errors come out as SQLAlchemy raises them.
+
+The contract (tests/audit/test_hot_sql.py, on SQLite and PostgreSQL): every ``HotStatement`` run
+both ways against the same rows gives the same SQL text, the same rows and row count, and leaves
+the same database.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import sqlite3
 from collections import namedtuple
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
@@ -88,11 +95,11 @@ class _Compiled:
             for name, process in self.binds
         )
 
-    def rows(self, cursor: sqlite3.Cursor) -> list[Any]:
+    def rows(self, fetched: Iterable[Sequence[Any]]) -> list[Any]:
         make, results = self.row_type._make, self.results
         return [
             make([v if p is None else p(v) for p, v in zip(results, raw, strict=True)])
-            for raw in cursor.fetchall()
+            for raw in fetched
         ]
 
 
@@ -110,8 +117,9 @@ def _compile(
         raise NotHot("Python-side column defaults are computed by SQLAlchemy's execution")
     if compiled.literal_execute_params or compiled.post_compile_params:
         raise NotHot("expanding or literal-execute parameters are rendered at execution")
-    if many and compiled.effective_returning:
-        raise NotHot("RETURNING with several parameter sets is SQLAlchemy's insertmanyvalues")
+    if many and (compiled.effective_returning or compiled._insertmanyvalues is not None):
+        # SQLAlchemy turns these into multi-row VALUES statements at execution (PostgreSQL).
+        raise NotHot("several parameter sets for this INSERT are SQLAlchemy's insertmanyvalues")
     if not compiled.positional or compiled.positiontup is None:
         raise NotHot(f"the {dialect.name} dialect's parameters are not positional")
     processors = compiled._bind_processors
@@ -127,13 +135,26 @@ def _compile(
     return _Compiled(compiled, compiled.string, tuple(binds), results, row_type)
 
 
-def in_place_sqlite(conn: AsyncConnection) -> sqlite3.Connection | None:
-    """The sqlite3 connection under ``conn`` when it runs in place (service.sqlite_inline) and its
-    transaction has begun (BEGIN IMMEDIATE issued); otherwise None."""
+def in_place(conn: AsyncConnection) -> sqlite3.Connection | AsyncAdapt_asyncpg_connection | None:
+    """What ``conn``'s statements can run on in place, once its transaction has begun: the
+    sqlite3 connection (service.sqlite_inline; BEGIN IMMEDIATE issued at begin), or SQLAlchemy's
+    asyncpg adapter once it has started the asyncpg transaction (at the first statement).
+    Otherwise None: SQLAlchemy runs the statement (and begins what needs beginning)."""
     sync = conn.sync_connection
     if sync is None or not sync.in_transaction():
         return None
-    db = getattr(sync.connection.driver_connection, "sqlite", None)
+    fairy = sync.connection
+    db = getattr(fairy.driver_connection, "sqlite", None)
+    if isinstance(db, sqlite3.Connection):
+        return db
+    adapted: Any = fairy.dbapi_connection
+    if isinstance(adapted, AsyncAdapt_asyncpg_connection) and adapted._transaction is not None:
+        return adapted
+    return None
+
+
+def in_place_sqlite(conn: AsyncConnection) -> sqlite3.Connection | None:
+    db = in_place(conn)
     return db if isinstance(db, sqlite3.Connection) else None
 
 
@@ -146,7 +167,7 @@ class HotStatement:
     def __init__(self, name: str, statement: ClauseElement) -> None:
         self.name = name
         self.statement = statement
-        self._compiled: dict[tuple[str, tuple[str, ...], bool], _Compiled] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...], bool], _Compiled | NotHot] = {}
         HOT_STATEMENTS.append(self)
 
     def __repr__(self) -> str:
@@ -155,10 +176,15 @@ class HotStatement:
     async def run(
         self, conn: AsyncConnection, params: Params | Sequence[Params] | None = None
     ) -> Rows:
-        db = in_place_sqlite(conn)
-        if db is None:
-            return await self.run_sqlalchemy(conn, params)
-        return self.run_sqlite(db, conn.dialect, params)
+        db = in_place(conn)
+        try:
+            if isinstance(db, sqlite3.Connection):
+                return self.run_sqlite(db, conn.dialect, params)
+            if db is not None:
+                return await self.run_asyncpg(conn, db, params)
+        except NotHot:
+            pass  # refused before anything ran: this shape of it is SQLAlchemy's to run
+        return await self.run_sqlalchemy(conn, params)
 
     async def run_sqlalchemy(
         self, conn: AsyncConnection, params: Params | Sequence[Params] | None = None
@@ -176,7 +202,13 @@ class HotStatement:
         key = (dialect.name, tuple(sorted(first)), many)
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._compiled[key] = _compile(self.statement, dialect, key[1], many)
+            try:
+                compiled = _compile(self.statement, dialect, key[1], many)
+            except NotHot as refused:
+                compiled = refused
+            self._compiled[key] = compiled
+        if isinstance(compiled, NotHot):
+            raise compiled
         return compiled
 
     def run_sqlite(
@@ -193,11 +225,72 @@ class HotStatement:
                 cursor = db.execute(compiled.sql, compiled.parameters(params or {}))
             else:
                 cursor = db.executemany(compiled.sql, [compiled.parameters(p) for p in params])
-            rows = compiled.rows(cursor) if compiled.row_type is not None else []
+            rows = compiled.rows(cursor.fetchall()) if compiled.row_type is not None else []
         except sqlite3.Error as err:
             # As SQLAlchemy raises it (the database-unavailable map reads .orig either way).
             raise sa_exc.DBAPIError.instance(compiled.sql, params, err, sqlite3.Error) from err
         return Rows(rows, cursor.rowcount)
+
+    async def run_asyncpg(
+        self,
+        conn: AsyncConnection,
+        adapted: AsyncAdapt_asyncpg_connection,
+        params: Params | Sequence[Params] | None = None,
+    ) -> Rows:
+        """As SQLAlchemy's asyncpg cursor runs it (its prepared-statement cache, its mutex, its
+        row count from the status message), without its execution context around it."""
+        if params is not None and not isinstance(params, Mapping) and len(params) == 1:
+            params = params[0]
+        dialect = conn.dialect
+        compiled = self.compiled(dialect, params)
+        driver: Any = adapted  # SQLAlchemy's adapter is untyped inside
+        try:
+            async with driver._execute_mutex:
+                if params is None or isinstance(params, Mapping):
+                    prepared, _ = await driver._prepare(
+                        compiled.sql, getattr(dialect, "_invalidate_schema_cache_asof", 0)
+                    )
+                    fetched = await prepared.fetch(*compiled.parameters(params or {}))
+                    status = _ROWCOUNT.match(prepared.get_statusmsg() or "")
+                    rowcount = int(status.group(1)) if status else -1
+                else:
+                    await driver._connection.executemany(
+                        compiled.sql, [compiled.parameters(p) for p in params]
+                    )
+                    fetched, rowcount = [], -1  # as SQLAlchemy's executemany reports it
+            rows = compiled.rows(fetched) if compiled.row_type is not None else []
+        except Exception as err:
+            raise await _as_sqlalchemy_error(conn, adapted, compiled.sql, params, err) from err
+        return Rows(rows, rowcount)
+
+
+_ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+) (\d+)")
+
+
+async def _as_sqlalchemy_error(
+    conn: AsyncConnection,
+    adapted: AsyncAdapt_asyncpg_connection,
+    sql: str,
+    params: Params | Sequence[Params] | None,
+    err: Exception,
+) -> Exception:
+    """The error SQLAlchemy would raise for ``err``: translated by its asyncpg adapter into the
+    DBAPI error classes, wrapped as a DBAPIError; a lost connection invalidated, as SQLAlchemy
+    does, so the pool does not hand it out again."""
+    dbapi_error: Exception = err
+    try:
+        adapted._handle_exception(err)  # always raises
+    except Exception as translated:
+        dbapi_error = translated
+    dbapi_base: type[Exception] = adapted.dbapi.Error
+    if not isinstance(dbapi_error, dbapi_base):
+        return dbapi_error
+    lost = conn.dialect.is_disconnect(cast(Any, dbapi_error), cast(Any, adapted), None)
+    if lost:
+        await conn.invalidate(dbapi_error)
+    return sa_exc.DBAPIError.instance(
+        sql, params, dbapi_error, dbapi_base, connection_invalidated=lost
+    )
 
 
 _SAVEPOINT_NAMES = itertools.count()
@@ -209,7 +302,7 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
     undone if it raises and kept otherwise, in the caller's transaction. (SQLAlchemy's SAVEPOINT
     and RELEASE cost two of its executions; a proof in a batch takes one savepoint.)"""
     db = in_place_sqlite(conn)
-    if db is None:
+    if db is None:  # PostgreSQL: SQLAlchemy's SAVEPOINT, which it tracks
         async with conn.begin_nested():
             yield
         return
