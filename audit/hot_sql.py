@@ -162,11 +162,13 @@ class HotStatement:
     """A Core statement built once (module level) and run with ``await stmt.run(conn, params)``;
     ``params`` a mapping, or a sequence of mappings to run it once for each."""
 
-    __slots__ = ("_compiled", "name", "statement")
+    __slots__ = ("_compiled", "name", "only_on", "statement")
 
-    def __init__(self, name: str, statement: ClauseElement) -> None:
+    def __init__(self, name: str, statement: ClauseElement, *, only_on: str | None = None) -> None:
         self.name = name
         self.statement = statement
+        # A statement only one database has (PostgreSQL's advisory locks): its dialect name.
+        self.only_on = only_on
         self._compiled: dict[tuple[str, tuple[str, ...], bool], _Compiled | NotHot] = {}
         HOT_STATEMENTS.append(self)
 

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry
+from audit.hot_sql import HotStatement
 from audit.merkle import leaf_hash
 from audit.store import AuditStore, AuditStoreError, Head, LogRow
 
@@ -41,8 +42,16 @@ log = logging.getLogger("fairunlock.audit.integrator")
 ADVISORY_LOCK_KEY = int.from_bytes(b"FUAUDIT", "big")
 DEFAULT_BATCH_SIZE = 1000
 _PAYLOAD_KEYS = {"actor", "data", "kind", "subject", "time", "v"}
-_TRY_LOCK = select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY))
-_WAIT_LOCK = select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY))
+_TRY_LOCK = HotStatement(
+    "locks.try_integration",
+    select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY)),
+    only_on="postgresql",
+)
+_WAIT_LOCK = HotStatement(
+    "locks.wait_integration",
+    select(func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)),
+    only_on="postgresql",
+)
 _PROBE = AuditEvent(EntryKind.EXPORT, "a", "s", {}, datetime(2000, 1, 1, tzinfo=UTC))
 
 
@@ -81,8 +90,8 @@ async def integrate_in(
     store = AuditStore(conn)
     if store.is_postgres:
         if wait:
-            await conn.execute(_WAIT_LOCK)
-        elif not (await conn.execute(_TRY_LOCK)).scalar_one():
+            await _WAIT_LOCK.run(conn)
+        elif not (await _TRY_LOCK.run(conn)).scalar_one():
             return None  # another worker is integrating right now
     # The inbox first: an idle poll then costs one indexed read, not the head's root check.
     batch = await store.inbox_batch(batch_size)

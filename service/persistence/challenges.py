@@ -10,7 +10,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, insert, literal, select, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.hot_sql import HotStatement
@@ -159,6 +169,11 @@ _UPDATE_REQUEST = HotStatement(
     ),
 )
 _INSERT_OUTBOX = HotStatement("outbox.insert", insert(outbox_events))
+_ADVISORY_XACT_LOCK = HotStatement(
+    "locks.advisory_xact",
+    select(func.pg_advisory_xact_lock(bindparam("p_key", type_=BigInteger))),
+    only_on="postgresql",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +300,8 @@ class ChallengeRepository:
         advisory lock on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers."""
         if self._conn.dialect.name == "postgresql":
             digest = hashlib.sha256(f"{scope}:{key}".encode()).digest()
-            await self._conn.execute(
-                select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
-            )
+            lock = int.from_bytes(digest[:8], "big", signed=True)
+            await _ADVISORY_XACT_LOCK.run(self._conn, {"p_key": lock})
 
     # When the failed attempts since ``since`` happened, oldest first: what throttling and
     # Retry-After are computed from.
