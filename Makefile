@@ -66,6 +66,7 @@ bench: $(BENCH_STAMP) ## every benchmark in bench/ (tens of minutes); JSON and P
 	$(BIN)/python -m bench.bench_http --target unlock --database sqlite --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/http-unlock-sqlite.json
 	$(BIN)/python -m bench.bench_http --target unlock --database postgres --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/http-unlock-postgres.json
 	$(BIN)/python -m bench.bench_totp_verify --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/totp-verify-sqlite.json
+	$(BIN)/python -m bench.bench_totp_verify --database postgres --workers 1,2 --connections 32 --output $(BENCH_OUT)/totp-verify-postgres.json
 	$(BIN)/python -m bench.bench_peer --workers 1,2 --connections 32,64 --runs 3 --output $(BENCH_OUT)/peer-privacyidea.json
 	$(BIN)/python -m bench.charts $(BENCH_OUT)/*.json
 
