@@ -70,12 +70,15 @@ class Rows:
     def scalar(self) -> Any | None:
         return self._rows[0][0] if self._rows else None
 
-    def scalar_one(self) -> Any:
+    def one(self) -> Any:
         if not self._rows:
             raise sa_exc.NoResultFound("No row was found when one was required")
         if len(self._rows) > 1:
             raise sa_exc.MultipleResultsFound("Multiple rows were found when one was required")
-        return self._rows[0][0]
+        return self._rows[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
 
 
 @dataclass(frozen=True, slots=True)

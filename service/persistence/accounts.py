@@ -228,8 +228,7 @@ class AccountRepository:
         # The same statements run whether or not the account exists, so the two cost the same
         # (OWASP-FP-1/2: no enumeration by timing).
         params = {"subject": subject}
-        row = (await _SNAPSHOT_FACTS.run(self._conn, params)).first()
-        assert row is not None  # one row per anchor, whether or not the account exists
+        row = (await _SNAPSHOT_FACTS.run(self._conn, params)).one()
         linked = (await _LINKED.run(self._conn, params)).all()
         return snapshot_from(subject, row, linked)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, event, insert, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.hot_sql import (
@@ -526,3 +526,16 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
     in_place, payloads = asyncio.run(main())
     assert in_place == database_url.startswith("sqlite")
     assert payloads == [b"kept", b"after"]
+
+
+def test_rows_one_and_scalar_one_want_exactly_one_row() -> None:
+    """As SQLAlchemy's Result: the repositories rely on these raising, not on a first row."""
+    assert Rows([(7, "x")], -1).one() == (7, "x")
+    assert Rows([(7, "x")], -1).scalar_one() == 7
+    for rows, error in (([], NoResultFound), ([(1,), (2,)], MultipleResultsFound)):
+        with pytest.raises(error):
+            Rows(rows, -1).one()
+        with pytest.raises(error):
+            Rows(rows, -1).scalar_one()
+    assert Rows([], -1).first() is None
+    assert Rows([], -1).scalar() is None
