@@ -222,8 +222,7 @@ class HotStatement:
         dialect: Dialect,
         params: Params | Sequence[Params] | None = None,
     ) -> Rows:
-        if params is not None and not isinstance(params, Mapping) and len(params) == 1:
-            params = params[0]  # one parameter set is one execution, as SQLAlchemy has it
+        params = _one_execution(params)
         compiled = self.compiled(dialect, params)
         try:
             if params is None or isinstance(params, Mapping):
@@ -244,8 +243,7 @@ class HotStatement:
     ) -> Rows:
         """As SQLAlchemy's asyncpg cursor runs it (its prepared-statement cache, its mutex, its
         row count from the status message), without its execution context around it."""
-        if params is not None and not isinstance(params, Mapping) and len(params) == 1:
-            params = params[0]
+        params = _one_execution(params)
         dialect = conn.dialect
         compiled = self.compiled(dialect, params)
         driver: Any = adapted  # SQLAlchemy's adapter is untyped inside
@@ -267,6 +265,13 @@ class HotStatement:
         except Exception as err:
             raise await _as_sqlalchemy_error(conn, adapted, compiled.sql, params, err) from err
         return Rows(rows, rowcount)
+
+
+def _one_execution(params: Params | Sequence[Params] | None) -> Params | Sequence[Params] | None:
+    """A sequence of one parameter set is one execution, as SQLAlchemy has it."""
+    if params is not None and not isinstance(params, Mapping) and len(params) == 1:
+        return params[0]
+    return params
 
 
 _ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+) (\d+)")

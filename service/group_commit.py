@@ -103,7 +103,7 @@ class GroupCommit(Generic[T, A]):
         keys: set[str] = set()
         held: list[_Pending[T, A]] = []
         for pending in self._pending:
-            if len(batch) < self._max_batch and pending.key not in keys | busy:
+            if len(batch) < self._max_batch and pending.key not in keys and pending.key not in busy:
                 batch.append(pending)
                 keys.add(pending.key)
             else:

@@ -349,31 +349,33 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
     assert len(compared) == (49 if postgres else 46)
 
 
+def _attempt(attempt_id: str) -> dict[str, Any]:
+    """A failed SMS attempt row of no account, for the verification_attempts insert."""
+    return {
+        "id": attempt_id,
+        "subject": "s" * 64,
+        "unlock_request_id": None,
+        "method": "sms",
+        "outcome": "wrong_code",
+        "source_index": None,
+        "created_at": datetime.now(UTC),
+    }
+
+
 def test_a_write_in_place_commits_and_rolls_back_with_the_transaction(scenario: Api) -> None:
     engine = scenario.app.state.engine
     from service.persistence.challenges import _INSERT_ATTEMPT
-
-    def row(attempt_id: str) -> dict[str, Any]:
-        return {
-            "id": attempt_id,
-            "subject": "s" * 64,
-            "unlock_request_id": None,
-            "method": "sms",
-            "outcome": "wrong_code",
-            "source_index": None,
-            "created_at": datetime.now(UTC),
-        }
 
     kept, dropped = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def failing_flow() -> None:
         async with engine.begin() as conn:
-            await _INSERT_ATTEMPT.run(conn, row(dropped))
+            await _INSERT_ATTEMPT.run(conn, _attempt(dropped))
             raise RuntimeError("the flow fails after its write")
 
     async def scenario_steps() -> set[str]:
         async with engine.begin() as conn:
-            await _INSERT_ATTEMPT.run(conn, row(kept))
+            await _INSERT_ATTEMPT.run(conn, _attempt(kept))
         with pytest.raises(RuntimeError):
             await failing_flow()
         async with engine.connect() as conn:
@@ -390,15 +392,7 @@ def test_a_database_error_in_place_is_sqlalchemys_error(scenario: Api) -> None:
     from service.persistence.challenges import _INSERT_ATTEMPT
 
     engine = scenario.app.state.engine
-    attempt = {
-        "id": "dup",
-        "subject": "s" * 64,
-        "unlock_request_id": None,
-        "method": "sms",
-        "outcome": "wrong_code",
-        "source_index": None,
-        "created_at": datetime.now(UTC),
-    }
+    attempt = _attempt("dup")
 
     async def twice(second_in_place: bool) -> tuple[type[BaseException], type[BaseException]]:
         async with engine.begin() as conn:
