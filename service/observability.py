@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -159,12 +160,30 @@ class RedactingFilter(logging.Filter):
 # -- JSON logs ---------------------------------------------------------------------------------
 
 
+# The last whole second formatted and its text: datetime's construction and isoformat() were
+# most of a line's timestamp, and every line of one second shares everything up to the
+# milliseconds. Replaced as one tuple, so a thread always reads a matching pair.
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def _rfc3339(created: float) -> str:
-    return (
-        datetime.fromtimestamp(created, tz=UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`` with Z."""
+    # Split as datetime.fromtimestamp splits a float (CPython's _PyTime_DoubleToDenominator):
+    # the fraction's microseconds rounded half to even, a carry into the second.
+    fraction, whole = math.modf(created)
+    microseconds = round(fraction * 1e6)
+    if microseconds >= 1_000_000:
+        microseconds -= 1_000_000
+        whole += 1.0
+    elif microseconds < 0:
+        microseconds += 1_000_000
+        whole -= 1.0
+    second = int(whole)
+    cached_second, text = _last_second[0]
+    if second != cached_second:
+        text = datetime.fromtimestamp(second, tz=UTC).isoformat().removesuffix("+00:00")
+        _last_second[0] = (second, text)
+    return f"{text}.{microseconds // 1000:03d}Z"
 
 
 # json.dumps with these arguments builds a new encoder per call; one prebuilt encodes the same.
@@ -297,6 +316,9 @@ def _write_access_line(
     if handler is None or access_log.disabled:
         return False
     method, path, route, status, duration_ms, api_key_name = fields
+    # A path equal to its route's template is one of the app's own paths, a bounded set, so its
+    # redacted forms are remembered; any other path (parameters, 404s) is redacted each time.
+    redact_path = redact_message = _redact_known if path == route else redact
     created = time.time()
     # JsonFormatter's fields, then the extras in the order access_log.info passes them, each
     # redacted as RedactingFilter redacts them (strings; the int and the float pass unchanged).
@@ -305,10 +327,10 @@ def _write_access_line(
             "time": _rfc3339(created),
             "level": "INFO",
             "logger": access_log.name,
-            "message": redact(f"{method} {path} {status}"),
+            "message": redact_message(f"{method} {path} {status}"),
             "request_id": redact(request_id),
             "method": _redact_known(method),
-            "path": redact(path),
+            "path": redact_path(path),
             "route": _redact_known(route),
             "status": _redact_any(status),
             "duration_ms": duration_ms,
@@ -398,6 +420,7 @@ class Metrics:
             registry=self.registry,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._decision_children: dict[tuple[str, str], Counter] = {}
 
     def observe_batch(self, size: int) -> None:
         self.group_commit_batch.observe(size)
@@ -417,7 +440,12 @@ class Metrics:
         children[1].observe(duration_s)
 
     def record_decision(self, level: str, status: str, offered_face: bool) -> None:
-        self.decisions.labels(str(level), str(status)).inc()
+        # Remembered per label pair as in observe_request; levels and statuses are enums.
+        key = (str(level), str(status))
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
         if offered_face:
             self.offers_with_face.inc()
 

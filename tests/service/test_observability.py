@@ -10,11 +10,14 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyotp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc import jwt
 from joserfc.jwk import OctKey
 from litestar import Litestar, Request, get, post
@@ -304,6 +307,28 @@ def test_the_direct_access_line_is_the_line_logging_writes(
     assert third["path"] == f'/no/{REDACTED}/{REDACTED}/{REDACTED}/é"q'
     assert third["message"] == f'GET /no/{REDACTED}/{REDACTED}/{REDACTED}/é"q 404'
     assert running.key not in running.logs.getvalue()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(min_value=-2e9, max_value=4e9, allow_nan=False),
+        # Near whole seconds and half microseconds, where rounding carries.
+        st.builds(
+            lambda second, offset: second + offset,
+            st.integers(min_value=-(10**9), max_value=4 * 10**9),
+            st.sampled_from([0.0, 5e-7, -5e-7, 4.999e-7, 0.9999995, 0.9995, 1e-7, -1e-7]),
+        ),
+    )
+)
+def test_a_log_line_time_is_what_datetime_formats(created: float) -> None:
+    # _rfc3339 remembers the last second's text; datetime is the reference it must equal.
+    expected = (
+        datetime.fromtimestamp(created, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+    assert observability._rfc3339(created) == expected
 
 
 def test_an_access_line_reaches_every_handler_on_its_way(running: Running) -> None:
