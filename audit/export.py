@@ -28,8 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from audit.bundle import write_bundle
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind
-from audit.merkle import CompactRange
-from audit.store import AuditStore, AuditStoreError, StoredCheckpoint, append_event_now
+from audit.merkle import CompactRange, prefix_range
+from audit.store import (
+    AuditStore,
+    AuditStoreError,
+    StoredCheckpoint,
+    ThreadLeafSource,
+    append_event_now,
+)
 from audit.verify import Manifest
 
 DEFAULT_CHUNK = 20_000
@@ -58,12 +64,11 @@ async def _hashes(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
         return await AuditStore(conn).leaf_hashes(start, end)
 
 
-async def compact_range_of(engine: AsyncEngine, size: int, chunk: int = 65_536) -> CompactRange:
-    """The compact range of [0, size) from the stored leaf hashes, read in bounded slices."""
-    compact = CompactRange.empty()
-    for low in range(0, size, chunk):
-        compact.extend(await _hashes(engine, low, min(size, low + chunk)))
-    return compact
+async def compact_range_of(engine: AsyncEngine, size: int) -> CompactRange:
+    """The compact range of [0, size) from the stored subtree roots (and, below 256 leaves and
+    where roots are missing, the leaf hashes): a delta export starts without reading the log."""
+    source = ThreadLeafSource(engine, asyncio.get_running_loop(), size)
+    return await asyncio.to_thread(prefix_range, source, 0, size)
 
 
 class _CheckedLeaves:

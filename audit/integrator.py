@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry
 from audit.hot_sql import HotStatement
-from audit.merkle import leaf_hash
+from audit.merkle import Subtree, leaf_hash
 from audit.store import AuditStore, AuditStoreError, Head, LogRow
 
 log = logging.getLogger("fairunlock.audit.integrator")
@@ -104,6 +104,7 @@ async def integrate_in(
         assert head is not None
     compact = head.compact.copy()
     rows: list[LogRow] = []
+    subtrees: list[Subtree] = []
     log_key = _log_key(origin)  # cached per origin
     for offset, item in enumerate(batch):
         seq = head.size + offset
@@ -112,12 +113,12 @@ async def integrate_in(
             # Appends validate events, so this is corruption: stop rather than skip an entry.
             raise AuditStoreError(f"audit_inbox row {item.id} is not a canonical event")
         digest = leaf_hash(leaf)
-        compact.append(digest)
+        compact.append(digest, subtrees)
         rows.append(LogRow(seq, leaf, digest, item.id))
     root = compact.root()
     note = signer.sign(Checkpoint(origin, compact.size, root))
     await store.integrate(
-        rows, [item.id for item in batch], Head(compact.size, root, compact), note
+        rows, [item.id for item in batch], Head(compact.size, root, compact), note, subtrees
     )
     return {row.inbox_id: row.seq for row in rows}
 

@@ -20,6 +20,13 @@ _NODE_PREFIX = b"\x01"
 # Proof generation reads leaf hashes in slices of this many, so a DB-backed source never has to
 # materialise a whole large subtree at once.
 _READ_CHUNK = 65_536
+# A log keeps the roots of its aligned perfect subtrees at every SUBTREE_STEP-th height (of 256,
+# 65,536, ... leaves): one extra hash per 255 leaves, and any subtree's root is then the root of at
+# most 255 stored roots per level instead of all its leaves.
+SUBTREE_STEP = 8
+
+# (height, index, root): the perfect subtree of leaves [index * 2**height, (index + 1) * 2**height).
+Subtree = tuple[int, int, bytes]
 
 _sha256 = hashlib.sha256
 
@@ -83,17 +90,23 @@ class CompactRange:
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like list
 
-    def append(self, leaf_hash: bytes) -> None:
+    def append(self, leaf_hash: bytes, completed: list[Subtree] | None = None) -> None:
+        """Add a leaf; with ``completed``, also add to it the subtrees of a height that is a
+        multiple of SUBTREE_STEP which this leaf completes (what a log stores, see above)."""
         if len(leaf_hash) != HASH_SIZE:
             raise CompactRangeError(f"leaf hash is {len(leaf_hash)} bytes, not {HASH_SIZE}")
         hashes = self.hashes
         hashes.append(leaf_hash)
         # Each trailing 1-bit of the old size is a completed subtree of the same height: merge.
         bits = self.size
+        height = 0
         while bits & 1:
             right = hashes.pop()
             hashes[-1] = _sha256(_NODE_PREFIX + hashes[-1] + right).digest()
             bits >>= 1
+            height += 1
+            if completed is not None and height % SUBTREE_STEP == 0:
+                completed.append((height, ((self.size + 1) >> height) - 1, hashes[-1]))
         self.size += 1
 
     def extend(self, leaf_hashes: Iterable[bytes]) -> None:
@@ -167,6 +180,17 @@ class LeafSource(Protocol):
     def leaf_hashes(self, start: int, end: int) -> Sequence[bytes]: ...
 
 
+@runtime_checkable
+class SubtreeSource(LeafSource, Protocol):
+    """A LeafSource that also keeps the subtree roots CompactRange.append reports: proofs then
+    read O(255 per level) hashes instead of every leaf."""
+
+    def subtree_roots(self, height: int, start: int, end: int) -> Sequence[bytes]:
+        """The stored roots of height ``height`` (a multiple of SUBTREE_STEP) with indices
+        [start, end), in order; fewer when some are not stored."""
+        ...
+
+
 class _SequenceSource:
     __slots__ = ("_hashes",)
 
@@ -184,7 +208,49 @@ def _as_source(source: LeafSource | Sequence[bytes]) -> LeafSource:
 
 
 def _subtree_root(source: LeafSource, start: int, end: int) -> bytes:
-    """MTH(D[start:end]) read from the source in bounded slices."""
+    """MTH(D[start:end]): from stored subtree roots where the source keeps them, else from the
+    leaf hashes."""
+    size = end - start
+    if (
+        size >> SUBTREE_STEP
+        and isinstance(source, SubtreeSource)
+        and start % (1 << (size - 1).bit_length()) == 0
+    ):
+        # A range starting at a multiple of the power of two that covers it (every range of
+        # RFC 6962's recursion does) is shaped like a tree of its size from 0: its root folds
+        # the perfect subtrees of its size's binary decomposition, largest first.
+        return prefix_range(source, start, size).root()
+    return _leaf_root(source, start, end)
+
+
+def prefix_range(source: LeafSource, start: int, size: int) -> CompactRange:
+    """The compact range of D[start:start+size] (``start`` a multiple of the power of two that
+    covers ``size``), each perfect subtree read through _perfect_root."""
+    roots = []
+    position = start
+    for height in reversed(range(size.bit_length())):
+        if size >> height & 1:
+            roots.append(_perfect_root(source, position, height))
+            position += 1 << height
+    return CompactRange(size, roots)
+
+
+def _perfect_root(source: LeafSource, start: int, height: int) -> bytes:
+    """The root of the perfect subtree of 2**height leaves from ``start`` (a multiple of it)."""
+    stored = height - height % SUBTREE_STEP
+    if stored and isinstance(source, SubtreeSource):
+        first = start >> stored
+        count = 1 << (height - stored)
+        roots = source.subtree_roots(stored, first, first + count)
+        if len(roots) == count:
+            # Roots of equal perfect subtrees combine as leaf hashes do: node_hash all the way up.
+            return root_from_leaf_hashes(roots)
+        # Not all stored (a log integrated before they were kept): the leaves are the truth.
+    return _leaf_root(source, start, start + (1 << height))
+
+
+def _leaf_root(source: LeafSource, start: int, end: int) -> bytes:
+    """MTH(D[start:end]) from the leaf hashes, read from the source in bounded slices."""
     compact = CompactRange.empty()
     for chunk_start in range(start, end, _READ_CHUNK):
         chunk_end = min(end, chunk_start + _READ_CHUNK)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     bindparam,
@@ -35,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import AuditEvent, event_to_payload
 from audit.hot_sql import HotStatement
-from audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange
+from audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, Subtree
 
 # The same convention as service.persistence, so one Alembic environment can hold both.
 NAMING_CONVENTION = {
@@ -90,6 +91,17 @@ audit_head = Table(
     Column("compact_range", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     CheckConstraint(f"id = {HEAD_ID}", name="single_row"),
+)
+
+# The roots of the log's aligned perfect subtrees of 2**8, 2**16, ... leaves (merkle.SUBTREE_STEP),
+# written by the integrator as it completes them: proofs and delta exports read these instead of
+# every leaf hash. Derived data: each is recomputable from audit_log.leaf_hash.
+audit_subtrees = Table(
+    "audit_subtrees",
+    audit_metadata,
+    Column("height", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(HASH_SIZE), nullable=False),
 )
 
 audit_checkpoints = Table(
@@ -224,6 +236,7 @@ _INSERT_INBOX_RETURNING_PAYLOAD = insert(audit_inbox).returning(
 )
 _INSERT_LOG = HotStatement("audit_log.insert", insert(audit_log))
 _INSERT_CHECKPOINT = HotStatement("audit_checkpoints.insert", insert(audit_checkpoints))
+_INSERT_SUBTREES = HotStatement("audit_subtrees.insert", insert(audit_subtrees))
 _HEAD_SELECT = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
     audit_head.c.id == HEAD_ID
 )
@@ -336,10 +349,21 @@ class AuditStore:
         return [InboxRow(int(r.id), bytes(r.payload)) for r in rows]
 
     async def integrate(
-        self, rows: Sequence[LogRow], consumed: Sequence[int], head: Head, note: str
+        self,
+        rows: Sequence[LogRow],
+        consumed: Sequence[int],
+        head: Head,
+        note: str,
+        subtrees: Sequence[Subtree] = (),
     ) -> None:
-        """Write one batch: log rows, the new head, its checkpoint; delete the consumed inbox."""
+        """Write one batch: log rows, the subtrees they complete, the new head, its checkpoint;
+        delete the consumed inbox."""
         now = datetime.now(UTC)
+        if subtrees:
+            await _INSERT_SUBTREES.run(
+                self._conn,
+                [{"height": height, "idx": idx, "root": root} for height, idx, root in subtrees],
+            )
         await _INSERT_LOG.run(
             self._conn,
             [
@@ -413,6 +437,20 @@ class AuditStore:
             raise AuditStoreError(f"audit_log: {len(hashes)} hashes for [{start}, {end})")
         return hashes
 
+    async def subtree_roots(self, height: int, start: int, end: int) -> list[bytes]:
+        """Stored subtree roots of ``height`` with indices [start, end) in order (only those
+        stored: the caller compares the count)."""
+        rows = await self._conn.execute(
+            select(audit_subtrees.c.root)
+            .where(
+                audit_subtrees.c.height == height,
+                audit_subtrees.c.idx >= start,
+                audit_subtrees.c.idx < end,
+            )
+            .order_by(audit_subtrees.c.idx)
+        )
+        return [bytes(root) for (root,) in rows]
+
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         row = (
             await self._conn.execute(
@@ -450,7 +488,7 @@ class AuditStore:
 
 
 class ThreadLeafSource:
-    """A synchronous merkle.LeafSource over the database, for code running in a worker thread.
+    """A synchronous merkle.SubtreeSource over the database, for code running in a worker thread.
 
     Proof generation is synchronous and CPU-bound, so it runs in a thread; each slice it asks for
     is read on the event loop in its own short transaction (the log below the head never changes).
@@ -472,7 +510,21 @@ class ThreadLeafSource:
             _read_hashes(self._engine, start, end), self._loop
         ).result()
 
+    def subtree_roots(self, height: int, start: int, end: int) -> Sequence[bytes]:
+        if not (0 <= start <= end and end << height <= self._size):
+            raise AuditStoreError(
+                f"subtrees [{start}, {end}) of height {height} are outside the tree of {self._size}"
+            )
+        return asyncio.run_coroutine_threadsafe(
+            _read_subtrees(self._engine, height, start, end), self._loop
+        ).result()
+
 
 async def _read_hashes(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
     async with engine.connect() as conn:
         return await AuditStore(conn).leaf_hashes(start, end)
+
+
+async def _read_subtrees(engine: AsyncEngine, height: int, start: int, end: int) -> list[bytes]:
+    async with engine.connect() as conn:
+        return await AuditStore(conn).subtree_roots(height, start, end)

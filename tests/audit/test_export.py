@@ -81,13 +81,13 @@ def test_full_and_delta_exports_verify_and_chain(db_url: str, tmp_path: Path) ->
 
 def test_compact_prefix_from_stored_hashes_equals_recomputation(sqlite_url: str) -> None:
     async def body(engine: AsyncEngine) -> None:
-        await seed(engine, 37, batch_size=8)
+        await seed(engine, 600, batch_size=97)  # past two stored subtrees of 256 leaves
         async with engine.connect() as conn:
-            leaves = await AuditStore(conn).leaves(0, 37)
-        for size in (0, 1, 2, 7, 8, 31, 32, 37):
+            leaves = await AuditStore(conn).leaves(0, 600)
+        for size in (0, 1, 2, 7, 8, 31, 32, 37, 255, 256, 257, 511, 512, 513, 600):
             expected = CompactRange.empty()
             expected.extend(leaf_hash(x) for x in leaves[:size])
-            assert await compact_range_of(engine, size, chunk=5) == expected
+            assert await compact_range_of(engine, size) == expected
 
     with_engine(sqlite_url, body)
 

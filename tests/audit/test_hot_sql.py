@@ -204,6 +204,9 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
         "audit_checkpoints.insert": [
             {"size": size + 1, "root": bytes(32), "note": "test", "created_at": now}
         ],
+        "audit_subtrees.insert": [
+            [{"height": 8, "idx": 10**9 + i, "root": bytes([i]) * 32} for i in range(2)]
+        ],
     }
 
 
@@ -346,7 +349,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (49 if postgres else 46)
+    assert len(compared) == (50 if postgres else 47)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:

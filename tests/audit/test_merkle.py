@@ -14,13 +14,16 @@ from hypothesis import strategies as st
 from audit.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    SUBTREE_STEP,
     CompactRange,
     CompactRangeError,
     ProofError,
+    Subtree,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
     node_hash,
+    prefix_range,
     root_from_leaf_hashes,
     verify_consistency,
     verify_inclusion,
@@ -239,6 +242,105 @@ def test_short_leaf_source_is_an_error_not_a_wrong_proof() -> None:
 def test_source_without_enough_leaves_is_an_error() -> None:
     with pytest.raises(ProofError, match="leaf source returned"):
         inclusion_proof(_random_leaves(5, seed=3), 1, 9)
+
+
+# --- stored subtree roots ----------------------------------------------------------------------
+
+# Past 2**16, so subtrees of both stored heights (256 and 65,536 leaves) exist, with a ragged end.
+BIG_SIZE = (1 << 16) + (1 << 9) + 37
+BIG_LOG = _random_leaves(BIG_SIZE, seed=99)
+
+
+def _reported_subtrees(leaves: Sequence[bytes]) -> list[Subtree]:
+    compact = CompactRange.empty()
+    completed: list[Subtree] = []
+    for digest in leaves:
+        compact.append(digest, completed)
+    return completed
+
+
+BIG_SUBTREES = _reported_subtrees(BIG_LOG)
+
+
+class _SubtreeSource:
+    """A merkle.SubtreeSource like the store: leaves and stored roots by ranges, reads counted."""
+
+    def __init__(self, leaves: list[bytes], subtrees: Sequence[Subtree], size: int) -> None:
+        self._leaves = leaves
+        self._roots = {(height, idx): root for height, idx, root in subtrees}
+        self._size = size
+        self.hashes_read = 0
+
+    def leaf_hashes(self, start: int, end: int) -> Sequence[bytes]:
+        assert 0 <= start <= end <= self._size
+        self.hashes_read += end - start
+        return self._leaves[start:end]
+
+    def subtree_roots(self, height: int, start: int, end: int) -> Sequence[bytes]:
+        assert height % SUBTREE_STEP == 0
+        assert end << height <= self._size  # only subtrees inside the tree asked for
+        found = [self._roots[height, i] for i in range(start, end) if (height, i) in self._roots]
+        self.hashes_read += len(found)
+        return found
+
+
+def test_append_reports_exactly_the_stored_height_subtrees_it_completes() -> None:
+    expected = []
+    for end in range(1, BIG_SIZE + 1):
+        for height in (8, 16):
+            if end % (1 << height) == 0:
+                idx = (end >> height) - 1
+                leaves = BIG_LOG[idx << height : (idx + 1) << height]
+                expected.append((height, idx, root_from_leaf_hashes(leaves)))
+    assert expected == BIG_SUBTREES  # in the order they complete
+    assert len(expected) == (BIG_SIZE >> 8) + (BIG_SIZE >> 16)
+
+
+@given(size=st.integers(1, BIG_SIZE), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_proofs_from_stored_subtrees_equal_proofs_from_leaves(
+    size: int, data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(0, size - 1), label="index")
+    first = data.draw(st.integers(1, size), label="first")
+    # The roots of subtrees inside the tree of `size`: the store only has those for that size.
+    stored = [s for s in BIG_SUBTREES if (s[1] + 1) << s[0] <= size]
+    source = _SubtreeSource(BIG_LOG, stored, size)
+    assert inclusion_proof(source, index, size) == inclusion_proof(BIG_LOG[:size], index, size)
+    # Each subtree root on the path reads at most 255 hashes per stored level (0, 8, 16).
+    assert source.hashes_read <= 17 * 3 * 255
+    source.hashes_read = 0
+    assert consistency_proof(source, first, size) == consistency_proof(BIG_LOG[:size], first, size)
+    assert source.hashes_read <= 2 * 17 * 3 * 255
+
+
+def test_a_proof_for_a_large_tree_reads_a_few_hundred_hashes_not_every_leaf() -> None:
+    source = _SubtreeSource(BIG_LOG, BIG_SUBTREES, BIG_SIZE)
+    inclusion_proof(source, 3, BIG_SIZE)
+    assert source.hashes_read < 1_000  # against 66,084 from the leaves
+    source.hashes_read = 0
+    consistency_proof(source, 300, BIG_SIZE)
+    assert source.hashes_read < 2_000
+
+
+def test_missing_subtree_roots_fall_back_to_the_leaves() -> None:
+    # A log integrated before roots were kept, or one whose roots were lost: same proofs.
+    partial = BIG_SUBTREES[::3]
+    for subtrees in ([], partial):
+        source = _SubtreeSource(BIG_LOG, subtrees, BIG_SIZE)
+        assert inclusion_proof(source, 70, BIG_SIZE) == inclusion_proof(BIG_LOG, 70, BIG_SIZE)
+        assert consistency_proof(source, 65_537, BIG_SIZE) == consistency_proof(
+            BIG_LOG, 65_537, BIG_SIZE
+        )
+
+
+@given(size=st.integers(0, BIG_SIZE))
+@settings(max_examples=40, deadline=None)
+def test_prefix_range_from_stored_subtrees_equals_the_compact_range(size: int) -> None:
+    expected = CompactRange.empty()
+    expected.extend(BIG_LOG[:size])
+    source = _SubtreeSource(BIG_LOG, BIG_SUBTREES, BIG_SIZE)
+    assert prefix_range(source, 0, size) == expected
 
 
 # --- compact range -----------------------------------------------------------------------------

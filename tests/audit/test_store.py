@@ -16,15 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from audit.checkpoint import CheckpointSigner, verify_checkpoint
 from audit.entry import AuditEvent, EntryKind, decode_entry
 from audit.integrator import NotIntegratedError, integrate_all, integrate_once, wait_integrated
-from audit.merkle import leaf_hash, root_from_leaf_hashes
+from audit.merkle import consistency_proof, inclusion_proof, leaf_hash, root_from_leaf_hashes
 from audit.store import (
     AuditStore,
     AuditStoreError,
     GroupAppender,
+    ThreadLeafSource,
     append_event,
     append_event_now,
     audit_inbox,
     audit_log,
+    audit_subtrees,
     create_schema,
 )
 from service.db import create_engine
@@ -144,6 +146,40 @@ def test_integrator_assigns_contiguous_indices_and_signs_each_batch(db_url: str)
         assert verify_checkpoint(first.note, signer.public_key, ORIGIN).root == (
             root_from_leaf_hashes([leaf_hash(x) for x in leaves[:3]])
         )
+
+    with_engine(db_url, body)
+
+
+def test_integration_keeps_the_roots_of_the_subtrees_it_completes(db_url: str) -> None:
+    # Batches of 97 cross the 256-leaf boundaries mid-batch; proofs read through the store
+    # (ThreadLeafSource, stored roots) equal proofs from the leaf hashes.
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            for n in range(600):
+                await append_event(conn, make_event(n))
+        assert await integrate_all(engine, signer, ORIGIN, batch_size=97) == 600
+        async with engine.connect() as conn:
+            hashes = await AuditStore(conn).leaf_hashes(0, 600)
+            stored = (
+                await conn.execute(
+                    select(
+                        audit_subtrees.c.height, audit_subtrees.c.idx, audit_subtrees.c.root
+                    ).order_by(audit_subtrees.c.height, audit_subtrees.c.idx)
+                )
+            ).all()
+        assert [(h, i, bytes(r)) for h, i, r in stored] == [
+            (8, 0, root_from_leaf_hashes(hashes[:256])),
+            (8, 1, root_from_leaf_hashes(hashes[256:512])),
+        ]
+        source = ThreadLeafSource(engine, asyncio.get_running_loop(), 600)
+        for index, size in ((0, 600), (300, 600), (599, 600), (255, 513), (7, 257)):
+            proof = await asyncio.to_thread(inclusion_proof, source, index, size)
+            assert proof == inclusion_proof(hashes[:size], index, size)
+        for first, second in ((1, 600), (256, 600), (300, 512), (513, 600)):
+            proof = await asyncio.to_thread(consistency_proof, source, first, second)
+            assert proof == consistency_proof(hashes[:second], first, second)
 
     with_engine(db_url, body)
 

@@ -1,0 +1,163 @@
+"""Benchmark: inclusion and consistency proofs served from the store of a large log.
+
+    python -m bench.bench_audit_proofs [--entries N] [--database sqlite|postgres] [--proofs K]
+
+Builds a log of N entries (default 1,000,000) the way the integrator leaves it (leaf hashes and
+the roots of the subtrees of 256 and 65,536 leaves), then times what ``GET /v1/audit/proofs/*``
+runs: the proof over the store's ThreadLeafSource, reading the stored subtree roots. The baseline,
+in the same run and over the same rows, is the same proof from the leaf hashes alone (as before
+the roots were stored, and what the code falls back to where they are missing). Every proof is
+checked equal to the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import hashlib
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit.merkle import CompactRange, LeafSource, Subtree, consistency_proof, inclusion_proof
+from audit.store import ThreadLeafSource, audit_log, audit_subtrees, create_schema
+from bench.bench_http import PG_ADMIN_URL, _postgres_database
+from service.db import create_engine
+
+_INSERT_CHUNK = 20_000
+
+
+class _LeavesOnly:
+    """The same store without its subtree roots: the baseline."""
+
+    def __init__(self, source: ThreadLeafSource) -> None:
+        self._source = source
+
+    def leaf_hashes(self, start: int, end: int) -> Sequence[bytes]:
+        return self._source.leaf_hashes(start, end)
+
+
+async def _build(engine: AsyncEngine, count: int) -> None:
+    await create_schema(engine)
+    compact = CompactRange.empty()
+    now = datetime.now(UTC)
+    for low in range(0, count, _INSERT_CHUNK):
+        rows = []
+        subtrees: list[Subtree] = []
+        for seq in range(low, min(count, low + _INSERT_CHUNK)):
+            digest = hashlib.sha256(b"\x00entry %d" % seq).digest()
+            compact.append(digest, subtrees)
+            rows.append(
+                {
+                    "seq": seq,
+                    "leaf": b"-",
+                    "leaf_hash": digest,
+                    "inbox_id": seq,
+                    "integrated_at": now,
+                }
+            )
+        async with engine.begin() as conn:
+            await conn.execute(insert(audit_log), rows)
+            if subtrees:
+                await conn.execute(
+                    insert(audit_subtrees),
+                    [{"height": h, "idx": i, "root": r} for h, i, r in subtrees],
+                )
+
+
+def _time(work: Callable[[], list[bytes]]) -> tuple[float, list[bytes]]:
+    started = time.perf_counter()
+    result = work()
+    return time.perf_counter() - started, result
+
+
+async def _measure(
+    engine: AsyncEngine, count: int, proofs: int, baseline_proofs: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    source = ThreadLeafSource(engine, asyncio.get_running_loop(), count)
+    leaves_only: LeafSource = _LeavesOnly(source)
+    rng = random.Random(6962)
+    kinds: dict[str, Callable[[LeafSource, int], list[bytes]]] = {
+        "inclusion": lambda src, n: inclusion_proof(src, n, count),
+        "consistency": lambda src, n: consistency_proof(src, n + 1, count),
+    }
+    results: dict[str, tuple[list[float], list[float]]] = {}
+    for name, prove in kinds.items():
+        stored_times, baseline_times = [], []
+        for k in range(proofs):
+            n = rng.randrange(count)
+            seconds, proof = await asyncio.to_thread(_time, functools.partial(prove, source, n))
+            stored_times.append(seconds)
+            if k < baseline_proofs:
+                seconds, expected = await asyncio.to_thread(
+                    _time, functools.partial(prove, leaves_only, n)
+                )
+                baseline_times.append(seconds)
+                assert proof == expected, f"{name} proof for {n} differs from the leaves' proof"
+        results[name] = (stored_times, baseline_times)
+    return results
+
+
+@asynccontextmanager
+async def _engine(database: str) -> AsyncIterator[AsyncEngine]:
+    with tempfile.TemporaryDirectory(prefix="bench-proofs-") as tmp:
+        if database == "postgres":
+            with _postgres_database(PG_ADMIN_URL) as url:
+                engine = create_engine(url)
+                try:
+                    yield engine
+                finally:
+                    await engine.dispose()
+        else:
+            engine = create_engine(f"sqlite+aiosqlite:///{tmp}/proofs.sqlite3")
+            try:
+                yield engine
+            finally:
+                await engine.dispose()
+
+
+async def _run(args: argparse.Namespace) -> None:
+    async with _engine(args.database) as engine:
+        started = time.perf_counter()
+        await _build(engine, args.entries)
+        built = time.perf_counter() - started
+        load = os.getloadavg()[0]
+        results = await _measure(engine, args.entries, args.proofs, args.baseline_proofs)
+    print(
+        f"{args.entries:,} entries on {args.database} (built in {built:.0f} s); "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'proof':<12} {'stored roots: median ms':>24} {'max ms':>8} "
+        f"{'from leaves: median ms':>24} {'ratio':>8}"
+    )
+    for name, (stored, baseline) in results.items():
+        fast, slow = statistics.median(stored) * 1e3, statistics.median(baseline) * 1e3
+        print(f"{name:<12} {fast:24.1f} {max(stored) * 1e3:8.1f} {slow:24.1f} {slow / fast:7.0f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_audit_proofs")
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--proofs", type=int, default=20, help="proofs of each kind timed")
+    parser.add_argument(
+        "--baseline-proofs", type=int, default=3, help="of those, also timed from the leaves"
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(_run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
