@@ -22,8 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import insert
@@ -108,31 +107,16 @@ async def _measure(
     return results
 
 
-@asynccontextmanager
-async def _engine(database: str) -> AsyncIterator[AsyncEngine]:
-    with tempfile.TemporaryDirectory(prefix="bench-proofs-") as tmp:
-        if database == "postgres":
-            with _postgres_database(PG_ADMIN_URL) as url:
-                engine = create_engine(url)
-                try:
-                    yield engine
-                finally:
-                    await engine.dispose()
-        else:
-            engine = create_engine(f"sqlite+aiosqlite:///{tmp}/proofs.sqlite3")
-            try:
-                yield engine
-            finally:
-                await engine.dispose()
-
-
-async def _run(args: argparse.Namespace) -> None:
-    async with _engine(args.database) as engine:
+async def _run(args: argparse.Namespace, url: str) -> None:
+    engine = create_engine(url)
+    try:
         started = time.perf_counter()
         await _build(engine, args.entries)
         built = time.perf_counter() - started
         load = os.getloadavg()[0]
         results = await _measure(engine, args.entries, args.proofs, args.baseline_proofs)
+    finally:
+        await engine.dispose()
     print(
         f"{args.entries:,} entries on {args.database} (built in {built:.0f} s); "
         f"{os.cpu_count()} CPUs, load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
@@ -155,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-proofs", type=int, default=3, help="of those, also timed from the leaves"
     )
     args = parser.parse_args(argv)
-    asyncio.run(_run(args))
+    with tempfile.TemporaryDirectory(prefix="bench-proofs-") as tmp:
+        if args.database == "postgres":
+            # A database of its own, created and dropped outside the measured event loop.
+            with _postgres_database(PG_ADMIN_URL) as url:
+                asyncio.run(_run(args, url))
+        else:
+            asyncio.run(_run(args, f"sqlite+aiosqlite:///{tmp}/proofs.sqlite3"))
     return 0
 
 
