@@ -7,7 +7,6 @@ one in every export bundle.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.checkpoint import CheckpointSigner, public_key_pem
-from audit.merkle import ProofError, consistency_proof, inclusion_proof
-from audit.store import AuditStore, StoredCheckpoint, ThreadLeafSource
+from audit.merkle import ProofError
+from audit.proofs import served_consistency_proof, served_inclusion_proof
+from audit.store import AuditStore, StoredCheckpoint
 from service.auth import require_roles
 from service.errors import PROBLEM_JSON, AuditNoCheckpoint, AuditQueryInvalid, AuditRangeTooLarge
 from service.persistence.api_keys import Role
@@ -205,11 +205,8 @@ class AuditController(Controller):
             raise AuditQueryInvalid(
                 f"Index {index} is not in the tree of size {stored.size}.", parameter="index"
             )
-        async with engine.connect() as conn:
-            [leaf] = await AuditStore(conn).leaf_hashes(index, index + 1)
-        source = ThreadLeafSource(engine, asyncio.get_running_loop(), stored.size)
         try:
-            proof = await asyncio.to_thread(inclusion_proof, source, index, stored.size)
+            leaf, proof = await served_inclusion_proof(engine, index, stored)
         except ProofError as exc:
             raise AuditQueryInvalid(str(exc)) from exc
         return InclusionProof(
@@ -247,9 +244,8 @@ class AuditController(Controller):
             raise AuditQueryInvalid(
                 f"first ({first}) is larger than second ({stored.size}).", parameter="first"
             )
-        source = ThreadLeafSource(engine, asyncio.get_running_loop(), stored.size)
         try:
-            proof = await asyncio.to_thread(consistency_proof, source, first, stored.size)
+            proof = await served_consistency_proof(engine, first, stored)
         except ProofError as exc:
             raise AuditQueryInvalid(str(exc)) from exc
         return ConsistencyProof(

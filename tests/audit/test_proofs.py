@@ -1,0 +1,119 @@
+"""Proofs as served (audit/proofs.py) on real SQLite and PostgreSQL: from the stored subtree roots,
+verified against the signed checkpoint, rebuilt from the leaves when a stored root is wrong."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit.integrator import integrate_all
+from audit.merkle import (
+    ProofError,
+    consistency_proof,
+    inclusion_proof,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
+from audit.proofs import served_consistency_proof, served_inclusion_proof
+from audit.store import (
+    AuditStore,
+    AuditStoreError,
+    StoredCheckpoint,
+    append_event,
+    audit_log,
+    audit_subtrees,
+)
+from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
+
+__all__ = ["db_url"]  # the fixture, imported for the tests here
+
+SIZE = 600  # past two stored subtrees of 256 leaves
+
+
+async def _seed(engine: AsyncEngine) -> tuple[list[bytes], StoredCheckpoint]:
+    async with engine.begin() as conn:
+        for n in range(SIZE):
+            await append_event(conn, make_event(n))
+    # Batches of 97: checkpoints at 97, 194, ... and 600; 256 and 512 cross batches.
+    await integrate_all(engine, make_signer(), ORIGIN, batch_size=97)
+    async with engine.connect() as conn:
+        store = AuditStore(conn)
+        hashes = await store.leaf_hashes(0, SIZE)
+        latest = await store.latest_checkpoint()
+    assert latest is not None
+    assert latest.size == SIZE
+    return hashes, latest
+
+
+async def _corrupt_first_subtree(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        changed = await conn.execute(
+            update(audit_subtrees)
+            .where(audit_subtrees.c.height == 8, audit_subtrees.c.idx == 0)
+            .values(root=bytes(32))
+        )
+        assert changed.rowcount == 1
+
+
+def test_served_proofs_verify_against_the_checkpoint_they_name(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        hashes, latest = await _seed(engine)
+        for index in (0, 255, 256, 300, 599):
+            leaf, proof = await served_inclusion_proof(engine, index, latest)
+            assert leaf == hashes[index]
+            assert proof == inclusion_proof(hashes, index, SIZE)
+            verify_inclusion(leaf, index, SIZE, proof, latest.root)
+        # 194 is a checkpoint's size; 300 and 513 are not (their roots are computed).
+        for first in (1, 194, 300, 513, SIZE):
+            proof = await served_consistency_proof(engine, first, latest)
+            assert proof == consistency_proof(hashes, first, SIZE)
+            verify_consistency(
+                first, SIZE, root_from_leaf_hashes(hashes[:first]), latest.root, proof
+            )
+        with pytest.raises(ProofError):
+            await served_inclusion_proof(engine, SIZE, latest)
+        with pytest.raises(ProofError):
+            await served_consistency_proof(engine, SIZE + 1, latest)
+
+    with_engine(db_url, body)
+
+
+def test_a_wrong_stored_subtree_root_is_logged_and_the_proof_rebuilt_from_the_leaves(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        hashes, latest = await _seed(engine)
+        await _corrupt_first_subtree(engine)
+        with caplog.at_level(logging.ERROR, logger="fairunlock.audit.proofs"):
+            _, proof = await served_inclusion_proof(engine, 300, latest)
+            assert proof == inclusion_proof(hashes, 300, SIZE)
+            # From 194 the proof descends into [0, 256) and never uses its root; from 300 it
+            # does, and 300 (no checkpoint's size) has its root computed from it too.
+            for first in (194, 300):
+                proof = await served_consistency_proof(engine, first, latest)
+                assert proof == consistency_proof(hashes, first, SIZE)
+        errors = [r for r in caplog.records if r.name == "fairunlock.audit.proofs"]
+        assert [r.proof for r in errors] == [  # type: ignore[attr-defined]
+            "inclusion of 300 in 600",
+            "consistency of 300 with 600",
+        ]
+        assert all("rebuilding from the leaves" in r.getMessage() for r in errors)
+
+    with_engine(db_url, body)
+
+
+def test_a_log_that_disagrees_with_its_checkpoint_gets_no_proof(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        _, latest = await _seed(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(audit_log).where(audit_log.c.seq == 5).values(leaf_hash=bytes(32))
+            )
+        with pytest.raises(AuditStoreError, match="does not verify against the signed"):
+            await served_inclusion_proof(engine, 5, latest)
+
+    with_engine(db_url, body)
