@@ -2,8 +2,9 @@
 
 Writers only ever INSERT into ``audit_inbox``, inside their own transaction (a transactional
 outbox, AUDIT.md §7.2 pattern D). The integrator (audit/integrator.py) is the only writer of
-``audit_log``, ``audit_head`` and ``audit_checkpoints``; it gives entries their positions, so no
-position ever comes from a sequence (sequences have gaps and commit out of order, AUDIT.md §7.1).
+``audit_log``, ``audit_subtrees``, ``audit_head`` and ``audit_checkpoints``; it gives entries
+their positions, so no position ever comes from a sequence (sequences have gaps and commit out of
+order, AUDIT.md §7.1).
 ``audit_log.seq`` is the primary key and ``check_contiguity`` is the last line of defence.
 """
 

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from service.observability import configure_logging
 from service.settings import Settings, SettingsError
 
 log = logging.getLogger("fairunlock")
@@ -40,6 +41,15 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["FAIRUNLOCK_HOST"] = host
     os.environ["FAIRUNLOCK_PORT"] = str(port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+        # Measured on the unlock route: 2 workers on SQLite answer fewer requests than 1 (every
+        # decision batch waits for the one write lock). Allowed, but not silently.
+        configure_logging(settings.log_level)
+        log.warning(
+            "SQLite has one writer: more workers queue on its write lock instead of adding "
+            "throughput; set FAIRUNLOCK_DATABASE_URL to PostgreSQL to scale out",
+            extra={"workers": workers},
+        )
     uvicorn.run(
         "service.asgi:app_factory",
         factory=True,
