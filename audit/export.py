@@ -28,12 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from audit.bundle import write_bundle
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind
-from audit.merkle import CompactRange, prefix_range
+from audit.merkle import CompactRange
+from audit.proofs import checked_prefix
 from audit.store import (
     AuditStore,
     AuditStoreError,
     StoredCheckpoint,
-    ThreadLeafSource,
     append_event_now,
 )
 from audit.verify import Manifest
@@ -62,13 +62,6 @@ async def _leaves(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
 async def _hashes(engine: AsyncEngine, start: int, end: int) -> list[bytes]:
     async with engine.connect() as conn:
         return await AuditStore(conn).leaf_hashes(start, end)
-
-
-async def compact_range_of(engine: AsyncEngine, size: int) -> CompactRange:
-    """The compact range of [0, size) from the stored subtree roots (and, below 256 leaves and
-    where roots are missing, the leaf hashes): a delta export starts without reading the log."""
-    source = ThreadLeafSource(engine, asyncio.get_running_loop(), size)
-    return await asyncio.to_thread(prefix_range, source, 0, size)
 
 
 class _CheckedLeaves:
@@ -193,7 +186,9 @@ async def export_bundle(
         )
     async with engine.connect() as conn:
         at_end = await AuditStore(conn).checkpoint_at(end)
-    prefix = await compact_range_of(engine, start)
+    # From the stored subtree roots, checked against the latest checkpoint (audit.proofs): a
+    # delta export starts without reading the log before it.
+    prefix = await checked_prefix(engine, start, latest)
     entries = _CheckedLeaves(
         engine,
         asyncio.get_running_loop(),

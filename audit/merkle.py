@@ -226,6 +226,9 @@ def _subtree_root(source: LeafSource, start: int, end: int) -> bytes:
 def prefix_range(source: LeafSource, start: int, size: int) -> CompactRange:
     """The compact range of D[start:start+size] (``start`` a multiple of the power of two that
     covers ``size``), each perfect subtree read through _perfect_root."""
+    if size < 0 or start < 0 or start % (1 << max(size - 1, 0).bit_length()):
+        # Elsewhere the pieces would not be the tree's subtrees: a wrong range, silently.
+        raise ValueError(f"[{start}, {start + size}) is not aligned to a power of two")
     roots = []
     position = start
     for height in reversed(range(size.bit_length())):
@@ -237,15 +240,19 @@ def prefix_range(source: LeafSource, start: int, size: int) -> CompactRange:
 
 def _perfect_root(source: LeafSource, start: int, height: int) -> bytes:
     """The root of the perfect subtree of 2**height leaves from ``start`` (a multiple of it)."""
-    stored = height - height % SUBTREE_STEP
-    if stored and isinstance(source, SubtreeSource):
-        first = start >> stored
-        count = 1 << (height - stored)
-        roots = source.subtree_roots(stored, first, first + count)
-        if len(roots) == count:
-            # Roots of equal perfect subtrees combine as leaf hashes do: node_hash all the way up.
-            return root_from_leaf_hashes(roots)
-        # Not all stored (a log integrated before they were kept): the leaves are the truth.
+    if isinstance(source, SubtreeSource):
+        level = height - height % SUBTREE_STEP
+        while level:
+            first = start >> level
+            count = 1 << (height - level)
+            roots = source.subtree_roots(level, first, first + count)
+            if len(roots) == count:
+                # Roots of equal perfect subtrees combine as leaf hashes do: node_hash all the
+                # way up.
+                return root_from_leaf_hashes(roots)
+            # Some not stored at this height: the next stored height down, then the leaves
+            # (the truth), so one missing root costs 256 times more reads, not the whole block.
+            level -= SUBTREE_STEP
     return _leaf_root(source, start, start + (1 << height))
 
 

@@ -1,5 +1,6 @@
-"""Proofs as the service serves them: built from the store (its stored subtree roots where it has
-them) and checked against the signed checkpoint they name before anyone sees them.
+"""Proofs as the service serves them (and a delta export's prefix): built from the store (its
+stored subtree roots where it has them) and checked against the root of the stored checkpoint they
+name, the root its signed note carries, before anyone sees them.
 
 The subtree roots are derived data (audit_subtrees, written by the integrator and migration
 0002). Should one ever disagree with the leaf hashes it was derived from, a proof built from it
@@ -19,6 +20,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.merkle import (
+    CompactRange,
     LeafSource,
     ProofError,
     consistency_proof,
@@ -34,7 +36,7 @@ log = logging.getLogger("fairunlock.audit.proofs")
 _Proof = TypeVar("_Proof")
 
 
-class _LeavesOnly:
+class LeavesOnly:
     """The store without its subtree roots: every subtree root computed from the leaf hashes."""
 
     __slots__ = ("_source",)
@@ -61,7 +63,7 @@ async def _checked(
             "audit proof from stored subtree roots does not verify; rebuilding from the leaves",
             extra={"proof": what, "error": str(exc)},
         )
-    proof = await asyncio.to_thread(prove, _LeavesOnly(source))
+    proof = await asyncio.to_thread(prove, LeavesOnly(source))
     try:
         check(proof)
     except ProofError as exc:
@@ -119,3 +121,29 @@ async def served_consistency_proof(
 
     proof, _ = await _checked(prove, check, source, f"consistency of {first} with {size}")
     return proof
+
+
+async def checked_prefix(
+    engine: AsyncEngine, size: int, checkpoint: StoredCheckpoint
+) -> CompactRange:
+    """The compact range of [0, size) (a delta export's prefix) from the store, its root checked
+    as a served consistency proof is: against ``checkpoint`` (size at least ``size``) through the
+    proof from ``size`` to it, or equal to its root at the same size."""
+    if not 0 <= size <= checkpoint.size:
+        raise ProofError(f"no prefix of {size} entries in a tree of {checkpoint.size}")
+    source = ThreadLeafSource(engine, asyncio.get_running_loop(), checkpoint.size)
+
+    def prove(src: LeafSource) -> tuple[CompactRange, list[bytes]]:
+        prefix = prefix_range(src, 0, size)
+        within = 0 < size < checkpoint.size
+        return prefix, consistency_proof(src, size, checkpoint.size) if within else []
+
+    def check(built: tuple[CompactRange, list[bytes]]) -> None:
+        prefix, proof = built
+        if 0 < size < checkpoint.size:
+            verify_consistency(size, checkpoint.size, prefix.root(), checkpoint.root, proof)
+        elif size == checkpoint.size and prefix.root() != checkpoint.root:
+            raise ProofError(f"the root of {size} entries is not the checkpoint's")
+
+    prefix, _ = await _checked(prove, check, source, f"prefix of {size} in {checkpoint.size}")
+    return prefix

@@ -4,10 +4,10 @@
 
 Builds a log of N entries (default 1,000,000) the way the integrator leaves it (leaf hashes and
 the roots of the subtrees of 256 and 65,536 leaves), then times what ``GET /v1/audit/proofs/*``
-runs: the proof over the store's ThreadLeafSource, reading the stored subtree roots. The baseline,
-in the same run and over the same rows, is the same proof from the leaf hashes alone (as before
-the roots were stored, and what the code falls back to where they are missing). Every proof is
-checked equal to the baseline's.
+runs: audit.proofs' served proof (from the stored subtree roots, then verified against the
+checkpoint). The baseline, in the same run and over the same rows, is the same proof from the leaf
+hashes alone (as before the roots were stored, and what the code falls back to where they are
+missing). Every proof is checked equal to the baseline's.
 """
 
 from __future__ import annotations
@@ -22,31 +22,29 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from audit.merkle import CompactRange, LeafSource, Subtree, consistency_proof, inclusion_proof
-from audit.store import ThreadLeafSource, audit_log, audit_subtrees, create_schema
+from audit.merkle import CompactRange, Subtree, consistency_proof, inclusion_proof
+from audit.proofs import LeavesOnly, served_consistency_proof, served_inclusion_proof
+from audit.store import (
+    StoredCheckpoint,
+    ThreadLeafSource,
+    audit_checkpoints,
+    audit_log,
+    audit_subtrees,
+    create_schema,
+)
 from bench.bench_http import PG_ADMIN_URL, _postgres_database
 from service.db import create_engine
 
 _INSERT_CHUNK = 20_000
 
 
-class _LeavesOnly:
-    """The same store without its subtree roots: the baseline."""
-
-    def __init__(self, source: ThreadLeafSource) -> None:
-        self._source = source
-
-    def leaf_hashes(self, start: int, end: int) -> Sequence[bytes]:
-        return self._source.leaf_hashes(start, end)
-
-
-async def _build(engine: AsyncEngine, count: int) -> None:
+async def _build(engine: AsyncEngine, count: int) -> StoredCheckpoint:
     await create_schema(engine)
     compact = CompactRange.empty()
     now = datetime.now(UTC)
@@ -72,34 +70,50 @@ async def _build(engine: AsyncEngine, count: int) -> None:
                     insert(audit_subtrees),
                     [{"height": h, "idx": i, "root": r} for h, i, r in subtrees],
                 )
+    async with engine.begin() as conn:
+        # The checkpoint the served proofs are checked against (its note is not read).
+        await conn.execute(
+            insert(audit_checkpoints).values(
+                size=count, root=compact.root(), note="bench", created_at=now
+            )
+        )
+    return StoredCheckpoint(count, compact.root(), "bench")
 
 
-def _time(work: Callable[[], list[bytes]]) -> tuple[float, list[bytes]]:
+async def _timed(work: Awaitable[list[bytes]]) -> tuple[float, list[bytes]]:
     started = time.perf_counter()
-    result = work()
+    result = await work
     return time.perf_counter() - started, result
 
 
 async def _measure(
-    engine: AsyncEngine, count: int, proofs: int, baseline_proofs: int
+    engine: AsyncEngine, checkpoint: StoredCheckpoint, proofs: int, baseline_proofs: int
 ) -> dict[str, tuple[list[float], list[float]]]:
-    source = ThreadLeafSource(engine, asyncio.get_running_loop(), count)
-    leaves_only: LeafSource = _LeavesOnly(source)
-    rng = random.Random(6962)
-    kinds: dict[str, Callable[[LeafSource, int], list[bytes]]] = {
-        "inclusion": lambda src, n: inclusion_proof(src, n, count),
-        "consistency": lambda src, n: consistency_proof(src, n + 1, count),
+    count = checkpoint.size
+    leaves_only = LeavesOnly(ThreadLeafSource(engine, asyncio.get_running_loop(), count))
+
+    async def inclusion(n: int) -> list[bytes]:
+        return (await served_inclusion_proof(engine, n, checkpoint))[1]
+
+    async def consistency(n: int) -> list[bytes]:
+        return await served_consistency_proof(engine, n + 1, checkpoint)
+
+    kinds: dict[str, tuple[Callable[[int], Awaitable[list[bytes]]], Callable[[int], list[bytes]]]]
+    kinds = {
+        "inclusion": (inclusion, lambda n: inclusion_proof(leaves_only, n, count)),
+        "consistency": (consistency, lambda n: consistency_proof(leaves_only, n + 1, count)),
     }
+    rng = random.Random(6962)
     results: dict[str, tuple[list[float], list[float]]] = {}
-    for name, prove in kinds.items():
+    for name, (served, from_leaves) in kinds.items():
         stored_times, baseline_times = [], []
         for k in range(proofs):
             n = rng.randrange(count)
-            seconds, proof = await asyncio.to_thread(_time, functools.partial(prove, source, n))
+            seconds, proof = await _timed(served(n))
             stored_times.append(seconds)
             if k < baseline_proofs:
-                seconds, expected = await asyncio.to_thread(
-                    _time, functools.partial(prove, leaves_only, n)
+                seconds, expected = await _timed(
+                    asyncio.to_thread(functools.partial(from_leaves, n))
                 )
                 baseline_times.append(seconds)
                 assert proof == expected, f"{name} proof for {n} differs from the leaves' proof"
@@ -111,10 +125,10 @@ async def _run(args: argparse.Namespace, url: str) -> None:
     engine = create_engine(url)
     try:
         started = time.perf_counter()
-        await _build(engine, args.entries)
+        checkpoint = await _build(engine, args.entries)
         built = time.perf_counter() - started
         load = os.getloadavg()[0]
-        results = await _measure(engine, args.entries, args.proofs, args.baseline_proofs)
+        results = await _measure(engine, checkpoint, args.proofs, args.baseline_proofs)
     finally:
         await engine.dispose()
     print(

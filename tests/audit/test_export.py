@@ -10,9 +10,10 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.entry import decode_entry
-from audit.export import ExportRangeError, compact_range_of, export_bundle
+from audit.export import ExportRangeError, export_bundle
 from audit.integrator import integrate_all
 from audit.merkle import CompactRange, leaf_hash
+from audit.proofs import checked_prefix
 from audit.store import AuditStore, AuditStoreError, append_event_now, audit_log
 from audit.verify import MANIFEST_SIGNATURE_FILE, VerificationError, verify_bundle
 from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
@@ -83,11 +84,14 @@ def test_compact_prefix_from_stored_hashes_equals_recomputation(sqlite_url: str)
     async def body(engine: AsyncEngine) -> None:
         await seed(engine, 600, batch_size=97)  # past two stored subtrees of 256 leaves
         async with engine.connect() as conn:
-            leaves = await AuditStore(conn).leaves(0, 600)
+            store = AuditStore(conn)
+            leaves = await store.leaves(0, 600)
+            latest = await store.latest_checkpoint()
+        assert latest is not None
         for size in (0, 1, 2, 7, 8, 31, 32, 37, 255, 256, 257, 511, 512, 513, 600):
             expected = CompactRange.empty()
             expected.extend(leaf_hash(x) for x in leaves[:size])
-            assert await compact_range_of(engine, size) == expected
+            assert await checked_prefix(engine, size, latest) == expected
 
     with_engine(sqlite_url, body)
 
@@ -147,7 +151,10 @@ def test_export_refuses_to_sign_a_tampered_log(
             else:
                 values = {"leaf_hash": bytes(32)}
             await conn.execute(update(audit_log).where(audit_log.c.seq == seq).values(**values))
-        with pytest.raises(AuditStoreError, match=r"reproduce (the log's|its) checkpoint"):
+        # Caught where the altered row is first read: the delta's prefix (checked against the
+        # latest checkpoint before anything is written) or the exported range.
+        refused = r"reproduce (the log's|its) checkpoint|does not verify against the signed"
+        with pytest.raises(AuditStoreError, match=refused):
             await export_bundle(
                 engine,
                 tmp_path / "bundle",

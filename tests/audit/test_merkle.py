@@ -323,6 +323,20 @@ def test_a_proof_for_a_large_tree_reads_a_few_hundred_hashes_not_every_leaf() ->
     assert source.hashes_read < 2_000
 
 
+def test_a_missing_root_falls_back_to_the_next_stored_height_not_the_leaves() -> None:
+    without_top = [s for s in BIG_SUBTREES if s[0] != 16]
+    source = _SubtreeSource(BIG_LOG, without_top, BIG_SIZE)
+    assert inclusion_proof(source, 3, BIG_SIZE) == inclusion_proof(BIG_LOG, 3, BIG_SIZE)
+    assert source.hashes_read < 1_000 + 256  # the 256 roots of height 8 instead of one
+
+
+def test_prefix_range_refuses_a_range_that_is_not_aligned() -> None:
+    source = _SubtreeSource(BIG_LOG, BIG_SUBTREES, BIG_SIZE)
+    with pytest.raises(ValueError, match="not aligned"):
+        prefix_range(source, 100, 300)
+    assert prefix_range(source, 512, 300).size == 300  # 512 is a multiple of 512 >= 300
+
+
 def test_missing_subtree_roots_fall_back_to_the_leaves() -> None:
     # A log integrated before roots were kept, or one whose roots were lost: same proofs.
     partial = BIG_SUBTREES[::3]

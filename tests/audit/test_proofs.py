@@ -3,12 +3,15 @@ verified against the signed checkpoint, rebuilt from the leaves when a stored ro
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from audit.export import export_bundle
 from audit.integrator import integrate_all
 from audit.merkle import (
     ProofError,
@@ -18,15 +21,17 @@ from audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from audit.proofs import served_consistency_proof, served_inclusion_proof
+from audit.proofs import checked_prefix, served_consistency_proof, served_inclusion_proof
 from audit.store import (
     AuditStore,
     AuditStoreError,
     StoredCheckpoint,
+    ThreadLeafSource,
     append_event,
     audit_log,
     audit_subtrees,
 )
+from audit.verify import verify_bundle
 from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
 
 __all__ = ["db_url"]  # the fixture, imported for the tests here
@@ -59,7 +64,9 @@ async def _corrupt_first_subtree(engine: AsyncEngine) -> None:
         assert changed.rowcount == 1
 
 
-def test_served_proofs_verify_against_the_checkpoint_they_name(db_url: str) -> None:
+def test_served_proofs_verify_against_the_checkpoint_they_name(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def body(engine: AsyncEngine) -> None:
         hashes, latest = await _seed(engine)
         for index in (0, 255, 256, 300, 599):
@@ -79,7 +86,10 @@ def test_served_proofs_verify_against_the_checkpoint_they_name(db_url: str) -> N
         with pytest.raises(ProofError):
             await served_consistency_proof(engine, SIZE + 1, latest)
 
-    with_engine(db_url, body)
+    with caplog.at_level(logging.ERROR, logger="fairunlock.audit.proofs"):
+        with_engine(db_url, body)
+    # Built from the stored roots, not rebuilt from the leaves after a failed check.
+    assert [r for r in caplog.records if r.name == "fairunlock.audit.proofs"] == []
 
 
 def test_a_wrong_stored_subtree_root_is_logged_and_the_proof_rebuilt_from_the_leaves(
@@ -115,5 +125,58 @@ def test_a_log_that_disagrees_with_its_checkpoint_gets_no_proof(db_url: str) -> 
             )
         with pytest.raises(AuditStoreError, match="does not verify against the signed"):
             await served_inclusion_proof(engine, 5, latest)
+
+    with_engine(db_url, body)
+
+
+def test_a_delta_export_from_a_wrong_stored_root_is_rebuilt_and_verifies(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        hashes, latest = await _seed(engine)
+        await _corrupt_first_subtree(engine)
+        with caplog.at_level(logging.ERROR, logger="fairunlock.audit.proofs"):
+            prefix = await checked_prefix(engine, 300, latest)
+            assert prefix.root() == root_from_leaf_hashes(hashes[:300])
+            result = await export_bundle(
+                engine, tmp_path / "delta", signer=signer, origin=ORIGIN, actor="t", start=300
+            )
+        assert result.manifest.start == 300
+        verify_bundle(tmp_path / "delta", signer.public_key)
+        errors = [r for r in caplog.records if r.name == "fairunlock.audit.proofs"]
+        assert [r.proof for r in errors] == ["prefix of 300 in 600"] * 2  # type: ignore[attr-defined]
+
+    with_engine(db_url, body)
+
+
+def test_a_consistency_proof_of_a_log_that_disagrees_with_its_checkpoint_is_refused(
+    db_url: str,
+) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        _, latest = await _seed(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(audit_log).where(audit_log.c.seq == 599).values(leaf_hash=bytes(32))
+            )
+        with pytest.raises(AuditStoreError, match="consistency of 300 with 600"):
+            await served_consistency_proof(engine, 300, latest)
+
+    with_engine(db_url, body)
+
+
+def test_the_store_serves_subtree_roots_inside_the_tree_only(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        hashes, _ = await _seed(engine)
+        loop = asyncio.get_running_loop()
+        source = ThreadLeafSource(engine, loop, 512)
+        roots = await asyncio.to_thread(source.subtree_roots, 8, 0, 2)  # ends exactly at 512
+        assert roots == [
+            root_from_leaf_hashes(hashes[:256]),
+            root_from_leaf_hashes(hashes[256:512]),
+        ]
+        with pytest.raises(AuditStoreError, match="outside the tree"):
+            await asyncio.to_thread(ThreadLeafSource(engine, loop, 511).subtree_roots, 8, 0, 2)
 
     with_engine(db_url, body)
