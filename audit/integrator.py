@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry
 from audit.hot_sql import HotStatement
-from audit.merkle import Subtree, leaf_hash
+from audit.merkle import CompactRange, Subtree, leaf_hash
 from audit.store import AuditStore, AuditStoreError, Head, LogRow
 
 log = logging.getLogger("fairunlock.audit.integrator")
@@ -167,6 +167,31 @@ def leaf_from_payload(payload: bytes, index: int, log_key: bytes) -> bytes | Non
             payload[subject_at:],
         )
     )
+
+
+async def rebuild_subtrees(engine: AsyncEngine, chunk: int = 65_536) -> int:
+    """Recompute every stored subtree root from the leaf hashes, holding the integration lock
+    (no batch moves the log meanwhile), and replace the stored ones: the repair for a root that
+    served proofs found wrong (audit.proofs logs it). Refuses, changing nothing, when the leaves
+    do not reproduce the head's root. Returns how many roots are stored."""
+    async with engine.begin() as conn:
+        store = AuditStore(conn)
+        if store.is_postgres:
+            await _WAIT_LOCK.run(conn)
+        head = await store.head(for_update=True)
+        if head is None:
+            return 0
+        compact = CompactRange.empty()
+        subtrees: list[Subtree] = []
+        for low in range(0, head.size, chunk):
+            for digest in await store.leaf_hashes(low, min(head.size, low + chunk)):
+                compact.append(digest, subtrees)
+        if compact.root() != head.root:
+            raise AuditStoreError(
+                "the leaf hashes do not reproduce the head's root: subtree roots left unchanged"
+            )
+        await store.replace_subtrees(subtrees)
+    return len(subtrees)
 
 
 async def integrate_all(

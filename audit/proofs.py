@@ -60,7 +60,8 @@ async def _checked(
         return proof
     except ProofError as exc:
         log.error(
-            "audit proof from stored subtree roots does not verify; rebuilding from the leaves",
+            "audit proof from stored subtree roots does not verify; rebuilding from the leaves "
+            "(repair the stored roots with `fairunlock audit rebuild-subtrees`)",
             extra={"proof": what, "error": str(exc)},
         )
     proof = await asyncio.to_thread(prove, LeavesOnly(source))

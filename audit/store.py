@@ -57,6 +57,7 @@ _Id = BigInteger().with_variant(Integer(), "sqlite")
 HEAD_ID = 1
 # IN lists are bounded: SQLite caps bound parameters and huge lists plan badly on PostgreSQL.
 _IN_CHUNK = 1000
+_SUBTREE_CHUNK = 10_000  # rows per INSERT when all subtree roots are rewritten
 
 audit_inbox = Table(
     "audit_inbox",
@@ -437,6 +438,19 @@ class AuditStore:
         if len(hashes) != end - start:
             raise AuditStoreError(f"audit_log: {len(hashes)} hashes for [{start}, {end})")
         return hashes
+
+    async def replace_subtrees(self, subtrees: Sequence[Subtree]) -> None:
+        """Delete every stored subtree root and store these instead (callers hold the
+        integration lock: see integrator.rebuild_subtrees)."""
+        await self._conn.execute(delete(audit_subtrees))
+        for start in range(0, len(subtrees), _SUBTREE_CHUNK):
+            await _INSERT_SUBTREES.run(
+                self._conn,
+                [
+                    {"height": height, "idx": idx, "root": root}
+                    for height, idx, root in subtrees[start : start + _SUBTREE_CHUNK]
+                ],
+            )
 
     async def subtree_roots(self, height: int, start: int, end: int) -> list[bytes]:
         """Stored subtree roots of ``height`` with indices [start, end) in order (only those

@@ -64,6 +64,13 @@ def register(groups: Any) -> None:
     verify.add_argument("--full-parse", action="store_true", help="also parse every line as JSON")
     verify.set_defaults(handler=_verify)
 
+    rebuild = commands.add_parser(
+        "rebuild-subtrees",
+        help="recompute the stored subtree roots from the leaf hashes (after a proof logged one "
+        "as wrong)",
+    )
+    rebuild.set_defaults(handler=_rebuild_subtrees)
+
     public_key = commands.add_parser("public-key", help="print the checkpoint public key (PEM)")
     public_key.add_argument(
         "--vkey", action="store_true", help="print the C2SP verifier-key string instead"
@@ -162,6 +169,21 @@ def _integrate(args: argparse.Namespace) -> int:
             return 0
         finally:
             await engine.dispose()
+
+    return _run(body)
+
+
+def _rebuild_subtrees(args: argparse.Namespace) -> int:
+    from audit.integrator import rebuild_subtrees
+
+    async def body(settings: Settings) -> int:
+        engine, _ = await _prepare(settings)
+        try:
+            count = await rebuild_subtrees(engine)
+        finally:
+            await engine.dispose()
+        print(f"stored {count} subtree roots, recomputed from the leaf hashes")
+        return 0
 
     return _run(body)
 

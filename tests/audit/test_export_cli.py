@@ -184,3 +184,12 @@ def test_production_without_keys_is_exit_2_naming_the_variable(tmp_path: Path) -
     assert result.returncode == 2
     assert "FAIRUNLOCK_AUDIT_SIGNING_KEY_FILE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rebuild_subtrees_reports_the_roots_it_stored(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    seed(data_dir, 300)  # one subtree of 256 entries
+    assert fairunlock(data_dir, "audit", "integrate", "--once").returncode == 0
+    done = fairunlock(data_dir, "audit", "rebuild-subtrees")
+    assert done.returncode == 0, done.stderr
+    assert "stored 1 subtree roots" in done.stdout

@@ -8,11 +8,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.export import export_bundle
-from audit.integrator import integrate_all
+from audit.integrator import integrate_all, rebuild_subtrees
 from audit.merkle import (
     ProofError,
     consistency_proof,
@@ -178,5 +178,49 @@ def test_the_store_serves_subtree_roots_inside_the_tree_only(db_url: str) -> Non
         ]
         with pytest.raises(AuditStoreError, match="outside the tree"):
             await asyncio.to_thread(ThreadLeafSource(engine, loop, 511).subtree_roots, 8, 0, 2)
+
+    with_engine(db_url, body)
+
+
+async def _stored_subtrees(engine: AsyncEngine) -> list[tuple[int, int, bytes]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(audit_subtrees.c.height, audit_subtrees.c.idx, audit_subtrees.c.root).order_by(
+                audit_subtrees.c.height, audit_subtrees.c.idx
+            )
+        )
+        return [(int(h), int(i), bytes(r)) for h, i, r in rows]
+
+
+def test_rebuilding_the_subtrees_repairs_a_wrong_and_a_missing_root(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        hashes, latest = await _seed(engine)
+        written = await _stored_subtrees(engine)
+        await _corrupt_first_subtree(engine)
+        async with engine.begin() as conn:
+            await conn.execute(delete(audit_subtrees).where(audit_subtrees.c.idx == 1))
+        assert await rebuild_subtrees(engine, chunk=97) == 2
+        assert await _stored_subtrees(engine) == written
+        with caplog.at_level(logging.ERROR, logger="fairunlock.audit.proofs"):
+            _, proof = await served_inclusion_proof(engine, 300, latest)
+        assert proof == inclusion_proof(hashes, 300, SIZE)
+        assert [r for r in caplog.records if r.name == "fairunlock.audit.proofs"] == []
+
+    with_engine(db_url, body)
+
+
+def test_rebuilding_from_leaves_that_miss_the_head_changes_nothing(db_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        await _seed(engine)
+        written = await _stored_subtrees(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(audit_log).where(audit_log.c.seq == 5).values(leaf_hash=bytes(32))
+            )
+        with pytest.raises(AuditStoreError, match="do not reproduce the head"):
+            await rebuild_subtrees(engine)
+        assert await _stored_subtrees(engine) == written
 
     with_engine(db_url, body)
