@@ -30,12 +30,7 @@ from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind
 from audit.merkle import CompactRange
 from audit.proofs import checked_prefix
-from audit.store import (
-    AuditStore,
-    AuditStoreError,
-    StoredCheckpoint,
-    append_event_now,
-)
+from audit.store import AuditStore, AuditStoreError, StoredCheckpoint, append_event_now
 from audit.verify import Manifest
 
 DEFAULT_CHUNK = 20_000

@@ -211,11 +211,7 @@ def _subtree_root(source: LeafSource, start: int, end: int) -> bytes:
     """MTH(D[start:end]): from stored subtree roots where the source keeps them, else from the
     leaf hashes."""
     size = end - start
-    if (
-        size >> SUBTREE_STEP
-        and isinstance(source, SubtreeSource)
-        and start % (1 << (size - 1).bit_length()) == 0
-    ):
+    if size >> SUBTREE_STEP and isinstance(source, SubtreeSource) and _left_aligned(start, size):
         # A range starting at a multiple of the power of two that covers it (every range of
         # RFC 6962's recursion does) is shaped like a tree of its size from 0: its root folds
         # the perfect subtrees of its size's binary decomposition, largest first.
@@ -226,7 +222,7 @@ def _subtree_root(source: LeafSource, start: int, end: int) -> bytes:
 def prefix_range(source: LeafSource, start: int, size: int) -> CompactRange:
     """The compact range of D[start:start+size] (``start`` a multiple of the power of two that
     covers ``size``), each perfect subtree read through _perfect_root."""
-    if size < 0 or start < 0 or start % (1 << max(size - 1, 0).bit_length()):
+    if size < 0 or start < 0 or not _left_aligned(start, size):
         # Elsewhere the pieces would not be the tree's subtrees: a wrong range, silently.
         raise ValueError(f"[{start}, {start + size}) is not aligned to a power of two")
     roots = []
@@ -236,6 +232,11 @@ def prefix_range(source: LeafSource, start: int, size: int) -> CompactRange:
             roots.append(_perfect_root(source, position, height))
             position += 1 << height
     return CompactRange(size, roots)
+
+
+def _left_aligned(start: int, size: int) -> bool:
+    """``start`` is a multiple of the power of two that covers ``size``."""
+    return start % (1 << max(size - 1, 0).bit_length()) == 0
 
 
 def _perfect_root(source: LeafSource, start: int, height: int) -> bytes:

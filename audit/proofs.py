@@ -112,8 +112,7 @@ async def served_consistency_proof(
     def prove(src: LeafSource) -> tuple[list[bytes], bytes]:
         # The first root from the same source as the proof, so a rebuild from the leaves
         # recomputes both.
-        stored = at_first.root if at_first is not None else None
-        first_root = stored if stored is not None else prefix_range(src, 0, first).root()
+        first_root = prefix_range(src, 0, first).root() if at_first is None else at_first.root
         return consistency_proof(src, first, size), first_root
 
     def check(built: tuple[list[bytes], bytes]) -> None:

@@ -57,7 +57,7 @@ _Id = BigInteger().with_variant(Integer(), "sqlite")
 HEAD_ID = 1
 # IN lists are bounded: SQLite caps bound parameters and huge lists plan badly on PostgreSQL.
 _IN_CHUNK = 1000
-_SUBTREE_CHUNK = 10_000  # rows per INSERT when all subtree roots are rewritten
+_SUBTREE_CHUNK = 10_000  # rows per INSERT of subtree roots (a rebuild writes them all)
 
 audit_inbox = Table(
     "audit_inbox",
@@ -361,11 +361,7 @@ class AuditStore:
         """Write one batch: log rows, the subtrees they complete, the new head, its checkpoint;
         delete the consumed inbox."""
         now = datetime.now(UTC)
-        if subtrees:
-            await _INSERT_SUBTREES.run(
-                self._conn,
-                [{"height": height, "idx": idx, "root": root} for height, idx, root in subtrees],
-            )
+        await self._insert_subtrees(subtrees)
         await _INSERT_LOG.run(
             self._conn,
             [
@@ -443,6 +439,9 @@ class AuditStore:
         """Delete every stored subtree root and store these instead (callers hold the
         integration lock: see integrator.rebuild_subtrees)."""
         await self._conn.execute(delete(audit_subtrees))
+        await self._insert_subtrees(subtrees)
+
+    async def _insert_subtrees(self, subtrees: Sequence[Subtree]) -> None:
         for start in range(0, len(subtrees), _SUBTREE_CHUNK):
             await _INSERT_SUBTREES.run(
                 self._conn,

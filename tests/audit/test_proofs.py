@@ -64,6 +64,14 @@ async def _corrupt_first_subtree(engine: AsyncEngine) -> None:
         assert changed.rowcount == 1
 
 
+async def _corrupt_leaf_hash(engine: AsyncEngine, seq: int) -> None:
+    async with engine.begin() as conn:
+        changed = await conn.execute(
+            update(audit_log).where(audit_log.c.seq == seq).values(leaf_hash=bytes(32))
+        )
+        assert changed.rowcount == 1
+
+
 def test_served_proofs_verify_against_the_checkpoint_they_name(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,10 +127,7 @@ def test_a_wrong_stored_subtree_root_is_logged_and_the_proof_rebuilt_from_the_le
 def test_a_log_that_disagrees_with_its_checkpoint_gets_no_proof(db_url: str) -> None:
     async def body(engine: AsyncEngine) -> None:
         _, latest = await _seed(engine)
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(audit_log).where(audit_log.c.seq == 5).values(leaf_hash=bytes(32))
-            )
+        await _corrupt_leaf_hash(engine, 5)
         with pytest.raises(AuditStoreError, match="does not verify against the signed"):
             await served_inclusion_proof(engine, 5, latest)
 
@@ -156,10 +161,7 @@ def test_a_consistency_proof_of_a_log_that_disagrees_with_its_checkpoint_is_refu
 ) -> None:
     async def body(engine: AsyncEngine) -> None:
         _, latest = await _seed(engine)
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(audit_log).where(audit_log.c.seq == 599).values(leaf_hash=bytes(32))
-            )
+        await _corrupt_leaf_hash(engine, 599)
         with pytest.raises(AuditStoreError, match="consistency of 300 with 600"):
             await served_consistency_proof(engine, 300, latest)
 
@@ -215,10 +217,7 @@ def test_rebuilding_from_leaves_that_miss_the_head_changes_nothing(db_url: str) 
     async def body(engine: AsyncEngine) -> None:
         await _seed(engine)
         written = await _stored_subtrees(engine)
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(audit_log).where(audit_log.c.seq == 5).values(leaf_hash=bytes(32))
-            )
+        await _corrupt_leaf_hash(engine, 5)
         with pytest.raises(AuditStoreError, match="do not reproduce the head"):
             await rebuild_subtrees(engine)
         assert await _stored_subtrees(engine) == written
