@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, delete, get, post, put
+from litestar import Controller
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -13,6 +13,7 @@ from service.flows.audit_trail import index_of
 from service.persistence.accounts import ConsentRecord
 from service.persistence.api_keys import Role
 from service.routes.deps import Caller, Ctx
+from service.routes.handlers import delete, get, post, put
 from service.routes.problems import problems
 
 AccountIdParam = Parameter(

@@ -11,7 +11,7 @@ import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from litestar import Controller, MediaType, get
+from litestar import Controller, MediaType
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -25,6 +25,7 @@ from audit.store import AuditStore, StoredCheckpoint
 from service.auth import require_roles
 from service.errors import PROBLEM_JSON, AuditNoCheckpoint, AuditQueryInvalid, AuditRangeTooLarge
 from service.persistence.api_keys import Role
+from service.routes.handlers import get
 
 JSONL = "application/jsonl"
 # One page of entries; a whole-log copy is what `fairunlock audit export` is for.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, get
+from litestar import Controller
 
 from service import dto
 from service.auth import require_roles
 from service.persistence.api_keys import Role
 from service.routes.deps import Ctx
+from service.routes.handlers import get
 from service.routes.problems import problems
 
 

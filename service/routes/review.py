@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
@@ -18,6 +18,7 @@ from service.flows import review
 from service.persistence.api_keys import Role
 from service.persistence.review_cases import QueueFilter
 from service.routes.deps import Caller, Ctx
+from service.routes.handlers import get, post
 from service.routes.problems import problems
 
 REVIEWERS = [require_roles(Role.AGENT, Role.SUPERVISOR)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -13,6 +13,7 @@ from service.auth import principal_of, require_roles
 from service.flows import challenges, unlock
 from service.persistence.api_keys import Role
 from service.routes.deps import Caller, Ctx
+from service.routes.handlers import get, post
 from service.routes.problems import problems
 
 FRONTEND = [require_roles(Role.FRONTEND)]
