@@ -1,0 +1,211 @@
+"""CPU per request in process (no sockets): the decision route against the trivial route.
+
+    python -m bench.bench_asgi_cpu [--requests N] [--rounds R] [--concurrency C]
+                                   [--database sqlite|postgres] [--output FILE.json]
+
+The HTTP benchmark (bench_http) measures what a client sees, but on a shared 2-core VM the
+trivial route's throughput swings several-fold within an hour, so a change worth a few percent
+cannot be resolved there. This one calls the ASGI apps directly with ``C`` concurrent clients in
+one event loop and counts the process's CPU time (its threads included: SQLite's COMMIT runs in
+one) per request: POST /echo on the trivial app, and ``POST /v1/unlock-requests`` on the real
+service (``create_app``, a fresh migrated data directory, a ``frontend`` key, the bench_http
+request body). Rounds alternate between the two, each a second or two long, so drift hits both;
+the report gives the medians and the median of the rounds' ratios of CPU per request, trivial ÷
+unlock: the share of a core's trivial-route throughput a decision gets when the server, not the
+client or the network, is the limit. What uvicorn and the kernel add per request (~110 µs on
+this VM, the same for both routes) is outside, so the HTTP ratio is higher than this one; for a
+change's effect on the decision route, this is the finer instrument. With ``--database postgres``
+the database server's own CPU is not counted (it is another process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.bench_http import PG_ADMIN_URL, REQUEST_TEMPLATE, VARY, _unlock_environment
+from bench.http_load import LoadSpec
+
+ASGIApp = Callable[..., Awaitable[None]]
+BODY = LoadSpec(url="", body_template=REQUEST_TEMPLATE, vary=VARY)
+
+
+class Lifespan:
+    """The app's lifespan protocol driven by hand: startup on enter, shutdown on exit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._to_app: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Lifespan:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+        self._task = asyncio.create_task(self._app(scope, self._to_app.get, self._from_app.put))
+        await self._to_app.put({"type": "lifespan.startup"})
+        message = await self._from_app.get()
+        if message["type"] != "lifespan.startup.complete":
+            raise RuntimeError(f"app startup failed: {message}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        await self._from_app.get()
+        assert self._task is not None
+        await self._task
+
+
+async def call(app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """One POST through the app; its status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    delivered = False
+    disconnected = asyncio.Event()
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()  # like a server: nothing more until the client goes away
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    disconnected.set()
+    return status
+
+
+async def cpu_per_request(
+    app: ASGIApp,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    requests: int,
+    concurrency: int,
+    numbers: itertools.count[int],
+    expect: int,
+) -> float:
+    """CPU µs per request of ``requests`` POSTs from ``concurrency`` clients; every answer must
+    be ``expect`` (a benchmark of errors measures nothing)."""
+    per_client = requests // concurrency
+    encoded = [
+        [(BODY.body(next(numbers)) or "").encode() for _ in range(per_client)]
+        for _ in range(concurrency)
+    ]
+
+    async def client(mine: list[bytes]) -> None:
+        for body in mine:
+            status = await call(app, path, body, headers)
+            if status != expect:
+                raise RuntimeError(f"POST {path} answered {status}, expected {expect}")
+
+    started = time.process_time()
+    await asyncio.gather(*(client(mine) for mine in encoded))
+    return (time.process_time() - started) * 1e6 / (per_client * concurrency)
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
+    # The service reads its settings from the environment, as `fairunlock serve` does.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("FAIRUNLOCK_")})
+    os.environ.setdefault("FAIRUNLOCK_LOG_LEVEL", "warning")
+    from bench.trivial_app import create_app as create_trivial
+    from service.app import create_app
+    from service.settings import Settings
+
+    trivial = create_trivial()
+    service = create_app(Settings.from_env())
+    json_header = (b"content-type", b"application/json")
+    bearer = (b"authorization", f"Bearer {key}".encode())
+    numbers = itertools.count()
+    samples: dict[str, list[float]] = {"echo": [], "unlock": []}
+    async with Lifespan(trivial), Lifespan(service):
+        routes = {
+            "echo": (trivial, "/echo", [json_header], 201),
+            "unlock": (service, "/v1/unlock-requests", [json_header, bearer], 201),
+        }
+        for app, path, headers, expect in routes.values():  # warm-up
+            await cpu_per_request(app, path, headers, 512, args.concurrency, numbers, expect)
+        for round_no in range(args.rounds):
+            for name, (app, path, headers, expect) in routes.items():
+                n = args.requests if name == "unlock" else args.requests * 4
+                us = await cpu_per_request(app, path, headers, n, args.concurrency, numbers, expect)
+                samples[name].append(us)
+                print(f"  round {round_no + 1} {name:6s} {us:8.1f} µs CPU/request", flush=True)
+    echo, unlock = (statistics.median(samples[k]) for k in ("echo", "unlock"))
+    # Each round's own ratio: the two routes ran within seconds of each other, so a minute in
+    # which the VM is slow slows both and the pair's ratio stays put.
+    ratios = [e / u for e, u in zip(samples["echo"], samples["unlock"], strict=True)]
+    return {
+        "echo_us": echo,
+        "unlock_us": unlock,
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2048, help="unlock requests per round")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    args.log_level = "warning"
+    with _unlock_environment(args) as (env, key):
+        result = asyncio.run(measure(args, env, key))
+    print(
+        f"\n{args.database}, {args.concurrency} clients, medians of {args.rounds} rounds: "
+        f"POST /echo {result['echo_us']:.1f} µs, POST /v1/unlock-requests "
+        f"{result['unlock_us']:.1f} µs of CPU per request; median of the rounds' ratios: unlock "
+        f"gets {100 * result['ratio']:.1f} % of the trivial route's requests per CPU second "
+        f"(rounds {min(result['ratios']):.1%}..{max(result['ratios']):.1%})"
+    )
+    if args.output is not None:
+        record = {
+            "benchmark": "asgi_cpu",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "database": args.database,
+            "concurrency": args.concurrency,
+            "requests": args.requests,
+            "rounds": args.rounds,
+            **result,
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
