@@ -2,6 +2,7 @@
 
     python -m bench.bench_asgi_cpu [--requests N] [--rounds R] [--concurrency C]
                                    [--database sqlite|postgres] [--output FILE.json]
+    python -m bench.bench_asgi_cpu --instructions [--requests N] [--concurrency C]
 
 The HTTP benchmark (bench_http) measures what a client sees, but on a shared 2-core VM the
 trivial route's throughput swings several-fold within an hour, so a change worth a few percent
@@ -16,6 +17,15 @@ client or the network, is the limit. What uvicorn and the kernel add per request
 this VM, the same for both routes) is outside, so the HTTP ratio is higher than this one; for a
 change's effect on the decision route, this is the finer instrument. With ``--database postgres``
 the database server's own CPU is not counted (it is another process).
+
+``--instructions`` counts instructions instead (valgrind's callgrind, which counts what the
+process executes whatever else the machine does): the same echo and unlock routes, and the
+decision alone (``service.flows.unlock.create`` called by the clients directly: the group
+commit, the policy, the audit integration and SQLite, no HTTP). Each runs in its own process
+under callgrind, measured only after a warm-up (``callgrind_control`` switches counting on and
+off). The decision alone is the A/B instrument for that path: its clients resubmit at once, so
+every batch holds all of them and two runs of the same code agree to ~0.05 %. Slow: about a
+minute per target.
 """
 
 from __future__ import annotations
@@ -26,10 +36,14 @@ import itertools
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +51,7 @@ from typing import Any
 from bench.bench_http import PG_ADMIN_URL, REQUEST_TEMPLATE, VARY, _unlock_environment
 from bench.http_load import LoadSpec
 
-ASGIApp = Callable[..., Awaitable[None]]
+ASGIApp = Callable[..., Coroutine[Any, Any, None]]
 BODY = LoadSpec(url="", body_template=REQUEST_TEMPLATE, vary=VARY)
 
 
@@ -132,8 +146,9 @@ async def cpu_per_request(
     return (time.process_time() - started) * 1e6 / (per_client * concurrency)
 
 
-async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
-    # The service reads its settings from the environment, as `fairunlock serve` does.
+def _apps(env: dict[str, str], key: str) -> tuple[ASGIApp, Any, dict[str, tuple[Any, ...]]]:
+    """The trivial app, the service (built as `fairunlock serve` builds it, from the
+    environment) and the two routes: name -> (app, path, headers, expected status)."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("FAIRUNLOCK_")})
     os.environ.setdefault("FAIRUNLOCK_LOG_LEVEL", "warning")
     from bench.trivial_app import create_app as create_trivial
@@ -144,13 +159,18 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
     service = create_app(Settings.from_env())
     json_header = (b"content-type", b"application/json")
     bearer = (b"authorization", f"Bearer {key}".encode())
+    routes = {
+        "echo": (trivial, "/echo", [json_header], 201),
+        "unlock": (service, "/v1/unlock-requests", [json_header, bearer], 201),
+    }
+    return trivial, service, routes
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
+    trivial, service, routes = _apps(env, key)
     numbers = itertools.count()
     samples: dict[str, list[float]] = {"echo": [], "unlock": []}
     async with Lifespan(trivial), Lifespan(service):
-        routes = {
-            "echo": (trivial, "/echo", [json_header], 201),
-            "unlock": (service, "/v1/unlock-requests", [json_header, bearer], 201),
-        }
         for app, path, headers, expect in routes.values():  # warm-up
             await cpu_per_request(app, path, headers, 512, args.concurrency, numbers, expect)
         for round_no in range(args.rounds):
@@ -172,6 +192,101 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
     }
 
 
+TARGETS = ("echo", "unlock", "decision")
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def _callgrind(counting: bool) -> None:
+    # Run inside valgrind only (--child): switches this process's counting on or off.
+    subprocess.run(
+        ["callgrind_control", "--instr=on" if counting else "--instr=off", str(os.getpid())],
+        check=True,
+        capture_output=True,
+    )
+
+
+async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str) -> None:
+    """One target under callgrind: a warm-up uncounted, then ``--requests`` counted."""
+    trivial, service, routes = _apps(env, key)
+    numbers = itertools.count()
+    target = args.child
+    async with Lifespan(trivial), Lifespan(service):
+        if target == "decision":
+            import msgspec
+
+            from service import dto
+            from service.flows import unlock
+
+            decoder = msgspec.json.Decoder(dto.UnlockRequestIn)
+            ctx = service.state.ctx
+
+            async def decide(n: int, counted: bool) -> None:
+                per_client = n // args.concurrency
+                bodies = [
+                    [decoder.decode(BODY.body(next(numbers)) or "") for _ in range(per_client)]
+                    for _ in range(args.concurrency)
+                ]
+
+                async def client(mine: list[dto.UnlockRequestIn]) -> None:
+                    for body in mine:
+                        await unlock.create(ctx, "bench", body)
+
+                if counted:
+                    _callgrind(True)
+                await asyncio.gather(*(client(mine) for mine in bodies))
+                if counted:
+                    _callgrind(False)
+
+            await decide(512, counted=False)
+            await decide(args.requests, counted=True)
+            return
+        app, path, headers, expect = routes[target]
+        n = args.requests * (4 if target == "echo" else 1)
+        await cpu_per_request(app, path, headers, 512, args.concurrency, numbers, expect)
+        _callgrind(True)
+        await cpu_per_request(app, path, headers, n, args.concurrency, numbers, expect)
+        _callgrind(False)
+
+
+def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """Instructions per request of each target, each in its own process under callgrind."""
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"--instructions needs {tool} (Debian's valgrind package)")
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fu-callgrind-") as out:
+        for target in TARGETS:
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}/{target}.out",
+                sys.executable,
+                "-m",
+                "bench.bench_asgi_cpu",
+                "--child",
+                target,
+                "--requests",
+                str(args.requests),
+                "--concurrency",
+                str(args.concurrency),
+                "--database",
+                args.database,
+            ]
+            child_env = {**os.environ, **env, "FAIRUNLOCK_BENCH_KEY": args.key}
+            done = subprocess.run(
+                command, env=child_env, capture_output=True, text=True, check=False
+            )
+            found = _COLLECTED.findall(done.stderr)
+            if done.returncode != 0 or not found:
+                raise RuntimeError(f"{target} under callgrind failed: {done.stderr[-2000:]}")
+            n = args.requests * (4 if target == "echo" else 1)
+            result[f"{target}_instructions"] = int(found[-1]) / n
+            print(f"  {target:8s} {int(found[-1]) / n:12,.0f} instructions/request", flush=True)
+    result["ratio"] = result["echo_instructions"] / result["unlock_instructions"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2048, help="unlock requests per round")
@@ -180,8 +295,29 @@ def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind"
+    )
+    parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.log_level = "warning"
+    if args.child is not None:  # one target, under callgrind, in the parent's environment
+        asyncio.run(counted_child(args, dict(os.environ), os.environ["FAIRUNLOCK_BENCH_KEY"]))
+        return
+    if args.instructions:
+        with _unlock_environment(args) as (env, key):
+            args.key = key
+            counted = count_instructions(args, env)
+        print(
+            f"\n{args.database}, {args.concurrency} clients: unlock executes "
+            f"{counted['unlock_instructions'] / counted['echo_instructions']:.1f}x the "
+            f"instructions of POST /echo per request ({100 * counted['ratio']:.1f} %); the "
+            f"decision without HTTP {counted['decision_instructions']:,.0f}"
+        )
+        if args.output is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps({"benchmark": "asgi_instructions", **counted}) + "\n")
+        return
     with _unlock_environment(args) as (env, key):
         result = asyncio.run(measure(args, env, key))
     print(
