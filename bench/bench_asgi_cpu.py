@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,22 +118,25 @@ async def call(app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, 
     return status
 
 
-async def cpu_per_request(
-    app: ASGIApp,
-    path: str,
-    headers: list[tuple[bytes, bytes]],
-    requests: int,
-    concurrency: int,
-    numbers: itertools.count[int],
-    expect: int,
-) -> float:
-    """CPU µs per request of ``requests`` POSTs from ``concurrency`` clients; every answer must
-    be ``expect`` (a benchmark of errors measures nothing)."""
+def request_bodies(requests: int, concurrency: int, numbers: Iterator[int]) -> list[list[bytes]]:
+    """``requests`` bodies (a multiple of ``concurrency``, checked in main), one list per client,
+    each for an account and device of its own number."""
     per_client = requests // concurrency
-    encoded = [
+    return [
         [(BODY.body(next(numbers)) or "").encode() for _ in range(per_client)]
         for _ in range(concurrency)
     ]
+
+
+async def post_all(
+    app: ASGIApp,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    bodies: list[list[bytes]],
+    expect: int,
+) -> None:
+    """Each client POSTs its bodies one after the other; every answer must be ``expect`` (a
+    benchmark of errors measures nothing)."""
 
     async def client(mine: list[bytes]) -> None:
         for body in mine:
@@ -141,14 +144,29 @@ async def cpu_per_request(
             if status != expect:
                 raise RuntimeError(f"POST {path} answered {status}, expected {expect}")
 
+    await asyncio.gather(*(client(mine) for mine in bodies))
+
+
+async def cpu_per_request(
+    app: ASGIApp,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    bodies: list[list[bytes]],
+    expect: int,
+) -> float:
+    """CPU µs per request of POSTing ``bodies`` (built beforehand, outside the measurement)."""
     started = time.process_time()
-    await asyncio.gather(*(client(mine) for mine in encoded))
-    return (time.process_time() - started) * 1e6 / (per_client * concurrency)
+    await post_all(app, path, headers, bodies, expect)
+    return (time.process_time() - started) * 1e6 / sum(len(mine) for mine in bodies)
 
 
 def _apps(env: dict[str, str], key: str) -> tuple[ASGIApp, Any, dict[str, tuple[Any, ...]]]:
     """The trivial app, the service (built as `fairunlock serve` builds it, from the
     environment) and the two routes: name -> (app, path, headers, expected status)."""
+    # Only the bench's own settings: never a FAIRUNLOCK_* setting of the caller's shell (as
+    # bench_http's _clean_env).
+    for name in [k for k in os.environ if k.startswith("FAIRUNLOCK_")]:
+        del os.environ[name]
     os.environ.update({k: v for k, v in env.items() if k.startswith("FAIRUNLOCK_")})
     os.environ.setdefault("FAIRUNLOCK_LOG_LEVEL", "warning")
     from bench.trivial_app import create_app as create_trivial
@@ -168,15 +186,19 @@ def _apps(env: dict[str, str], key: str) -> tuple[ASGIApp, Any, dict[str, tuple[
 
 async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
     trivial, service, routes = _apps(env, key)
-    numbers = itertools.count()
+    # Own numbers per route: the echo's four times as many requests must not use up the unlock
+    # route's accounts (the bodies name 100,000, then repeat, and a repeat has history).
+    numbers = {name: itertools.count() for name in routes}
     samples: dict[str, list[float]] = {"echo": [], "unlock": []}
     async with Lifespan(trivial), Lifespan(service):
-        for app, path, headers, expect in routes.values():  # warm-up
-            await cpu_per_request(app, path, headers, 512, args.concurrency, numbers, expect)
+        for name, (app, path, headers, expect) in routes.items():  # warm-up
+            bodies = request_bodies(WARM_UP, args.concurrency, numbers[name])
+            await cpu_per_request(app, path, headers, bodies, expect)
         for round_no in range(args.rounds):
             for name, (app, path, headers, expect) in routes.items():
                 n = args.requests if name == "unlock" else args.requests * 4
-                us = await cpu_per_request(app, path, headers, n, args.concurrency, numbers, expect)
+                bodies = request_bodies(n, args.concurrency, numbers[name])
+                us = await cpu_per_request(app, path, headers, bodies, expect)
                 samples[name].append(us)
                 print(f"  round {round_no + 1} {name:6s} {us:8.1f} µs CPU/request", flush=True)
     echo, unlock = (statistics.median(samples[k]) for k in ("echo", "unlock"))
@@ -193,23 +215,31 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
 
 
 TARGETS = ("echo", "unlock", "decision")
+# Where each target's account numbers start: the children share one database, and the decision
+# child must not meet the accounts the unlock child gave history to.
+FIRST_NUMBER = {"echo": 0, "unlock": 0, "decision": 50_000}
+WARM_UP = 512
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 def _callgrind(counting: bool) -> None:
     # Run inside valgrind only (--child): switches this process's counting on or off.
-    subprocess.run(
+    # callgrind_control exits 0 even when it reached no process: its "OK" is the answer.
+    done = subprocess.run(
         ["callgrind_control", "--instr=on" if counting else "--instr=off", str(os.getpid())],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    if "OK" not in done.stdout:
+        raise RuntimeError(f"callgrind_control failed: {done.stdout}{done.stderr}")
 
 
 async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str) -> None:
     """One target under callgrind: a warm-up uncounted, then ``--requests`` counted."""
     trivial, service, routes = _apps(env, key)
-    numbers = itertools.count()
     target = args.child
+    numbers = itertools.count(FIRST_NUMBER[target])
     async with Lifespan(trivial), Lifespan(service):
         if target == "decision":
             import msgspec
@@ -237,15 +267,22 @@ async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str)
                 if counted:
                     _callgrind(False)
 
-            await decide(512, counted=False)
+            await decide(WARM_UP, counted=False)
             await decide(args.requests, counted=True)
             return
         app, path, headers, expect = routes[target]
-        n = args.requests * (4 if target == "echo" else 1)
-        await cpu_per_request(app, path, headers, 512, args.concurrency, numbers, expect)
+        await post_all(
+            app, path, headers, request_bodies(WARM_UP, args.concurrency, numbers), expect
+        )
+        bodies = request_bodies(_counted_requests(args, target), args.concurrency, numbers)
         _callgrind(True)
-        await cpu_per_request(app, path, headers, n, args.concurrency, numbers, expect)
+        await post_all(app, path, headers, bodies, expect)
         _callgrind(False)
+
+
+def _counted_requests(args: argparse.Namespace, target: str) -> int:
+    requests: int = args.requests
+    return requests * (4 if target == "echo" else 1)
 
 
 def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
@@ -273,16 +310,20 @@ def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> dict[st
                 "--database",
                 args.database,
             ]
-            child_env = {**os.environ, **env, "FAIRUNLOCK_BENCH_KEY": args.key}
+            child_env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")},
+                **env,
+                "FAIRUNLOCK_BENCH_KEY": args.key,
+            }
             done = subprocess.run(
                 command, env=child_env, capture_output=True, text=True, check=False
             )
             found = _COLLECTED.findall(done.stderr)
-            if done.returncode != 0 or not found:
+            if done.returncode != 0 or not found or int(found[-1]) == 0:
                 raise RuntimeError(f"{target} under callgrind failed: {done.stderr[-2000:]}")
-            n = args.requests * (4 if target == "echo" else 1)
-            result[f"{target}_instructions"] = int(found[-1]) / n
-            print(f"  {target:8s} {int(found[-1]) / n:12,.0f} instructions/request", flush=True)
+            per_request = int(found[-1]) / _counted_requests(args, target)
+            result[f"{target}_instructions"] = per_request
+            print(f"  {target:8s} {per_request:12,.0f} instructions/request", flush=True)
     if "echo_instructions" in result and "unlock_instructions" in result:
         result["ratio"] = result["echo_instructions"] / result["unlock_instructions"]
     return result
@@ -309,6 +350,10 @@ def main() -> None:
     args = parser.parse_args()
     if unknown := set(args.targets) - set(TARGETS):
         parser.error(f"--targets: unknown {', '.join(sorted(unknown))}")
+    if not 1 <= args.concurrency <= WARM_UP or WARM_UP % args.concurrency:
+        parser.error(f"--concurrency must divide the warm-up's {WARM_UP} requests")
+    if args.requests < args.concurrency or args.requests % args.concurrency:
+        parser.error("--requests must be a multiple of --concurrency")
     args.log_level = "warning"
     if args.child is not None:  # one target, under callgrind, in the parent's environment
         asyncio.run(counted_child(args, dict(os.environ), os.environ["FAIRUNLOCK_BENCH_KEY"]))
