@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -40,6 +40,7 @@ log = logging.getLogger("fairunlock.audit.integrator")
 
 # "FUAUDIT" as a bigint: the advisory lock key every FairUnlock integrator agrees on.
 ADVISORY_LOCK_KEY = int.from_bytes(b"FUAUDIT", "big")
+_DECODE_JSON = msgspec.json.Decoder().decode
 DEFAULT_BATCH_SIZE = 1000
 _PAYLOAD_KEYS = {"actor", "data", "kind", "subject", "time", "v"}
 _TRY_LOCK = HotStatement(
@@ -153,8 +154,10 @@ def leaf_from_payload(payload: bytes, index: int, log_key: bytes) -> bytes | Non
     ):
         return None
     try:
-        fields = json.loads(payload)
-    except ValueError:
+        # msgspec's decoder: the same check as json.loads for what writers store (canonical
+        # JSON, integers within ±(2**53-1)), a few µs less per entry.
+        fields = _DECODE_JSON(payload)
+    except msgspec.DecodeError:
         return None
     if not isinstance(fields, dict) or fields.keys() != _PAYLOAD_KEYS:
         return None
