@@ -1,10 +1,11 @@
 """The route decorators of this service: Litestar's, with guards that get the handler itself.
 
 Litestar runs each guard as ``guard(connection, copy(handler))``, so that a guard cannot change
-the handler for later requests. A handler carries dozens of attributes: the copy cost ~15 µs per
-guard and request (2-3 % of a decision). The guards here (``service.auth.require_roles``) read
-only the connection, so they are given the handler as it is. (Litestar deprecates subclassing
-its ``get``/``post`` classes; ``HTTPRouteHandler`` with a method is what they build.)
+the handler for later requests. A handler carries dozens of attributes: the copy cost 13 µs per
+guard and request (measured on the unlock route; ~1.5 % of a decision served). The guards here
+(``service.auth.require_roles``) read only the connection, so they get the handler as it is.
+(Litestar deprecates subclassing its ``get``/``post`` classes; ``HTTPRouteHandler`` with a
+method is what they build.)
 """
 
 from __future__ import annotations
