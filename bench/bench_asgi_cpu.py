@@ -196,8 +196,9 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
             await cpu_per_request(app, path, headers, bodies, expect)
         for round_no in range(args.rounds):
             for name, (app, path, headers, expect) in routes.items():
-                n = args.requests if name == "unlock" else args.requests * 4
-                bodies = request_bodies(n, args.concurrency, numbers[name])
+                bodies = request_bodies(
+                    _counted_requests(args, name), args.concurrency, numbers[name]
+                )
                 us = await cpu_per_request(app, path, headers, bodies, expect)
                 samples[name].append(us)
                 print(f"  round {round_no + 1} {name:6s} {us:8.1f} µs CPU/request", flush=True)
@@ -251,10 +252,9 @@ async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str)
             ctx = service.state.ctx
 
             async def decide(n: int, counted: bool) -> None:
-                per_client = n // args.concurrency
                 bodies = [
-                    [decoder.decode(BODY.body(next(numbers)) or "") for _ in range(per_client)]
-                    for _ in range(args.concurrency)
+                    [decoder.decode(body) for body in mine]
+                    for mine in request_bodies(n, args.concurrency, numbers)
                 ]
 
                 async def client(mine: list[dto.UnlockRequestIn]) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from service.db import is_sqlite
 from service.observability import configure_logging
 from service.settings import Settings, SettingsError
 
@@ -41,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["FAIRUNLOCK_HOST"] = host
     os.environ["FAIRUNLOCK_PORT"] = str(port)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+    if workers > 1 and is_sqlite(settings.resolved_database_url):
         # Measured on the unlock route: 2 workers on SQLite answer fewer requests than 1 (every
         # decision batch waits for the one write lock). Allowed, but not silently.
         configure_logging(settings.log_level)
