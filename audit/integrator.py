@@ -3,7 +3,9 @@
 One batch is ONE transaction (AUDIT.md §7.2 pattern D): lock, read the head, read inbox rows in
 id order, give them the next indices, write leaves and leaf hashes, the new compact range and
 root, a signed checkpoint, and delete the consumed inbox rows. A crash anywhere rolls all of it
-back, leaving the inbox rows to the next attempt: nothing is lost and nothing is doubled.
+back, leaving the inbox rows to the next attempt: nothing is lost and nothing is doubled. A flow
+that integrates in its own transaction adds its entries after the queued ones without queueing
+them (integrate_in's ``direct``): they commit, or vanish, with that flow.
 
 Leadership. PostgreSQL: ``pg_try_advisory_xact_lock`` in its own statement at the start of each
 batch, then the head row ``FOR UPDATE`` as a second guard. A transaction-scoped lock rather than a
@@ -23,7 +25,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -34,7 +36,7 @@ from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry
 from audit.hot_sql import HotStatement
 from audit.merkle import CompactRange, Subtree, leaf_hash
-from audit.store import AuditStore, AuditStoreError, Head, LogRow
+from audit.store import AuditStore, AuditStoreError, Head, InboxRow, LogRow
 
 log = logging.getLogger("fairunlock.audit.integrator")
 
@@ -78,16 +80,22 @@ async def integrate_in(
     batch_size: int = DEFAULT_BATCH_SIZE,
     *,
     wait: bool = False,
+    direct: Sequence[InboxRow] = (),
 ) -> dict[int, int] | None:
     """Integrate one batch inside the caller's transaction: inbox id -> log index for each entry
     integrated, or None when another worker holds the integration lock (PostgreSQL).
 
-    A flow that writes an entry and needs its index at once (a decision reports `audit.index`)
-    calls this at the end of its own transaction: one commit instead of a second transaction
-    and polls. Everything commits or rolls back with the flow. With ``wait`` it waits for the
-    lock instead (PostgreSQL): a holder commits within one batch, which is sooner than polling
-    for another worker to integrate the entry. Call it last, holding no lock another
+    A flow that writes entries and needs their indices at once (a decision reports
+    `audit.index`) calls this at the end of its own transaction with them as ``direct``
+    (payloads under ids from AuditStore.reserve_inbox_ids, never inserted into the inbox): they
+    follow up to ``batch_size`` queued entries in the same batch. One commit instead of a second
+    transaction and polls, and no inbox row written, read back and deleted for them. Everything
+    commits or rolls back with the flow. With ``wait`` it waits for the lock instead
+    (PostgreSQL): a holder commits within one batch, which is sooner than polling for another
+    worker to integrate the entry; ``direct`` needs it. Call it last, holding no lock another
     integration could need."""
+    if direct and not wait:
+        raise ValueError("direct entries need wait=True: nothing else would integrate them")
     store = AuditStore(conn)
     if store.is_postgres:
         if wait:
@@ -95,9 +103,10 @@ async def integrate_in(
         elif not (await _TRY_LOCK.run(conn)).scalar_one():
             return None  # another worker is integrating right now
     # The inbox first: an idle poll then costs one indexed read, not the head's root check.
-    batch = await store.inbox_batch(batch_size)
-    if not batch:
+    queued = await store.inbox_batch(batch_size)
+    if not queued and not direct:
         return {}
+    batch = [*queued, *direct]
     head = await store.head(for_update=True)
     if head is None:
         await store.ensure_head()
@@ -112,14 +121,14 @@ async def integrate_in(
         leaf = leaf_from_payload(item.payload, seq, log_key)
         if leaf is None:
             # Appends validate events, so this is corruption: stop rather than skip an entry.
-            raise AuditStoreError(f"audit_inbox row {item.id} is not a canonical event")
+            raise AuditStoreError(f"audit entry with inbox id {item.id} is not a canonical event")
         digest = leaf_hash(leaf)
         compact.append(digest, subtrees)
         rows.append(LogRow(seq, leaf, digest, item.id))
     root = compact.root()
     note = signer.sign(Checkpoint(origin, compact.size, root))
     await store.integrate(
-        rows, [item.id for item in batch], Head(compact.size, root, compact), note, subtrees
+        rows, [item.id for item in queued], Head(compact.size, root, compact), note, subtrees
     )
     return {row.inbox_id: row.seq for row in rows}
 

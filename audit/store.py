@@ -1,10 +1,12 @@
 """The audit log's tables and the queries on them (SQLAlchemy 2 Core, SQLite and PostgreSQL).
 
-Writers only ever INSERT into ``audit_inbox``, inside their own transaction (a transactional
-outbox, AUDIT.md §7.2 pattern D). The integrator (audit/integrator.py) is the only writer of
+Writers INSERT into ``audit_inbox``, inside their own transaction (a transactional outbox,
+AUDIT.md §7.2 pattern D). The integrator (audit/integrator.py) is the only writer of
 ``audit_log``, ``audit_subtrees``, ``audit_head`` and ``audit_checkpoints``; it gives entries
 their positions, so no position ever comes from a sequence (sequences have gaps and commit out of
-order, AUDIT.md §7.1).
+order, AUDIT.md §7.1). A writer that integrates in its own transaction anyway (a decision batch)
+hands its entries to the integration directly instead of through the inbox, under ids reserved
+from the inbox's id sequence: every entry has an inbox id either way, never reused.
 ``audit_log.seq`` is the primary key and ``check_contiguity`` is the last line of defence.
 """
 
@@ -27,10 +29,13 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    column,
     delete,
     func,
     insert,
+    literal,
     select,
+    table,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -263,6 +268,27 @@ _MOVE_HEAD = HotStatement(
 )
 # Expanding IN: rendered per execution, so SQLAlchemy runs it (once per batch).
 _DELETE_INBOX = delete(audit_inbox).where(audit_inbox.c.id.in_(bindparam("ids", expanding=True)))
+# Inbox ids for entries handed to the integration directly (reserve_inbox_ids). SQLite: the
+# AUTOINCREMENT counter, which a later INSERT continues from; PostgreSQL: the id column's sequence.
+_sqlite_sequence = table("sqlite_sequence", column("name", Text), column("seq", Integer))
+_RESERVE_IDS_SQLITE = HotStatement(
+    "audit_inbox.reserve_ids_sqlite",
+    update(_sqlite_sequence)
+    .where(_sqlite_sequence.c.name == "audit_inbox")
+    .values(seq=_sqlite_sequence.c.seq + bindparam("count", type_=Integer))
+    .returning(_sqlite_sequence.c.seq),
+    only_on="sqlite",
+)
+_SEED_SEQUENCE_SQLITE = insert(_sqlite_sequence).from_select(
+    ["name", "seq"], select(literal("audit_inbox"), func.coalesce(func.max(audit_inbox.c.id), 0))
+)
+_RESERVE_IDS_PG = HotStatement(
+    "audit_inbox.reserve_ids_pg",
+    select(func.nextval(func.pg_get_serial_sequence("audit_inbox", "id"))).select_from(
+        func.generate_series(1, bindparam("count", type_=Integer))
+    ),
+    only_on="postgresql",
+)
 _INDEX_OF = HotStatement(
     "audit_log.index_of",
     select(audit_log.c.seq).where(audit_log.c.inbox_id == bindparam("inbox_id")),
@@ -306,6 +332,20 @@ class AuditStore:
         if [payload for _, payload in returned] != list(payloads):
             raise AuditStoreError("inbox ids came back out of insertion order")
         return [inbox_id for inbox_id, _ in returned]
+
+    async def reserve_inbox_ids(self, count: int) -> list[int]:
+        """``count`` inbox ids that no inbox row will ever take, for entries handed to the
+        integration directly (integrator.integrate_in's ``direct``). SQLite: call it under the
+        write lock (any transaction of this engine holds it)."""
+        if count < 1:
+            return []
+        if self.is_postgres:
+            return [int(row[0]) for row in await _RESERVE_IDS_PG.run(self._conn, {"count": count})]
+        last = (await _RESERVE_IDS_SQLITE.run(self._conn, {"count": count})).scalar()
+        if last is None:  # this database never drew an inbox id: start its counter
+            await self._conn.execute(_SEED_SEQUENCE_SQLITE)
+            last = (await _RESERVE_IDS_SQLITE.run(self._conn, {"count": count})).scalar_one()
+        return list(range(int(last) - count + 1, int(last) + 1))
 
     async def enqueue_many(self, payloads: Sequence[bytes]) -> None:
         """Bulk insert (benchmarks and seeding); ids are not returned."""

@@ -16,12 +16,13 @@ from audit.entry import AuditEvent, EntryKind, encode_entry, event_to_payload
 from audit.integrator import (
     ADVISORY_LOCK_KEY,
     _log_key,
+    integrate_in,
     integrate_once,
     leaf_from_payload,
     run,
     wait_integrated,
 )
-from audit.store import AuditStore, AuditStoreError, append_event_now, audit_inbox
+from audit.store import AuditStore, AuditStoreError, InboxRow, append_event_now, audit_inbox
 from service.db import create_engine
 from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
 
@@ -108,6 +109,75 @@ def test_a_corrupt_inbox_row_stops_integration_without_losing_anything(sqlite_ur
         async with engine.connect() as conn:
             assert await AuditStore(conn).size() == 0
             assert (await conn.execute(select(func.count()).select_from(audit_inbox))).scalar() == 2
+
+    with_engine(sqlite_url, body)
+
+
+def test_direct_entries_follow_the_queued_ones_and_never_touch_the_inbox(db_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        queued = [await append_event_now(engine, make_event(n)) for n in range(2)]
+        async with engine.begin() as conn:
+            store = AuditStore(conn)
+            reserved = await store.reserve_inbox_ids(3)
+            events = [make_event(10 + k) for k in range(3)]
+            direct = [
+                InboxRow(i, event_to_payload(e)) for i, e in zip(reserved, events, strict=True)
+            ]
+            integrated = await integrate_in(conn, signer, ORIGIN, wait=True, direct=direct)
+        assert integrated == dict(zip([*queued, *reserved], range(5), strict=True))
+        later = await append_event_now(engine, make_event(99))
+        assert later > max(reserved) > min(reserved) > max(queued)  # ids are never reused
+        async with engine.connect() as conn:
+            store = AuditStore(conn)
+            assert await store.check_contiguity() == 5
+            assert [await store.index_of(i) for i in reserved] == [2, 3, 4]
+            # Only the entry queued after the integration waits in the inbox.
+            inbox = (await conn.execute(select(audit_inbox.c.id))).scalars().all()
+            assert list(inbox) == [later]
+            assert await store.leaves(2, 5) == [
+                encode_entry(2 + k, ORIGIN, e) for k, e in enumerate(events)
+            ]
+
+    with_engine(db_url, body)
+
+
+def test_direct_entries_roll_back_with_their_transaction(db_url: str) -> None:
+    signer = make_signer()
+
+    async def body(engine: AsyncEngine) -> None:
+        integrated: list[dict[int, int] | None] = []
+
+        async def failing_flow() -> None:
+            async with engine.begin() as conn:
+                reserved = await AuditStore(conn).reserve_inbox_ids(1)
+                direct = [InboxRow(reserved[0], event_to_payload(make_event(0)))]
+                integrated.append(
+                    await integrate_in(conn, signer, ORIGIN, wait=True, direct=direct)
+                )
+                raise RuntimeError("the flow failed")
+
+        with pytest.raises(RuntimeError, match="the flow failed"):
+            await failing_flow()
+        assert integrated[0] is not None  # the entry was integrated, then rolled back
+        ((reserved, index),) = integrated[0].items()
+        assert index == 0
+        async with engine.connect() as conn:
+            store = AuditStore(conn)
+            assert await store.size() == 0
+            assert await store.index_of(reserved) is None
+            assert await store.backlog() == 0
+
+    with_engine(db_url, body)
+
+
+def test_direct_entries_need_the_integration_to_wait_for_the_lock(sqlite_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            direct = [InboxRow(1, event_to_payload(make_event(0)))]
+            with pytest.raises(ValueError, match="wait=True"):
+                await integrate_in(conn, make_signer(), ORIGIN, direct=direct)
 
     with_engine(sqlite_url, body)
 
