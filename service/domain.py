@@ -55,13 +55,6 @@ class UnlockRequestNotFound(DomainError):
     code = "unlock_request_not_found"
 
 
-class AuditIndexPending(DomainError):
-    """The change was stored, but its audit entry has no log index yet (the integrator is
-    failing or stalled): a retry of a read will show it; the write must not be repeated."""
-
-    code = "audit_index_pending"
-
-
 class InvalidRequestContext(DomainError):
     """A request field that passed the schema but is not meaningful (e.g. an IP that is not one)."""
 

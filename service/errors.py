@@ -86,7 +86,6 @@ DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
     domain.StaleNoticeVersion: ProblemSpec(409, "Notice version is not current"),
     domain.ConsentNotAccepted: ProblemSpec(422, "Consent not accepted"),
     domain.UnlockRequestNotFound: ProblemSpec(404, "Unlock request not found"),
-    domain.AuditIndexPending: ProblemSpec(503, "Audit index pending"),
     domain.InvalidRequestContext: ProblemSpec(400, "Invalid request"),
     domain.RequestClosed: ProblemSpec(409, "Unlock request closed"),
     domain.MethodNotOffered: ProblemSpec(409, "Method not offered for this request"),

@@ -4,11 +4,13 @@ DESIGN.md shows it, principles 1-3 (FRM-10, PIPL-24, GDPR-22), anti-enumeration 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from service.persistence.api_keys import Role
 from tests.service.conftest import PERSONA_REQUEST, Api
@@ -183,30 +185,35 @@ def test_policy_route_shows_version_and_hash(api: Api, role: Role) -> None:
     assert "policy" in r.json()["document"]
 
 
-def test_a_stored_decision_without_a_log_index_yet_is_503_audit_index_pending_not_500(
-    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from audit.integrator import NotIntegratedError
-    from service.flows import unlock
+def test_a_decision_and_its_audit_entry_commit_together_with_its_index(api: Api) -> None:
+    """The batch integrates its entries itself, without the inbox: the index in the answer is
+    the entry's, and nothing waits for an integrator afterwards."""
+    r = api.client.post("/v1/unlock-requests", json=PERSONA_REQUEST, headers=api.headers())
+    assert r.status_code == 201, r.text
+    decision = r.json()
 
-    async def lock_held_elsewhere(*args: object, **kwargs: object) -> None:
-        return None  # as when another worker holds the integration lock (PostgreSQL)
+    async def logged() -> tuple[int, bytes, int | None]:
+        async with api.app.state.engine.connect() as conn:
+            inbox_id = (
+                await conn.execute(
+                    text("SELECT audit_inbox_id FROM unlock_requests WHERE id = :id"),
+                    {"id": decision["id"]},
+                )
+            ).scalar_one()
+            row = (
+                await conn.execute(
+                    text("SELECT seq, leaf FROM audit_log WHERE inbox_id = :i"), {"i": inbox_id}
+                )
+            ).one()
+            queued = (
+                await conn.execute(
+                    text("SELECT id FROM audit_inbox WHERE id = :i"), {"i": inbox_id}
+                )
+            ).scalar()
+            return int(row.seq), bytes(row.leaf), queued
 
-    async def never_integrated(*args: object, **kwargs: object) -> int:
-        raise NotIntegratedError("audit inbox entry not integrated in 5.0 s")
-
-    monkeypatch.setattr(unlock, "integrate_in", lock_held_elsewhere)
-    monkeypatch.setattr(unlock, "index_of", never_integrated)
-    r = sqlite_api.client.post(
-        "/v1/unlock-requests", json=PERSONA_REQUEST, headers=sqlite_api.headers()
-    )
-    assert r.status_code == 503, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    problem = r.json()
-    assert problem["code"] == "audit_index_pending"
-    # The decision was stored: the caller is told which one, and can read it.
-    stored = sqlite_api.client.get(
-        f"/v1/unlock-requests/{problem['unlock_request_id']}", headers=sqlite_api.headers()
-    )
-    assert stored.status_code == 200
-    assert sqlite_api.count("unlock_requests") == 1
+    seq, leaf, queued = api.run(logged)
+    assert decision["audit"]["index"] == seq
+    entry = json.loads(leaf)
+    assert (entry["kind"], entry["data"]["unlock_request_id"]) == ("decision", decision["id"])
+    assert queued is None  # never an inbox row
