@@ -19,7 +19,6 @@ import hmac
 import json
 import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +51,7 @@ from service.flows import unlock
 from service.flows.audit_trail import record
 from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, phone_on_file
 from service.group_commit import GroupCommit
+from service.ids import new_id
 from service.methods import recovery_codes, totp
 from service.persistence.accounts import AccountRepository
 from service.persistence.challenges import ChallengeRepository, ChallengeRow
@@ -168,7 +168,7 @@ async def start(
         await _check_throttles(repo, ctx, loaded, method, now)
         subject = loaded.request.subject
         known = loaded.request.known_account
-        challenge_id = str(uuid.uuid4())
+        challenge_id = new_id()
         out = dto.ChallengeOut(
             id=challenge_id,
             method=method,
@@ -185,7 +185,7 @@ async def start(
                 # A resend: same challenge, new code, and the failures so far still count.
                 challenge_id = existing_sms.id
             code = f"{secrets.randbelow(10**SMS_CODE_DIGITS):0{SMS_CODE_DIGITS}d}"
-            delivery_id = str(uuid.uuid4())
+            delivery_id = new_id()
             secret_hash = _sms_hash(ctx, challenge_id, code) if known else _NEVER
             phone = await phone_on_file(conn, ctx, loaded.account_id, subject) if known else None
             destination = ctx.data_keys.blind_index("phone", phone or subject)

@@ -34,7 +34,6 @@ import binascii
 import dataclasses
 import ipaddress
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,6 +63,7 @@ from service.errors import DataKeyDestroyed
 from service.flows import challenges, unlock
 from service.flows.audit_trail import record
 from service.flows.enrolment import PHONE_AAD
+from service.ids import new_id
 from service.persistence.accounts import AccountRepository
 from service.persistence.challenges import ChallengeRepository
 from service.persistence.review_cases import (
@@ -328,7 +328,7 @@ async def open_case_in(
         None if statement is None else await _encrypt(conn, ctx, req.row, statement, STATEMENT_AAD)
     )
     case = CaseRow(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         unlock_request_id=request_id,
         subject=subject,
         status="open",

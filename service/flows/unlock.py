@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +43,7 @@ from service.domain import InvalidRequestContext, UnlockRequestNotFound
 from service.flows.audit_trail import index_of
 from service.flows.enrolment import consent_state
 from service.group_commit import GroupCommit
+from service.ids import new_id
 from service.persistence.accounts import AccountSnapshot
 from service.persistence.unlock_requests import (
     DecisionInputs,
@@ -343,7 +343,7 @@ async def _prepare(
     ctx = request.ctx
     policy = ctx.policy
     body, now = request.body, request.now
-    request_id = str(uuid.uuid4())
+    request_id = new_id()
     expires_at = now + timedelta(minutes=policy.decision_ttl_minutes)
     snapshot = inputs.snapshot
     known = snapshot.exists and not snapshot.erased

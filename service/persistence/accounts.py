@@ -4,7 +4,6 @@ and writes rows inside the connection it is given."""
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from audit.hot_sql import HotStatement
 from policy.model import TotpState
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
+from service.ids import new_id
 from service.persistence.tables import (
     accounts,
     face_consents,
@@ -316,13 +316,13 @@ class AccountRepository:
         self, subject: str, hashes: Sequence[str], now: datetime
     ) -> str:
         """A new batch replaces every earlier code, used or not; returns the batch id."""
-        batch = str(uuid.uuid4())
+        batch = new_id()
         await self._conn.execute(delete(recovery_codes).where(recovery_codes.c.subject == subject))
         await self._conn.execute(
             insert(recovery_codes),
             [
                 {
-                    "id": str(uuid.uuid4()),
+                    "id": new_id(),
                     "subject": subject,
                     "batch_id": batch,
                     "code_hash": h,
@@ -336,7 +336,7 @@ class AccountRepository:
     async def grant_consent(
         self, subject: str, notice_version: str, purpose: str, channel: str, now: datetime
     ) -> str:
-        consent_id = str(uuid.uuid4())
+        consent_id = new_id()
         await self._conn.execute(
             insert(face_consents).values(
                 id=consent_id,

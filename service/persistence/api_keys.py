@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,6 +15,7 @@ from enum import StrEnum
 from sqlalchemy import Column, DateTime, LargeBinary, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.ids import new_id
 from service.persistence import metadata
 
 KEY_PREFIX = "fu_"
@@ -67,7 +67,7 @@ class ApiKeyRepository:
         key = generate_api_key()
         await self._conn.execute(
             insert(api_keys).values(
-                id=str(uuid.uuid4()),
+                id=new_id(),
                 name=name,
                 role=role.value,
                 digest=key_digest(key),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.hot_sql import HotStatement
+from service.ids import new_id
 from service.persistence.tables import (
     challenges,
     outbox_events,
@@ -276,7 +276,7 @@ class ChallengeRepository:
         now: datetime,
     ) -> str:
         """Insert an attempt; outcome ``pending`` counts as a failure until it is settled."""
-        attempt_id = str(uuid.uuid4())
+        attempt_id = new_id()
         await _INSERT_ATTEMPT.run(
             self._conn,
             {
@@ -345,7 +345,7 @@ class ChallengeRepository:
     ) -> None:
         await self._conn.execute(
             insert(sms_sends).values(
-                id=str(uuid.uuid4()),
+                id=new_id(),
                 destination_index=destination_index,
                 delivery_id=delivery_id,
                 purpose=purpose,
@@ -422,7 +422,7 @@ class ChallengeRepository:
         ids: list[str] = []
         rows: list[dict[str, object]] = []
         for kind, subject, payload in events:
-            event_id = str(uuid.uuid4())
+            event_id = new_id()
             ids.append(event_id)
             rows.append(
                 {

@@ -11,7 +11,6 @@ account's data key, so erasure crypto-shreds it.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.ids import new_id
 from service.persistence import UtcDateTime, metadata
 from service.persistence.tables import (
     SUBJECT,
@@ -249,7 +249,7 @@ class ReviewCaseRepository:
     ) -> None:
         await self._conn.execute(
             insert(review_actions).values(
-                id=str(uuid.uuid4()),
+                id=new_id(),
                 case_id=case_id,
                 action=action,
                 actor=actor,
