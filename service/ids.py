@@ -16,3 +16,9 @@ import uuid_utils
 def new_id() -> str:
     """A new UUIDv7 in its canonical text form."""
     return str(uuid_utils.uuid7())
+
+
+def new_request_id() -> str:
+    """The id of an HTTP request that brought none (logs, ``X-Request-ID``): a UUIDv7 as 32 hex
+    digits, so a log's request ids sort by time. uuid.uuid4() cost ~4 µs of every request."""
+    return uuid_utils.uuid7().hex

@@ -40,7 +40,6 @@ import re
 import sys
 import time
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -57,6 +56,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.errors import PROBLEM_JSON, TYPE_BASE, problem_response
+from service.ids import new_request_id
 from service.routes.problems import Problem
 
 __all__ = [
@@ -504,7 +504,7 @@ class ObservabilityMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope["headers"]) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (_REQUEST_ID_HEADER_B, request_id.encode("latin-1"))
         method = scope["method"]
