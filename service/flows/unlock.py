@@ -410,7 +410,7 @@ async def _prepare(
         "risk_score": decision.assessment.score,
         "policy_version": policy.version,
         "policy_sha256": policy.sha256,
-        "decision_json": msgspec.json.encode(stored).decode(),
+        "decision_json": msgspec.json.encode(stored),
         "context_ciphertext": context_ciphertext,
         "created_at": now,
         "expires_at": expires_at,

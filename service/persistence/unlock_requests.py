@@ -42,7 +42,7 @@ class UnlockRequestRow:
     account_id_sealed: str | None
     known_account: bool
     status: str
-    decision_json: str
+    decision_json: bytes
     audit_inbox_id: int
     factors_satisfied: str
     review_reason: str | None
