@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from audit.entry import EntryKind, JSONValue, new_event_payload
+from audit.entry import MAX_SAFE_INTEGER, EntryKind, struct_event_payload
 from audit.integrator import integrate_in
 from audit.store import AuditStore, InboxRow
 from policy.config import Policy
@@ -229,26 +229,53 @@ def _decision_out(
     )
 
 
+class NotOfferedEntry(msgspec.Struct):
+    method: str
+    reason: str
+
+
+class DecisionEntry(msgspec.Struct):
+    """A decision's audit data (the entry's ``data``): codes and outcomes only; no IP, device id,
+    location or phone number enters the log. Enum members encode as their values."""
+
+    unlock_request_id: str
+    status: str
+    lock_reason: str
+    level: str
+    score: int
+    reasons: list[str]
+    offered: list[str]
+    not_offered: list[NotOfferedEntry]
+    factors_required: int
+    review_required: bool
+    policy_version: str
+    policy_sha256: str
+
+    def __post_init__(self) -> None:
+        # struct_event_payload's contract: integers within the range every JSON reader keeps.
+        for number in (self.score, self.factors_required):
+            if not -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+                raise ValueError(f"{number} is outside ±(2**53 - 1)")
+
+
 def _audit_data(
     request_id: str, decision: Decision, out: dto.DecisionOut, body: dto.UnlockRequestIn
-) -> dict[str, JSONValue]:
-    # Codes and outcomes only: no IP, device id, location or phone number enters the log.
-    return {
-        "unlock_request_id": request_id,
-        "status": out.status,
-        "lock_reason": body.lock_reason.value,
-        "level": decision.assessment.level.value,
-        "score": decision.assessment.score,
-        "reasons": [r.code.value for r in decision.assessment.reasons],
-        "offered": [m.method.value for m in decision.offer.methods],
-        "not_offered": [
-            {"method": n.method.value, "reason": n.reason.value} for n in decision.offer.not_offered
-        ],
-        "factors_required": decision.offer.factors_required,
-        "review_required": decision.offer.review.required,
-        "policy_version": out.policy.version,
-        "policy_sha256": out.policy.sha256,
-    }
+) -> DecisionEntry:
+    assessment, offer = decision.assessment, decision.offer
+    return DecisionEntry(
+        unlock_request_id=request_id,
+        status=out.status,
+        lock_reason=body.lock_reason,
+        level=assessment.level,
+        score=assessment.score,
+        reasons=[r.code for r in assessment.reasons],
+        offered=[m.method for m in offer.methods],
+        not_offered=[NotOfferedEntry(n.method, n.reason) for n in offer.not_offered],
+        factors_required=offer.factors_required,
+        review_required=offer.review.required,
+        policy_version=out.policy.version,
+        policy_sha256=out.policy.sha256,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +410,7 @@ async def _prepare(
     out = _decision_out(
         request_id, body.account_id, decision, policy, body.locale, phone_masked, now, expires_at
     )
-    payload = new_event_payload(
+    payload = struct_event_payload(
         kind=EntryKind.DECISION,
         actor=request.actor,
         subject=request.subject,

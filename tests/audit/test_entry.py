@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import IntEnum, StrEnum
 from typing import Any
 
+import msgspec
 import pytest
 import rfc8785
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from audit.entry import (
     format_time,
     new_event_payload,
     payload_to_event,
+    struct_event_payload,
 )
 
 ORIGIN = "fairunlock.example.com/audit"
@@ -422,3 +424,65 @@ def test_non_ascii_keys_sort_by_utf16_code_units_as_rfc8785_requires() -> None:
     assert _canonical(value, "test").index("\U0001f600".encode()) < _canonical(value, "test").index(
         "\uff61".encode()
     )
+
+
+class _Part(msgspec.Struct):
+    name: str
+    level: _Level | None
+
+
+class _Shaped(msgspec.Struct):
+    """A writer's fixed shape (see struct_event_payload): every kind of field it allows."""
+
+    text: str
+    count: int
+    flag: bool
+    maybe: str | None
+    level: _Level
+    codes: list[str]
+    parts: list[_Part]
+    nested: _Part
+
+
+_shaped = st.builds(
+    _Shaped,
+    text=st.text(),
+    count=st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER),
+    flag=st.booleans(),
+    maybe=st.none() | st.text(),
+    level=st.sampled_from(_Level),
+    codes=st.lists(st.text() | st.sampled_from(_Level), max_size=4),
+    parts=st.lists(st.builds(_Part, st.text(), st.none() | st.sampled_from(_Level)), max_size=3),
+    nested=st.builds(_Part, st.text(), st.none() | st.sampled_from(_Level)),
+)
+
+
+@given(
+    data=_shaped,
+    kind=st.sampled_from(EntryKind),
+    actor=st.text(min_size=1),
+    subject=st.none() | st.text(min_size=1),
+    time=st.datetimes(min_value=_NAIVE_MIN, max_value=_NAIVE_MAX, timezones=st.just(UTC)),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_struct_event_payload_is_the_payload_of_the_same_data_as_json_values(
+    data: _Shaped, kind: EntryKind, actor: str, subject: str | None, time: datetime
+) -> None:
+    try:
+        expected = new_event_payload(kind, actor, subject, msgspec.to_builtins(data), time)
+    except EntryError:
+        # A lone surrogate cannot be UTF-8: refused either way.
+        with pytest.raises(EntryError):
+            struct_event_payload(kind, actor, subject, data, time)
+        return
+    assert struct_event_payload(kind, actor, subject, data, time) == expected
+
+
+def test_a_struct_event_payload_checks_what_the_struct_does_not() -> None:
+    data = _Part("x", None)
+    with pytest.raises(EntryError, match="actor"):
+        struct_event_payload(EntryKind.DECISION, "", None, data, WHEN)
+    with pytest.raises(EntryError, match="subject"):
+        struct_event_payload(EntryKind.DECISION, "a", "", data, WHEN)
+    with pytest.raises(EntryError, match="naive"):
+        struct_event_payload(EntryKind.DECISION, "a", None, data, WHEN.replace(tzinfo=None))

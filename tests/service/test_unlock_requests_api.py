@@ -216,4 +216,22 @@ def test_a_decision_and_its_audit_entry_commit_together_with_its_index(api: Api)
     assert decision["audit"]["index"] == seq
     entry = json.loads(leaf)
     assert (entry["kind"], entry["data"]["unlock_request_id"]) == ("decision", decision["id"])
+    # Codes and outcomes only, as the decision states them.
+    assert entry["data"] == {
+        "unlock_request_id": decision["id"],
+        "status": decision["status"],
+        "lock_reason": PERSONA_REQUEST["lock_reason"],
+        "level": decision["risk"]["level"],
+        "score": entry["data"]["score"],
+        "reasons": [r["code"] for r in decision["risk"]["reasons"]],
+        "offered": [m["method"] for m in decision["offer"]["methods"]],
+        "not_offered": [
+            {"method": n["method"], "reason": n["reason"]} for n in decision["offer"]["not_offered"]
+        ],
+        "factors_required": decision["offer"]["factors_required"],
+        "review_required": decision["review"]["required"],
+        "policy_version": decision["policy"]["version"],
+        "policy_sha256": decision["policy"]["sha256"],
+    }
+    assert isinstance(entry["data"]["score"], int)
     assert queued is None  # never an inbox row
