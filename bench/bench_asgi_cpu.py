@@ -291,7 +291,9 @@ def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> dict[st
         if shutil.which(tool) is None:
             raise SystemExit(f"--instructions needs {tool} (Debian's valgrind package)")
     result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="fu-callgrind-") as out:
+    with tempfile.TemporaryDirectory(prefix="fu-callgrind-") as scratch:
+        out = args.keep or Path(scratch)
+        out.mkdir(parents=True, exist_ok=True)
         for target in args.targets:
             command = [
                 "valgrind",
@@ -345,6 +347,13 @@ def main() -> None:
         type=lambda text: [t for t in text.split(",") if t],
         default=list(TARGETS),
         help="with --instructions: which of echo,unlock,decision (e.g. decision for an A/B)",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="with --instructions: keep each target's callgrind.out in this directory "
+        "(for callgrind_annotate --inclusive=yes)",
     )
     parser.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
     args = parser.parse_args()

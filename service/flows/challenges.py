@@ -53,7 +53,7 @@ from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, phone_on_file
 from service.group_commit import GroupCommit
 from service.ids import new_id
 from service.methods import recovery_codes, totp
-from service.persistence.accounts import AccountRepository
+from service.persistence.accounts import AccountRepository, TotpFound
 from service.persistence.challenges import ChallengeRepository, ChallengeRow
 from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
 
@@ -83,6 +83,20 @@ class Checked:
     audit: dict[str, JSONValue] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ProofReads:
+    """What a batch of proofs reads before judging them: three statements for the whole batch
+    instead of three per proof. A proof's request and challenge are its own (the batch's
+    requests are distinct), so no earlier proof in the batch has changed them; an enrolment two
+    proofs share may be a step behind when the second is judged, and then the conditional
+    update of the step (``consume_totp_step``) is what turns the reused code away, as it does
+    across workers."""
+
+    requests: dict[str, UnlockRequestRow]
+    challenges: dict[str, ChallengeRow]
+    totp: dict[str, TotpFound]
+
+
 def _sms_hash(ctx: ServiceContext, challenge_id: str, code: str) -> str:
     # Keyed and bound to the challenge: a leaked table reveals nothing, a code fits one challenge.
     return ctx.data_keys.blind_index(f"sms_code:{challenge_id}", code)
@@ -105,7 +119,11 @@ def _offered(
 async def _load(
     conn: AsyncConnection, ctx: ServiceContext, request_id: str, now: datetime
 ) -> Loaded:
-    row = await UnlockRequestRepository(conn).get(request_id)
+    return _loaded(ctx, await UnlockRequestRepository(conn).get(request_id), now)
+
+
+def _loaded(ctx: ServiceContext, row: UnlockRequestRow | None, now: datetime) -> Loaded:
+    """The request a proof or a challenge is for, if it is open to one."""
     if row is None:
         raise UnlockRequestNotFound("No unlock request with this id.")
     if row.account_id_sealed is None:
@@ -336,12 +354,13 @@ async def _check_totp(
     ch: ChallengeRow,
     body: dto.VerifyIn,
     now: datetime,
+    reads: ProofReads,
 ) -> Checked:
     code = _need(body.code, "code").strip()
     secret: str | None = None
     last_step: int | None = None
     if loaded.request.known_account:
-        found = await AccountRepository(conn).totp(ch.subject)
+        found = reads.totp.get(ch.subject)
         if found is not None and found[0].confirmed:
             enrolment, key_row = found
             secret = (
@@ -407,8 +426,10 @@ async def _check_sms(
     ch: ChallengeRow,
     body: dto.VerifyIn,
     now: datetime,
+    reads: ProofReads,
 ) -> Checked:
-    # Reads nothing: the code's keyed hash is on the challenge row (``conn`` is for the shape).
+    # Reads nothing: the code's keyed hash is on the challenge row (``conn`` and ``reads`` are
+    # for the shape).
     code = _need(body.code, "code").strip()
     expected = ch.secret_hash or _NEVER
     ok = hmac.compare_digest(_sms_hash(ctx, ch.id, code), expected)
@@ -507,7 +528,7 @@ CHECKERS: dict[Method, Checker] = {
 
 
 InlineChecker = Callable[
-    [AsyncConnection, ServiceContext, Loaded, ChallengeRow, dto.VerifyIn, datetime],
+    [AsyncConnection, ServiceContext, Loaded, ChallengeRow, dto.VerifyIn, datetime, ProofReads],
     Awaitable[Checked],
 ]
 # Methods whose check is a few microseconds of CPU and at most a read: their whole proof (load,
@@ -558,6 +579,23 @@ class _Later:
     method: Method
 
 
+async def _read_for(conn: AsyncConnection, batch: Sequence[ProofRequest]) -> ProofReads:
+    requests = await UnlockRequestRepository(conn).get_many([p.request_id for p in batch])
+    found = await ChallengeRepository(conn).get_many([p.challenge_id for p in batch])
+    # Only known accounts' enrolments are read, as a single proof's check reads them.
+    subjects = sorted(
+        {
+            ch.subject
+            for ch in found.values()
+            if ch.method == Method.TOTP.value
+            and (request := requests.get(ch.unlock_request_id)) is not None
+            and request.known_account
+        }
+    )
+    totp_found = await AccountRepository(conn).totp_many(subjects) if subjects else {}
+    return ProofReads(requests, found, totp_found)
+
+
 ProofBatches = GroupCommit[ProofRequest, "_Accepted | _Later"]
 
 
@@ -572,11 +610,12 @@ async def prove_batch(
     """Judge a batch of proofs in the caller's transaction, each within a savepoint: a proof
     that raises leaves nothing behind, a rejected one keeps its attempt and audit entry (its
     error is its outcome) and an accepted one its writes. One COMMIT then settles them all."""
+    reads = await _read_for(conn, batch)
     outcomes: list[_Accepted | _Later | Exception] = []
     for proof in batch:
         try:
             async with savepoint(conn):
-                outcome: _Accepted | _Later | Exception = await _prove_in(conn, proof)
+                outcome: _Accepted | _Later | Exception = await _prove_in(conn, proof, reads)
         except Exception as exc:
             if deadlocked(exc):
                 raise  # the whole batch is retried one proof at a time (proof_batches)
@@ -586,14 +625,14 @@ async def prove_batch(
 
 
 async def _prove_in(
-    conn: AsyncConnection, proof: ProofRequest
+    conn: AsyncConnection, proof: ProofRequest, reads: ProofReads
 ) -> _Accepted | _Later | ProofRejected:
     """One proof's first (for at-once methods: only) transaction. Raises for a proof that must
     leave nothing behind; returns the rejection of one whose failed attempt must commit."""
     ctx, now = proof.ctx, proof.now
-    loaded = await _load(conn, ctx, proof.request_id, now)
+    loaded = _loaded(ctx, reads.requests.get(proof.request_id), now)
     repo = ChallengeRepository(conn)
-    challenge = await repo.get(proof.challenge_id)
+    challenge = reads.challenges.get(proof.challenge_id)
     if challenge is None or challenge.unlock_request_id != proof.request_id:
         raise ChallengeNotFound("No such challenge for this unlock request.")
     method = Method(challenge.method)
@@ -617,7 +656,7 @@ async def _prove_in(
     attempt_id = await _reserve_in(
         conn, ctx, loaded, challenge, method, now, serialised=True, record=False
     )
-    checked = await at_once(conn, ctx, loaded, challenge, proof.body, now)
+    checked = await at_once(conn, ctx, loaded, challenge, proof.body, now, reads)
     if checked.ok:
         try:
             # No savepoint of its own: what _succeed_in wrote before a _ProofUsed may commit.

@@ -148,20 +148,17 @@ LINKED = (
 )
 # What a TOTP proof reads: the enrolment alone, not the whole snapshot, with the data key that
 # opens its secret.
-TOTP = (
-    select(
-        totp_enrolments.c.secret_ciphertext,
-        totp_enrolments.c.confirmed_at,
-        totp_enrolments.c.last_step,
-        *KEY_COLUMNS,
+_TOTP_OF_ANY = select(
+    totp_enrolments.c.secret_ciphertext,
+    totp_enrolments.c.confirmed_at,
+    totp_enrolments.c.last_step,
+    *KEY_COLUMNS,
+).select_from(
+    totp_enrolments.outerjoin(
+        account_data_keys, account_data_keys.c.subject == totp_enrolments.c.subject
     )
-    .select_from(
-        totp_enrolments.outerjoin(
-            account_data_keys, account_data_keys.c.subject == totp_enrolments.c.subject
-        )
-    )
-    .where(totp_enrolments.c.subject == bindparam("subject"))
 )
+TOTP = _TOTP_OF_ANY.where(totp_enrolments.c.subject == bindparam("subject"))
 
 
 _SNAPSHOT_FACTS = HotStatement("accounts.snapshot_facts", SNAPSHOT_FACTS)
@@ -180,6 +177,19 @@ def linked_many(count: int) -> HotStatement:
         select(linked_identities.c.subject, *LINKED.selected_columns)
         .where(linked_identities.c.subject.in_(subjects))
         .order_by(linked_identities.c.subject, linked_identities.c.provider),
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def totp_many(count: int) -> HotStatement:
+    """TOTP's read for ``count`` accounts at once, with each row's subject (parameters
+    s0..s{count-1}, as linked_many's): a batch of proofs reads its enrolments in one statement."""
+    subjects = [bindparam(f"s{i}", type_=String) for i in range(count)]
+    return HotStatement(
+        f"accounts.totp_many[{count}]",
+        _TOTP_OF_ANY.add_columns(totp_enrolments.c.subject.label("enrolment_subject")).where(
+            totp_enrolments.c.subject.in_(subjects)
+        ),
     )
 
 
@@ -208,6 +218,18 @@ def snapshot_from(subject: str, row: Any, linked: Sequence[Any]) -> AccountSnaps
     )
 
 
+TotpFound = tuple[TotpRecord, KeyRow | None]
+
+
+def _totp_found(row: Any) -> TotpFound:
+    key_row: KeyRow | None = (
+        None
+        if row.key_version is None
+        else (int(row.key_version), row.wrapped_key, row.destroyed_at)
+    )
+    return TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step), key_row
+
+
 class AccountRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -232,18 +254,17 @@ class AccountRepository:
         linked = (await _LINKED.run(self._conn, params)).all()
         return snapshot_from(subject, row, linked)
 
-    async def totp(self, subject: str) -> tuple[TotpRecord, KeyRow | None] | None:
+    async def totp(self, subject: str) -> TotpFound | None:
         """The enrolment and the account's data key row (for DataKeys.decrypt_with)."""
         row = (await _TOTP.run(self._conn, {"subject": subject})).first()
-        if row is None:
-            return None
-        key_row: KeyRow | None = (
-            None
-            if row.key_version is None
-            else (int(row.key_version), row.wrapped_key, row.destroyed_at)
+        return None if row is None else _totp_found(row)
+
+    async def totp_many(self, subjects: Sequence[str]) -> dict[str, TotpFound]:
+        """``totp`` for several accounts in one statement: those enrolled, by subject."""
+        rows = await totp_many(len(subjects)).run(
+            self._conn, {f"s{i}": s for i, s in enumerate(subjects)}
         )
-        record = TotpRecord(row.secret_ciphertext, row.confirmed_at is not None, row.last_step)
-        return record, key_row
+        return {row.enrolment_subject: _totp_found(row) for row in rows}
 
     async def set_phone(
         self,

@@ -4,13 +4,16 @@ whose row count says whether this caller won."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    String,
     bindparam,
     delete,
     func,
@@ -76,6 +79,19 @@ _CHALLENGE_COLUMNS = (
 _GET_CHALLENGE = HotStatement(
     "challenges.get", select(*_CHALLENGE_COLUMNS).where(challenges.c.id == bindparam("p_id"))
 )
+
+
+@functools.lru_cache(maxsize=128)
+def get_many_statement(count: int) -> HotStatement:
+    """``count`` challenges by id (p0..p{count-1}) in one statement: a batch of proofs reads its
+    challenges at once. Built once per count (an expanding IN re-renders its SQL every time)."""
+    ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
+    return HotStatement(
+        f"challenges.get_many[{count}]",
+        select(*_CHALLENGE_COLUMNS).where(challenges.c.id.in_(ids)),
+    )
+
+
 _COMPLETE = HotStatement(
     "challenges.complete",
     update(challenges)
@@ -194,6 +210,12 @@ class ChallengeRepository:
     async def get(self, challenge_id: str) -> ChallengeRow | None:
         row = (await _GET_CHALLENGE.run(self._conn, {"p_id": challenge_id})).first()
         return None if row is None else ChallengeRow(**row._asdict())
+
+    async def get_many(self, challenge_ids: Sequence[str]) -> dict[str, ChallengeRow]:
+        """The challenges of these ids that exist, by id."""
+        statement = get_many_statement(len(challenge_ids))
+        rows = await statement.run(self._conn, {f"p{i}": c for i, c in enumerate(challenge_ids)})
+        return {row.id: ChallengeRow(**row._asdict()) for row in rows}
 
     async def open_for(
         self, unlock_request_id: str, method: str, now: datetime

@@ -128,6 +128,17 @@ _GET = HotStatement(
 )
 
 
+@functools.lru_cache(maxsize=128)
+def get_many_statement(count: int) -> HotStatement:
+    """``count`` requests by id (parameters p0..p{count-1}) in one statement: a batch of proofs
+    reads its requests at once. Built once per count, as decision_inputs_statement."""
+    ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
+    return HotStatement(
+        f"unlock_requests.get_many[{count}]",
+        select(*_COLUMNS).where(unlock_requests.c.id.in_(ids)),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionInputs:
     snapshot: AccountSnapshot
@@ -187,6 +198,12 @@ class UnlockRequestRepository:
     async def get(self, request_id: str) -> UnlockRequestRow | None:
         row = (await _GET.run(self._conn, {"p_id": request_id})).first()
         return None if row is None else UnlockRequestRow(**row._asdict())
+
+    async def get_many(self, request_ids: Sequence[str]) -> dict[str, UnlockRequestRow]:
+        """The requests of these ids that exist, by id."""
+        statement = get_many_statement(len(request_ids))
+        rows = await statement.run(self._conn, {f"p{i}": r for i, r in enumerate(request_ids)})
+        return {row.id: UnlockRequestRow(**row._asdict()) for row in rows}
 
     async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
         rows = (

@@ -115,6 +115,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
     size = int(head.size)
     return {
         "challenges.get": [{"p_id": done_ch.id}, {"p_id": open_ch.id}, {"p_id": "nope"}],
+        "challenges.get_many": [{"p0": done_ch.id, "p1": open_ch.id, "p2": "nope"}],
         "challenges.complete": [
             {"p_id": open_ch.id, "p_now": now},
             {"p_id": done_ch.id, "p_now": now},
@@ -165,12 +166,14 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
         ],
         "unlock_requests.insert": [copy_of_request(), [copy_of_request(), copy_of_request()]],
         "unlock_requests.get": [{"p_id": request.id}, {"p_id": "nope"}],
+        "unlock_requests.get_many": [{"p0": request.id, "p1": "nope", "p2": pending.id}],
         "unlock_requests.decision_inputs": [{**subjects, **windows}],
         "outbox.insert": [outbox_row("notify_person"), [outbox_row("a"), outbox_row("b")]],
         "accounts.snapshot_facts": [{"subject": subject}, {"subject": "f" * 64}],
         "accounts.linked": [{"subject": subject}],
         "accounts.totp": [{"subject": subject}, {"subject": "f" * 64}],
         "accounts.linked_many": [subjects],
+        "accounts.totp_many": [subjects],
         "audit_inbox.insert": [{"payload": b"{}", "created_at": now}],
         "audit_inbox.batch": [{"limit": 10}],
         # One per database (only_on); the scenario's inbox has drawn ids, so SQLite's counter
@@ -221,11 +224,14 @@ def _family(statement: HotStatement) -> str:
 def _statements(dialect: str) -> list[HotStatement]:
     """Every HotStatement the modules define for this database, with the sized families at the
     sizes used here."""
-    from service.persistence.accounts import linked_many
-    from service.persistence.unlock_requests import decision_inputs_statement
+    from service.persistence import challenges, unlock_requests
+    from service.persistence.accounts import linked_many, totp_many
 
-    decision_inputs_statement(3)
+    unlock_requests.decision_inputs_statement(3)
+    unlock_requests.get_many_statement(3)
+    challenges.get_many_statement(3)
     linked_many(3)
+    totp_many(3)
     return [
         s
         for s in HOT_STATEMENTS
@@ -353,7 +359,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (52 if postgres else 49)
+    assert len(compared) == (55 if postgres else 52)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:
