@@ -48,7 +48,7 @@ from service.domain import (
     UnlockRequestNotFound,
 )
 from service.flows import unlock
-from service.flows.audit_trail import record
+from service.flows.audit_trail import DirectEntries, record, record_in
 from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, phone_on_file
 from service.group_commit import GroupCommit
 from service.ids import new_id
@@ -609,23 +609,30 @@ async def prove_batch(
 ) -> list[_Accepted | _Later | Exception]:
     """Judge a batch of proofs in the caller's transaction, each within a savepoint: a proof
     that raises leaves nothing behind, a rejected one keeps its attempt and audit entry (its
-    error is its outcome) and an accepted one its writes. One COMMIT then settles them all."""
+    error is its outcome) and an accepted one its writes. Their audit entries are integrated
+    at the end, in the same transaction. One COMMIT then settles them all."""
     reads = await _read_for(conn, batch)
+    entries = DirectEntries()
     outcomes: list[_Accepted | _Later | Exception] = []
     for proof in batch:
+        mark = entries.mark()
         try:
             async with savepoint(conn):
-                outcome: _Accepted | _Later | Exception = await _prove_in(conn, proof, reads)
+                outcome: _Accepted | _Later | Exception = await _prove_in(
+                    conn, proof, reads, entries
+                )
         except Exception as exc:
             if deadlocked(exc):
                 raise  # the whole batch is retried one proof at a time (proof_batches)
+            entries.drop_since(mark)  # its savepoint undid its writes: its entries go too
             outcome = exc
         outcomes.append(outcome)
+    await entries.integrate_in(conn, batch[0].ctx)
     return outcomes
 
 
 async def _prove_in(
-    conn: AsyncConnection, proof: ProofRequest, reads: ProofReads
+    conn: AsyncConnection, proof: ProofRequest, reads: ProofReads, entries: DirectEntries
 ) -> _Accepted | _Later | ProofRejected:
     """One proof's first (for at-once methods: only) transaction. Raises for a proof that must
     leave nothing behind; returns the rejection of one whose failed attempt must commit."""
@@ -661,14 +668,22 @@ async def _prove_in(
         try:
             # No savepoint of its own: what _succeed_in wrote before a _ProofUsed may commit.
             row, index = await _succeed_in(
-                conn, ctx, proof.actor, loaded, challenge, method, now, checked, attempt_id
+                conn, ctx, proof.actor, loaded, challenge, method, now, checked, attempt_id, entries
             )
             return _Accepted(row, index)
         except _ProofUsed:
             checked = Checked(ok=False, reason="code_reused")
     # Committed with the batch: the failed attempt counts (NIST-63B4-3.2.2).
     return await _fail_in(
-        conn, ctx, proof.actor, loaded, challenge, now, checked, attempt_id=attempt_id
+        conn,
+        ctx,
+        proof.actor,
+        loaded,
+        challenge,
+        now,
+        checked,
+        attempt_id=attempt_id,
+        entries=entries,
     )
 
 
@@ -782,8 +797,10 @@ async def _fail_in(
     *,
     expire: bool = False,
     attempt_id: str | None = None,
+    entries: DirectEntries | None = None,
 ) -> ProofRejected:
-    """Settle a rejected proof in the caller's transaction; the error to raise once it commits."""
+    """Settle a rejected proof in the caller's transaction; the error to raise once it commits.
+    Its audit entry goes to ``entries`` when a batch integrates them, else to the inbox."""
     limits = ctx.policy.limits
     repo = ChallengeRepository(conn)
     if expire:
@@ -823,7 +840,8 @@ async def _fail_in(
             origin=review_reason.value.lower(),
             now=now,
         )
-    await record(
+    await record_in(
+        entries,
         conn,
         ctx,
         EntryKind.VERIFICATION_ATTEMPT,
@@ -910,6 +928,7 @@ async def _succeed_in(
     now: datetime,
     checked: Checked,
     attempt_id: str | None,
+    entries: DirectEntries | None = None,
 ) -> tuple[UnlockRequestRow, int | None]:
     """An accepted proof's writes in the caller's transaction: the request row after them and its
     log index (None while pending). Raises _ProofUsed when another request used the proof first,
@@ -942,7 +961,8 @@ async def _succeed_in(
         now=now,
     )
     await _settle(repo, loaded, ch, attempt_id, "success", now)
-    await record(
+    await record_in(
+        entries,
         conn,
         ctx,
         EntryKind.VERIFICATION_ATTEMPT,
@@ -959,7 +979,7 @@ async def _succeed_in(
         now,
     )
     if approved:
-        await approve_in(conn, ctx, actor, loaded, now, via="verification")
+        await approve_in(conn, ctx, actor, loaded, now, via="verification", entries=entries)
     # The row as this transaction left it (update_request above is its only change), without
     # reading it back.
     row = dataclasses.replace(
@@ -989,6 +1009,7 @@ async def approve_in(
     now: datetime,
     *,
     via: str,
+    entries: DirectEntries | None = None,
 ) -> None:
     """What every approval does, automated or a reviewer's: audit it and tell the account system
     and the person through the outbox (delivered after commit, retried until acknowledged)."""
@@ -1021,7 +1042,8 @@ async def approve_in(
         ],
         now,
     )
-    await record(
+    await record_in(
+        entries,
         conn,
         ctx,
         EntryKind.DECISION,

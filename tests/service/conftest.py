@@ -166,9 +166,9 @@ def fake_adapters() -> Adapters:
     )
 
 
-def _api(tmp_path: Path, database_url: str | None) -> Iterator[Api]:
+def _api(tmp_path: Path, database_url: str | None, **overrides: Any) -> Iterator[Api]:
     adapters = fake_adapters()
-    app = create_app(make_settings(tmp_path, database_url), adapters=adapters)
+    app = create_app(make_settings(tmp_path, database_url, **overrides), adapters=adapters)
     with TestClient(app) as client:
 
         async def create_keys() -> dict[Role, str]:

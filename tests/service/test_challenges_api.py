@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from service import dto
 from service.domain import ChallengeNotFound, ProofMissing, ProofRejected
@@ -23,7 +24,7 @@ from service.flows import challenges
 from service.group_commit import GroupCommit
 from service.methods import totp
 from service.methods.totp import TotpParameters, code_at
-from tests.service.conftest import PERSONA_REQUEST, Api
+from tests.service.conftest import PERSONA_REQUEST, Api, _api
 
 PARAMS = TotpParameters()
 VECTORS: dict[str, Any] = json.loads(
@@ -477,3 +478,140 @@ def test_concurrent_proofs_share_a_commit_yet_each_gets_its_own_outcome(api: Api
     assert again.json()["attempts_left"] == limit - 1
     r = api.client.get(f"/v1/unlock-requests/{ready['right'][1]}", headers=api.headers())
     assert r.json()["status"] == "approved"
+
+
+def test_two_requests_of_one_account_in_one_batch_accept_a_code_once(api: Api) -> None:
+    """A batch reads its proofs' enrolments together (challenges.ProofReads), so the second
+    proof of one account sees the step as it was before the first: the conditional step update
+    still lets exactly one of them use the code (ASVS4-2.8.5)."""
+    secret = _enrol_totp(api, "acct-twice", at=previous_step())
+    pairs = []
+    for _ in range(2):
+        decision = _request(api, "acct-twice")
+        pairs.append((decision["id"], _start(api, decision["id"], "totp").json()["id"]))
+    batches: list[int] = []
+
+    async def recording(conn: Any, batch: Any) -> Any:
+        batches.append(len(batch))
+        return await challenges.prove_batch(conn, batch)
+
+    ctx = dataclasses.replace(api.ctx, proofs=GroupCommit(api.ctx.engine, recording))
+    code = code_at(secret, datetime.now(UTC), PARAMS)
+
+    async def attempt(request_id: str, challenge_id: str) -> Any:
+        try:
+            return await challenges.verify(
+                ctx, "batch", request_id, challenge_id, dto.VerifyIn(code)
+            )
+        except Exception as exc:
+            return exc
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(attempt(*pair) for pair in pairs))
+
+    outcomes = api.run(together)
+    assert batches == [2]  # one batch: the case the shared read must get right
+    accepted = [o for o in outcomes if isinstance(o, dto.DecisionOut)]
+    rejected = [o for o in outcomes if isinstance(o, ProofRejected)]
+    assert len(accepted) == 1, outcomes
+    assert len(rejected) == 1, outcomes
+    assert rejected[0].extra["reason"] == "code_reused"
+
+
+@pytest.fixture
+def api_without_integrator(tmp_path: Path, database_url: str) -> Any:
+    """No background integrator: an entry in the log got there with the write that made it."""
+    yield from _api(tmp_path, database_url, audit_integrator=False)
+
+
+def _logged(api: Api, mentioned: str) -> tuple[list[dict[str, Any]], int]:
+    """The log's entries whose data mention an id, and how many entries the inbox holds."""
+
+    async def read() -> tuple[list[dict[str, Any]], int]:
+        async with api.ctx.engine.connect() as conn:
+            leaves = (await conn.execute(text("SELECT leaf FROM audit_log ORDER BY seq"))).all()
+            queued = (await conn.execute(text("SELECT count(*) FROM audit_inbox"))).scalar_one()
+        entries = [json.loads(bytes(leaf)) for (leaf,) in leaves]
+        return [e for e in entries if mentioned in json.dumps(e["data"])], int(queued)
+
+    result: tuple[list[dict[str, Any]], int] = api.run(read)
+    return result
+
+
+def _attempts(entries: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["outcome"] for e in entries if e["kind"] == "verification_attempt"]
+
+
+def test_a_proofs_audit_entries_are_in_the_log_when_its_answer_returns(
+    api_without_integrator: Api,
+) -> None:
+    """A batch of proofs integrates its entries itself (audit_trail.DirectEntries), in the
+    transaction that commits the proofs: a rejected attempt, an accepted one and the approval
+    are logged before their answers return, and nothing is left in the inbox."""
+    api = api_without_integrator
+    secret = _enrol_totp(api, "acct-logged", at=previous_step())
+    decision = _request(api, "acct-logged")
+    challenge = _start(api, decision["id"], "totp").json()["id"]
+    right = code_at(secret, datetime.now(UTC), PARAMS)
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    assert _verify(api, decision["id"], challenge, code=wrong).status_code == 422
+    entries, queued = _logged(api, challenge)
+    assert _attempts(entries) == ["failure"]
+    r = _verify(api, decision["id"], challenge, code=right)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "approved"
+    entries, queued = _logged(api, challenge)
+    assert _attempts(entries) == ["failure", "success"]
+    approvals, _ = _logged(api, decision["id"])
+    assert {"unlock_request_id": decision["id"], "status": "approved", "via": "verification"} in [
+        e["data"] for e in approvals if e["kind"] == "decision"
+    ]
+    assert queued == 0
+
+
+def test_a_proof_that_fails_after_writing_its_entry_leaves_no_entry(
+    api_without_integrator: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proof whose savepoint rolls back drops the entries it had added to the batch's, and
+    the other proofs of the batch keep theirs."""
+    api = api_without_integrator
+    ready = {}
+    for name in ("fails", "rejected"):
+        secret = _enrol_totp(api, f"acct-drop-{name}", at=previous_step())
+        decision = _request(api, f"acct-drop-{name}")
+        ready[name] = (secret, decision["id"], _start(api, decision["id"], "totp").json()["id"])
+
+    async def broken_outbox(self: Any, events: Any, now: Any) -> None:
+        # After the accepted attempt's entry was added (approve_in writes the outbox first).
+        raise RuntimeError("outbox unavailable")
+
+    monkeypatch.setattr(challenges.ChallengeRepository, "enqueue_many", broken_outbox)
+    batches: list[int] = []
+
+    async def recording(conn: Any, batch: Any) -> Any:
+        batches.append(len(batch))
+        return await challenges.prove_batch(conn, batch)
+
+    ctx = dataclasses.replace(api.ctx, proofs=GroupCommit(api.ctx.engine, recording))
+    right = code_at(ready["fails"][0], datetime.now(UTC), PARAMS)
+    wrong = f"{(int(code_at(ready['rejected'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
+
+    async def attempt(request_id: str, challenge_id: str, code: str) -> Any:
+        try:
+            return await challenges.verify(
+                ctx, "batch", request_id, challenge_id, dto.VerifyIn(code)
+            )
+        except Exception as exc:
+            return exc
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(
+            attempt(*ready["fails"][1:], right), attempt(*ready["rejected"][1:], wrong)
+        )
+
+    failed, rejected = api.run(together)
+    assert batches == [2]
+    assert isinstance(failed, RuntimeError)
+    assert isinstance(rejected, ProofRejected)
+    assert _attempts(_logged(api, ready["fails"][2])[0]) == []
+    assert _attempts(_logged(api, ready["rejected"][2])[0]) == ["failure"]
