@@ -68,6 +68,9 @@ class Loaded:
     request: UnlockRequestRow
     decision: dto.DecisionOut
     account_id: str
+    # The decision as made (unlock.as_stored), when the loader kept it: an answer after the
+    # request's row changed applies the new row to it instead of decoding the row again.
+    stored: dto.DecisionOut | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +131,14 @@ def _loaded(ctx: ServiceContext, row: UnlockRequestRow | None, now: datetime) ->
         raise UnlockRequestNotFound("No unlock request with this id.")
     if row.account_id_sealed is None:
         raise RequestClosed("This request's account was erased.", request_status="erased")
-    decision = unlock.view(ctx, row, None, now)
+    stored = unlock.as_stored(ctx, row)
+    decision = unlock.view_of(ctx, stored, row, None, now)
     if decision.status not in OPEN_STATUSES:
         raise RequestClosed(
             f"This request is {decision.status}; start a new unlock request.",
             request_status=decision.status,
         )
-    return Loaded(row, decision, decision.account_id)
+    return Loaded(row, decision, decision.account_id, stored)
 
 
 def _retry_after(oldest: datetime, window: timedelta, now: datetime) -> int:
@@ -564,10 +568,12 @@ class ProofRequest:
 
 @dataclass(frozen=True, slots=True)
 class _Accepted:
-    """An at-once proof accepted: the request row as the proof left it, and its log index."""
+    """An at-once proof accepted: the request row as the proof left it, its log index and the
+    decision as made (the answer applies the row to it)."""
 
     row: UnlockRequestRow
     index: int | None
+    stored: dto.DecisionOut | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,7 +676,7 @@ async def _prove_in(
             row, index = await _succeed_in(
                 conn, ctx, proof.actor, loaded, challenge, method, now, checked, attempt_id, entries
             )
-            return _Accepted(row, index)
+            return _Accepted(row, index, loaded.stored)
         except _ProofUsed:
             checked = Checked(ok=False, reason="code_reused")
     # Committed with the batch: the failed attempt counts (NIST-63B4-3.2.2).
@@ -697,7 +703,7 @@ async def verify(
         request_id, ProofRequest(ctx, actor, request_id, challenge_id, body, now)
     )
     if isinstance(outcome, _Accepted):
-        return await _answer(ctx, outcome.row, outcome.index, now)
+        return await _answer(ctx, outcome.row, outcome.index, now, outcome.stored)
     loaded, challenge, method = outcome.loaded, outcome.challenge, outcome.method
     # The three phases, for checks that take time (_reserve checks the throttles again,
     # serialised with the attempt they admit).
@@ -915,7 +921,7 @@ async def _succeed(
             attempt_id=attempt_id,
         )
         raise AssertionError("unreachable: _fail raises") from None
-    return await _answer(ctx, row, index, now)
+    return await _answer(ctx, row, index, now, loaded.stored)
 
 
 async def _succeed_in(
@@ -994,11 +1000,17 @@ async def _succeed_in(
 
 
 async def _answer(
-    ctx: ServiceContext, row: UnlockRequestRow, index: int | None, now: datetime
+    ctx: ServiceContext,
+    row: UnlockRequestRow,
+    index: int | None,
+    now: datetime,
+    stored: dto.DecisionOut | None,
 ) -> dto.DecisionOut:
     if index is None:  # still pending (another worker integrating): wait for it
         index = await unlock.audit_index(ctx, row)
-    return unlock.view(ctx, row, index, now)
+    if stored is None:
+        return unlock.view(ctx, row, index, now)
+    return unlock.view_of(ctx, stored, row, index, now)
 
 
 async def approve_in(

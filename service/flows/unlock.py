@@ -505,13 +505,30 @@ def view(
     ctx: ServiceContext, row: UnlockRequestRow, index: int | None, now: datetime
 ) -> dto.DecisionOut:
     """The decision as it stands now: stored at creation, with what happened since applied."""
-    stored = _DECODER.decode(row.decision_json)
-    decision = stored.decision
+    return view_of(ctx, as_stored(ctx, row), row, index, now)
+
+
+def as_stored(ctx: ServiceContext, row: UnlockRequestRow) -> dto.DecisionOut:
+    """The decision as made, with its account id: what ``view_of`` applies a row's state to (a
+    flow that answers after changing the row decodes and opens it once, not twice)."""
+    sealed = row.account_id_sealed
+    account_id = ERASED if sealed is None else ctx.sealer.open(sealed, ACCOUNT_ID_PURPOSE)
+    return msgspec.structs.replace(
+        _DECODER.decode(row.decision_json).decision, account_id=account_id
+    )
+
+
+def view_of(
+    ctx: ServiceContext,
+    decision: dto.DecisionOut,
+    row: UnlockRequestRow,
+    index: int | None,
+    now: datetime,
+) -> dto.DecisionOut:
+    """``view`` of the row, from its decision ``as_stored``."""
     status = row.status
     if status == "pending_verification" and now >= row.expires_at:
         status = "expired"
-    sealed = row.account_id_sealed
-    account_id = ERASED if sealed is None else ctx.sealer.open(sealed, ACCOUNT_ID_PURPOSE)
     review = decision.review
     if row.review_reason is not None:
         catalog = ctx.policy.catalogs[Locale(decision.locale)]
@@ -519,7 +536,6 @@ def view(
         review = msgspec.structs.replace(review, required=True, reasons=[*review.reasons, reason])
     return msgspec.structs.replace(
         decision,
-        account_id=account_id,
         status=status,
         factors_satisfied=[Method(m) for m in json.loads(row.factors_satisfied)],
         review=review,

@@ -615,3 +615,18 @@ def test_a_proof_that_fails_after_writing_its_entry_leaves_no_entry(
     assert isinstance(rejected, ProofRejected)
     assert _attempts(_logged(api, ready["fails"][2])[0]) == []
     assert _attempts(_logged(api, ready["rejected"][2])[0]) == ["failure"]
+
+
+def test_the_answer_to_an_accepted_proof_is_the_request_as_a_read_returns_it(api: Api) -> None:
+    """The answer is built from the decision the proof loaded, with the row the proof left
+    (challenges._answer): it must say exactly what a GET of the request says afterwards."""
+    secret = _enrol_totp(api, "acct-answer", at=previous_step())
+    decision = _request(api, "acct-answer")
+    challenge = _start(api, decision["id"], "totp").json()["id"]
+    r = _verify(api, decision["id"], challenge, code=code_at(secret, datetime.now(UTC), PARAMS))
+    assert r.status_code == 200, r.text
+    read = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers())
+    assert read.status_code == 200, read.text
+    assert r.json() == read.json()
+    assert r.json()["account_id"] == "acct-answer"
+    assert r.json()["factors_satisfied"] == ["totp"]
