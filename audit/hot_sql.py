@@ -90,8 +90,22 @@ class _Compiled:
     binds: tuple[tuple[str, _Processor | None], ...]
     results: tuple[_Processor | None, ...]
     row_type: Any  # a namedtuple class, or None for a statement without rows
+    # construct_params worked out once for these parameter names: per position, the caller's
+    # key to read (and its processor), or the statement's own value, processed already.
+    plan: tuple[tuple[str | None, Any, _Processor | None], ...] | None
 
     def parameters(self, params: Params) -> tuple[Any, ...]:
+        plan = self.plan
+        if plan is not None:
+            try:
+                return tuple(
+                    [
+                        value if key is None else params[key] if p is None else p(params[key])
+                        for key, value, p in plan
+                    ]
+                )
+            except KeyError:
+                pass  # a parameter set of other names (executemany): as SQLAlchemy has it
         values = self.compiled.construct_params(params, escape_names=False)
         return tuple(
             values[name] if process is None else process(values[name])
@@ -135,7 +149,50 @@ def _compile(
     columns = compiled._result_columns
     results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
     row_type = namedtuple("Row", [c.keyname for c in columns], rename=True) if columns else None
-    return _Compiled(compiled, compiled.string, tuple(binds), results, row_type)
+    plan = _parameter_plan(compiled, frozenset(keys), tuple(binds))
+    return _Compiled(compiled, compiled.string, tuple(binds), results, row_type, plan)
+
+
+def _parameter_plan(
+    compiled: SQLCompiler, keys: frozenset[str], binds: tuple[tuple[str, _Processor | None], ...]
+) -> tuple[tuple[str | None, Any, _Processor | None], ...] | None:
+    """What ``construct_params(params, escape_names=False)`` does for parameters named ``keys``,
+    decided once: each bind takes the caller's value by its key (or its compiled name), else the
+    statement's own value. None where that is not fixed (a required parameter missing, whose
+    error construct_params raises; a callable value): those take construct_params at every
+    execution. Measured: 5.6 -> 3.7 us for a five-parameter statement, 0.8 -> 0.3 us for one;
+    the contract test compares the two for every statement and case."""
+    # SQLAlchemy 2.1 collects the statement's literal values at compile time and lays the
+    # caller's parameters over them.
+    collected: Mapping[str, Any] = (
+        getattr(compiled, "_collected_params", None) or {}
+        if getattr(compiled, "_collect_params", False)
+        else {}
+    )
+    sources: dict[str, tuple[str | None, Any]] = {}
+    for bindparam, name in compiled.bind_names.items():
+        if bindparam.key in keys:
+            source: tuple[str | None, Any] = (bindparam.key, None)
+        elif name in keys:
+            source = (name, None)
+        elif bindparam.key in collected:
+            source = (None, collected[bindparam.key])
+        elif name in collected:
+            source = (None, collected[name])
+        elif bindparam.required or bindparam.callable:
+            return None
+        else:
+            source = (None, bindparam.value)
+        if sources.setdefault(name, source) != source:
+            return None  # two binds of one name that would disagree: SQLAlchemy decides
+    plan: list[tuple[str | None, Any, _Processor | None]] = []
+    for name, process in binds:
+        key, value = sources[name]
+        if key is None:
+            plan.append((None, value if process is None else process(value), None))
+        else:
+            plan.append((key, None, process))
+    return tuple(plan)
 
 
 def in_place(conn: AsyncConnection) -> sqlite3.Connection | AsyncAdapt_asyncpg_connection | None:
