@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from audit.entry import AuditEvent, EntryKind, JSONValue, event_to_payload
+from audit.entry import AuditEvent, EntryKind, JSONValue, new_event_payload
 from audit.integrator import integrate_in, integrate_once, wait_integrated
 from audit.store import AuditStore, InboxRow, append_event
 from service.context import ServiceContext
@@ -51,9 +51,9 @@ class DirectEntries:
         data: Mapping[str, JSONValue],
         now: datetime,
     ) -> None:
-        # Validated here, as record's are: a bad event fails its own unit of work.
-        event = AuditEvent(kind=kind, actor=actor, subject=subject, data=data, time=now)
-        self._payloads.append(event_to_payload(event))
+        # Validated here, as record's are: a bad event fails its own unit of work. Encoded at
+        # once (new_event_payload walks the data once, not twice: nothing can change it between).
+        self._payloads.append(new_event_payload(kind, actor, subject, data, now))
 
     def mark(self) -> int:
         return len(self._payloads)
