@@ -1,0 +1,58 @@
+"""UtcDateTime (service/persistence/__init__.py): its one-step SQLite bind processing writes the
+same text as the type's process_bind_param followed by SQLAlchemy's SQLite DATETIME formatting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.persistence import UtcDateTime, _sqlite_text
+
+SQLITE = sqlite.dialect()
+OFFSETS = st.builds(
+    timezone,
+    st.timedeltas(
+        min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+    ),
+)
+# Away from the ends of datetime's range, where moving to UTC overflows either way (hypothesis
+# takes naive bounds and adds the zones).
+MOMENTS = st.datetimes(
+    min_value=datetime(2, 1, 1),  # noqa: DTZ001
+    max_value=datetime(9998, 12, 31),  # noqa: DTZ001
+    timezones=OFFSETS | st.just(UTC),
+)
+
+
+def _sqlalchemys(value: datetime | None) -> object:
+    """What SQLAlchemy's own composition does: the type's process_bind_param, then DATETIME's."""
+    processed = UtcDateTime().process_bind_param(value, SQLITE)
+    formatter = sqlite.DATETIME().bind_processor(SQLITE)
+    assert formatter is not None
+    return formatter(processed)
+
+
+def test_sqlalchemy_uses_the_one_step_processor_on_sqlite_only() -> None:
+    assert UtcDateTime()._cached_bind_processor(SQLITE) is _sqlite_text
+    assert UtcDateTime()._cached_bind_processor(postgresql.asyncpg.dialect()) is not _sqlite_text
+
+
+@given(MOMENTS)
+def test_the_one_step_processor_writes_sqlalchemys_text(moment: datetime) -> None:
+    assert _sqlite_text(moment) == _sqlalchemys(moment)
+
+
+def test_none_and_naive_values_are_treated_alike() -> None:
+    assert _sqlite_text(None) is None
+    assert _sqlalchemys(None) is None
+    naive = datetime(2026, 12, 5, 12, 0)  # noqa: DTZ001 - the value under test
+    with pytest.raises(ValueError, match="naive"):
+        _sqlite_text(naive)
+    with pytest.raises(ValueError, match="naive"):
+        _sqlalchemys(naive)
+    # Whole seconds keep their six zeros, as SQLAlchemy's format writes them.
+    assert _sqlite_text(datetime(2026, 12, 5, 12, 0, tzinfo=UTC)) == "2026-12-05 12:00:00.000000"
