@@ -65,6 +65,7 @@ bench: $(BENCH_STAMP) ## every benchmark in bench/ (tens of minutes); JSON and P
 	$(BIN)/python -m bench.bench_audit_export
 	$(BIN)/python -m bench.bench_audit_proofs
 	$(BIN)/python -m bench.bench_asgi_cpu
+	$(BIN)/python -m bench.bench_verify_cpu
 	$(BIN)/python -m bench.bench_http --target unlock --database sqlite --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/http-unlock-sqlite.json
 	$(BIN)/python -m bench.bench_http --target unlock --database postgres --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/http-unlock-postgres.json
 	$(BIN)/python -m bench.bench_totp_verify --workers 1,2 --connections 32,64 --output $(BENCH_OUT)/totp-verify-sqlite.json

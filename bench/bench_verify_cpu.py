@@ -1,0 +1,221 @@
+"""CPU per TOTP verify in process (no sockets), against the trivial route: the proof path's A/B.
+
+    python -m bench.bench_verify_cpu [--proofs N] [--rounds R] [--database sqlite|postgres]
+                                     [--output FILE.json]
+
+bench_totp_verify measures the verify route over HTTP with wrk; on this shared 2-core VM its
+figure moves with the trivial route's, so a change worth a few percent cannot be resolved there.
+This one runs the service (``create_app``, a fresh migrated data directory, a ``frontend`` key)
+in one event loop as bench_asgi_cpu does and, each round, prepares ``N`` accounts with a
+confirmed TOTP, an unlock request and an open TOTP challenge each (not timed), then sends every
+challenge its right code from 32 concurrent clients and counts the process's CPU time per
+proof; then ``N`` POST /echo on the trivial app, the same way. The report gives the medians and
+the median of the rounds' ratios (trivial ÷ verify CPU per request). A round waits out a TOTP
+step that would end before its proofs are checked. With ``--database postgres`` the database
+server's own CPU is not counted (it is another process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.bench_asgi_cpu import ASGIApp, Lifespan, _apps, cpu_per_request, request_bodies
+from bench.bench_http import PG_ADMIN_URL, _unlock_environment
+from bench.bench_totp_verify import PARAMS, REQUEST, _source_ip
+from service.methods.totp import code_at
+
+CLIENTS = 32
+
+
+async def _call(
+    app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes]:
+    """One POST through the app: its status and body."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    delivered = False
+    disconnected = asyncio.Event()
+    status, chunks = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    disconnected.set()
+    return status, b"".join(chunks)
+
+
+async def _phase(
+    app: ASGIApp,
+    headers: list[tuple[bytes, bytes]],
+    calls: list[tuple[str, bytes]],
+    expect: int,
+) -> list[dict[str, Any]]:
+    """The calls from CLIENTS concurrent clients; every answer must be ``expect``."""
+    gate = asyncio.Semaphore(CLIENTS)
+
+    async def one(path: str, body: bytes) -> dict[str, Any]:
+        async with gate:
+            status, answer = await _call(app, path, body, headers)
+        if status != expect:
+            raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
+        parsed: dict[str, Any] = json.loads(answer) if answer else {}
+        return parsed
+
+    return await asyncio.gather(*(one(path, body) for path, body in calls))
+
+
+async def _step_clear(margin_s: float) -> None:
+    """Wait out a TOTP step that ends within ``margin_s``."""
+    left = PARAMS.period - time.time() % PARAMS.period
+    if left < margin_s:
+        await asyncio.sleep(left + 0.05)
+
+
+async def prepare(
+    app: ASGIApp, headers: list[tuple[bytes, bytes]], first: int, count: int
+) -> list[tuple[str, str, str]]:
+    """(request id, challenge id, secret) for ``count`` new accounts with an open TOTP challenge."""
+    accounts = [f"cpu-{i}" for i in range(first, first + count)]
+    enrolled = await _phase(app, headers, [(f"/v1/accounts/{a}/totp", b"") for a in accounts], 201)
+    secrets = [e["secret"] for e in enrolled]
+    await _step_clear(8.0)
+    # Confirmed with the previous step's code: the current step's stays good for the proof.
+    earlier = datetime.now(UTC) - timedelta(seconds=PARAMS.period)
+    confirms = [
+        (f"/v1/accounts/{a}/totp/confirm", json.dumps({"code": code_at(s, earlier, PARAMS)}))
+        for a, s in zip(accounts, secrets, strict=True)
+    ]
+    await _phase(app, headers, [(p, b.encode()) for p, b in confirms], 200)
+    requests = [
+        json.dumps(
+            {**REQUEST, "account_id": a, "context": {**REQUEST["context"], "ip": _source_ip(i)}}
+        )
+        for i, a in enumerate(accounts, start=first)
+    ]
+    decisions = await _phase(
+        app, headers, [("/v1/unlock-requests", r.encode()) for r in requests], 201
+    )
+    challenges = await _phase(
+        app,
+        headers,
+        [(f"/v1/unlock-requests/{d['id']}/challenges", b'{"method":"totp"}') for d in decisions],
+        201,
+    )
+    return [(d["id"], c["id"], s) for d, c, s in zip(decisions, challenges, secrets, strict=True)]
+
+
+async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
+    trivial, service, routes = _apps(env, key)
+    _, echo_path, echo_headers, echo_status = routes["echo"]
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
+    samples: dict[str, list[float]] = {"echo": [], "verify": []}
+    echo_numbers = itertools.count()
+    async with Lifespan(trivial), Lifespan(service):
+        first = 0
+        for round_no in range(args.rounds + 1):  # the first round warms up, uncounted
+            prepared = await prepare(service, headers, first, args.proofs)
+            first += args.proofs
+            await _step_clear(10.0)
+            now = datetime.now(UTC)
+            proofs = [
+                (
+                    f"/v1/unlock-requests/{r}/challenges/{c}/verify",
+                    json.dumps({"code": code_at(s, now, PARAMS)}).encode(),
+                )
+                for r, c, s in prepared
+            ]
+            started = time.process_time()
+            await _phase(service, headers, proofs, 200)
+            verify_us = (time.process_time() - started) * 1e6 / len(proofs)
+            bodies = request_bodies(args.proofs, CLIENTS, echo_numbers)
+            echo_us = await cpu_per_request(trivial, echo_path, echo_headers, bodies, echo_status)
+            if round_no == 0:
+                continue
+            samples["verify"].append(verify_us)
+            samples["echo"].append(echo_us)
+            print(
+                f"  round {round_no}: verify {verify_us:.1f} µs, echo {echo_us:.1f} µs "
+                f"({echo_us / verify_us:.1%})",
+                flush=True,
+            )
+    ratios = [e / v for e, v in zip(samples["echo"], samples["verify"], strict=True)]
+    return {
+        "echo_us": statistics.median(samples["echo"]),
+        "verify_us": statistics.median(samples["verify"]),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--proofs", type=int, default=1024, help="proofs per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    if args.proofs < CLIENTS or args.proofs % CLIENTS:
+        parser.error(f"--proofs must be a multiple of {CLIENTS}")
+    args.log_level = "warning"
+    with _unlock_environment(args) as (env, key):
+        result = asyncio.run(measure(args, env, key))
+    print(
+        f"\n{args.database}, {CLIENTS} clients, medians of {args.rounds} rounds: POST /echo "
+        f"{result['echo_us']:.1f} µs, TOTP verify {result['verify_us']:.1f} µs of CPU per "
+        f"request; median of the rounds' ratios: verify gets {100 * result['ratio']:.1f} % of "
+        "the trivial route's requests per CPU second"
+    )
+    if args.output is not None:
+        record = {
+            "benchmark": "verify_cpu",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "database": args.database,
+            "proofs": args.proofs,
+            "rounds": args.rounds,
+            **result,
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
