@@ -148,7 +148,7 @@ LINKED = (
 )
 # What a TOTP proof reads: the enrolment alone, not the whole snapshot, with the data key that
 # opens its secret.
-_TOTP_OF_ANY = select(
+_TOTP_WITH_KEY = select(
     totp_enrolments.c.secret_ciphertext,
     totp_enrolments.c.confirmed_at,
     totp_enrolments.c.last_step,
@@ -158,12 +158,10 @@ _TOTP_OF_ANY = select(
         account_data_keys, account_data_keys.c.subject == totp_enrolments.c.subject
     )
 )
-TOTP = _TOTP_OF_ANY.where(totp_enrolments.c.subject == bindparam("subject"))
 
 
 _SNAPSHOT_FACTS = HotStatement("accounts.snapshot_facts", SNAPSHOT_FACTS)
 _LINKED = HotStatement("accounts.linked", LINKED)
-_TOTP = HotStatement("accounts.totp", TOTP)
 
 
 @functools.lru_cache(maxsize=128)
@@ -182,12 +180,12 @@ def linked_many(count: int) -> HotStatement:
 
 @functools.lru_cache(maxsize=128)
 def totp_many(count: int) -> HotStatement:
-    """TOTP's read for ``count`` accounts at once, with each row's subject (parameters
+    """The TOTP read for ``count`` accounts at once, with each row's subject (parameters
     s0..s{count-1}, as linked_many's): a batch of proofs reads its enrolments in one statement."""
     subjects = [bindparam(f"s{i}", type_=String) for i in range(count)]
     return HotStatement(
         f"accounts.totp_many[{count}]",
-        _TOTP_OF_ANY.add_columns(totp_enrolments.c.subject.label("enrolment_subject")).where(
+        _TOTP_WITH_KEY.add_columns(totp_enrolments.c.subject.label("enrolment_subject")).where(
             totp_enrolments.c.subject.in_(subjects)
         ),
     )
@@ -254,13 +252,9 @@ class AccountRepository:
         linked = (await _LINKED.run(self._conn, params)).all()
         return snapshot_from(subject, row, linked)
 
-    async def totp(self, subject: str) -> TotpFound | None:
-        """The enrolment and the account's data key row (for DataKeys.decrypt_with)."""
-        row = (await _TOTP.run(self._conn, {"subject": subject})).first()
-        return None if row is None else _totp_found(row)
-
     async def totp_many(self, subjects: Sequence[str]) -> dict[str, TotpFound]:
-        """``totp`` for several accounts in one statement: those enrolled, by subject."""
+        """The TOTP enrolments of these accounts with their data key rows (for
+        DataKeys.decrypt_with), in one statement: those enrolled, by subject."""
         rows = await totp_many(len(subjects)).run(
             self._conn, {f"s{i}": s for i, s in enumerate(subjects)}
         )
