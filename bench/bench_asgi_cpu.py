@@ -80,8 +80,14 @@ class Lifespan:
         await self._task
 
 
-async def call(app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    """One POST through the app; its status."""
+async def call(
+    app: ASGIApp,
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    answer: list[bytes] | None = None,
+) -> int:
+    """One POST through the app; its status (and its body's chunks appended to ``answer``)."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -112,6 +118,8 @@ async def call(app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, 
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif answer is not None and message["type"] == "http.response.body":
+            answer.append(message.get("body", b""))
 
     await app(scope, receive, send)
     disconnected.set()

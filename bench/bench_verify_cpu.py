@@ -29,54 +29,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.bench_asgi_cpu import ASGIApp, Lifespan, _apps, cpu_per_request, request_bodies
+from bench.bench_asgi_cpu import (
+    ASGIApp,
+    Lifespan,
+    _apps,
+    call,
+    cpu_per_request,
+    request_bodies,
+)
 from bench.bench_http import PG_ADMIN_URL, _unlock_environment
 from bench.bench_totp_verify import PARAMS, REQUEST, _source_ip
 from service.methods.totp import code_at
 
 CLIENTS = 32
-
-
-async def _call(
-    app: ASGIApp, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, bytes]:
-    """One POST through the app: its status and body."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-    delivered = False
-    disconnected = asyncio.Event()
-    status, chunks = 0, []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await disconnected.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    disconnected.set()
-    return status, b"".join(chunks)
 
 
 async def _phase(
@@ -89,8 +54,10 @@ async def _phase(
     gate = asyncio.Semaphore(CLIENTS)
 
     async def one(path: str, body: bytes) -> dict[str, Any]:
+        chunks: list[bytes] = []
         async with gate:
-            status, answer = await _call(app, path, body, headers)
+            status = await call(app, path, body, headers, chunks)
+        answer = b"".join(chunks)
         if status != expect:
             raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
         parsed: dict[str, Any] = json.loads(answer) if answer else {}
