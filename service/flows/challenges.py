@@ -615,8 +615,9 @@ async def prove_batch(
 ) -> list[_Accepted | _Later | Exception]:
     """Judge a batch of proofs in the caller's transaction, each within a savepoint: a proof
     that raises leaves nothing behind, a rejected one keeps its attempt and audit entry (its
-    error is its outcome) and an accepted one its writes. Their audit entries are integrated
-    at the end, in the same transaction. One COMMIT then settles them all."""
+    error is its outcome) and an accepted one its writes. Their audit entries are written at
+    the end, in the same transaction (audit_trail.DirectEntries). One COMMIT then settles them
+    all."""
     reads = await _read_for(conn, batch)
     entries = DirectEntries()
     outcomes: list[_Accepted | _Later | Exception] = []
@@ -633,7 +634,7 @@ async def prove_batch(
             entries.drop_since(mark)  # its savepoint undid its writes: its entries go too
             outcome = exc
         outcomes.append(outcome)
-    await entries.integrate_in(conn, batch[0].ctx)
+    await entries.write_in(conn, batch[0].ctx)
     return outcomes
 
 
