@@ -18,6 +18,7 @@ from service.sqlite_inline import BEGIN_IMMEDIATE, inline_creator
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_BATCHES_IN_FLIGHT = 2
+PG_PREPARED_STATEMENTS = 512
 _DEADLOCK_SQLSTATE = "40P01"
 
 
@@ -82,6 +83,11 @@ def create_engine(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # The group commits' reads are built per batch size (1..64) in five families (decision
+        # inputs, linked identities, a proof batch's requests, challenges and enrolments): with
+        # SQLAlchemy's default of 100 prepared statements per connection they evict each other
+        # and are prepared again and again.
+        connect_args={"prepared_statement_cache_size": PG_PREPARED_STATEMENTS},
     )
 
 
