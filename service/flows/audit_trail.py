@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -73,15 +73,27 @@ class DirectEntries:
             await store.enqueue_batch(self._payloads)
             return
         ids = await store.reserve_inbox_ids(len(self._payloads))
-        integrated = await integrate_in(
-            conn,
-            ctx.signer,
-            ctx.audit_origin,
-            ctx.settings.audit_batch_size,
-            wait=True,
-            direct=[InboxRow(i, p) for i, p in zip(ids, self._payloads, strict=True)],
+        await integrate_direct_in(
+            conn, ctx, [InboxRow(i, p) for i, p in zip(ids, self._payloads, strict=True)]
         )
-        assert integrated is not None  # with wait=True it integrates, the direct entries included
+
+
+async def integrate_direct_in(
+    conn: AsyncConnection, ctx: ServiceContext, entries: Sequence[InboxRow]
+) -> dict[int, int]:
+    """Integrate ``entries`` (payloads under ids from AuditStore.reserve_inbox_ids) in ``conn``'s
+    transaction with the service's signer and origin, after any queued ones: inbox id -> log
+    index. Call it last (integrate_in's rule)."""
+    integrated = await integrate_in(
+        conn,
+        ctx.signer,
+        ctx.audit_origin,
+        ctx.settings.audit_batch_size,
+        wait=True,
+        direct=entries,
+    )
+    assert integrated is not None  # with wait=True it integrates, the direct entries included
+    return integrated
 
 
 async def record_in(
