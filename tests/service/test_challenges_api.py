@@ -428,17 +428,18 @@ def test_every_method_is_checked_in_exactly_one_way() -> None:
     assert at_once == {Method.TOTP, Method.SMS}  # the checks that are microseconds of CPU
 
 
-def test_concurrent_proofs_share_a_commit_yet_each_gets_its_own_outcome(api: Api) -> None:
-    """Proofs commit in groups (challenges.proof_batches): the accepted one is approved, the
-    rejected one's attempt counts, the malformed one counts against no one, and the unknown
-    challenge is a 404 — as if each had its own transaction."""
-    limit = api.ctx.policy.limits.challenge_attempts
-    ready = {}
-    for name in ("right", "wrong", "missing"):
-        secret = _enrol_totp(api, f"acct-batch-{name}", at=previous_step())
-        decision = _request(api, f"acct-batch-{name}")
-        ready[name] = (secret, decision["id"], _start(api, decision["id"], "totp").json()["id"])
-    other = _request(api, "acct-batch-none")["id"]
+def _open_totp_challenge(api: Api, account_id: str) -> tuple[str, str, str]:
+    """(secret, request id, challenge id) of a new TOTP challenge on a confirmed enrolment."""
+    secret = _enrol_totp(api, account_id, at=previous_step())
+    decision = _request(api, account_id)
+    return secret, decision["id"], _start(api, decision["id"], "totp").json()["id"]
+
+
+def _prove_together(
+    api: Api, proofs: list[tuple[str, str, dto.VerifyIn]]
+) -> tuple[list[Any], list[int]]:
+    """Submit (request id, challenge id, proof) concurrently through a group commit of proofs
+    that records its batch sizes: each outcome (the answer or the error) and the sizes."""
     batches: list[int] = []
 
     async def recording(conn: Any, batch: Any) -> Any:
@@ -446,8 +447,6 @@ def test_concurrent_proofs_share_a_commit_yet_each_gets_its_own_outcome(api: Api
         return await challenges.prove_batch(conn, batch)
 
     ctx = dataclasses.replace(api.ctx, proofs=GroupCommit(api.ctx.engine, recording))
-    code = code_at(ready["right"][0], datetime.now(UTC), PARAMS)
-    wrong = f"{(int(code_at(ready['wrong'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
 
     async def attempt(request_id: str, challenge_id: str, proof: dto.VerifyIn) -> Any:
         try:
@@ -456,14 +455,33 @@ def test_concurrent_proofs_share_a_commit_yet_each_gets_its_own_outcome(api: Api
             return exc
 
     async def together() -> list[Any]:
-        return await asyncio.gather(
-            attempt(*ready["right"][1:], dto.VerifyIn(code=code)),
-            attempt(*ready["wrong"][1:], dto.VerifyIn(code=wrong)),
-            attempt(*ready["missing"][1:], dto.VerifyIn()),
-            attempt(other, "00000000-0000-0000-0000-000000000000", dto.VerifyIn(code=code)),
-        )
+        return await asyncio.gather(*(attempt(*p) for p in proofs))
 
-    accepted, rejected, missing, unknown = api.run(together)
+    outcomes: list[Any] = api.run(together)
+    return outcomes, batches
+
+
+def test_concurrent_proofs_share_a_commit_yet_each_gets_its_own_outcome(api: Api) -> None:
+    """Proofs commit in groups (challenges.proof_batches): the accepted one is approved, the
+    rejected one's attempt counts, the malformed one counts against no one, and the unknown
+    challenge is a 404 — as if each had its own transaction."""
+    limit = api.ctx.policy.limits.challenge_attempts
+    ready = {
+        name: _open_totp_challenge(api, f"acct-batch-{name}")
+        for name in ("right", "wrong", "missing")
+    }
+    other = _request(api, "acct-batch-none")["id"]
+    code = code_at(ready["right"][0], datetime.now(UTC), PARAMS)
+    wrong = f"{(int(code_at(ready['wrong'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
+    (accepted, rejected, missing, unknown), batches = _prove_together(
+        api,
+        [
+            (*ready["right"][1:], dto.VerifyIn(code=code)),
+            (*ready["wrong"][1:], dto.VerifyIn(code=wrong)),
+            (*ready["missing"][1:], dto.VerifyIn()),
+            (other, "00000000-0000-0000-0000-000000000000", dto.VerifyIn(code=code)),
+        ],
+    )
     assert max(batches) > 1, batches  # they did share a transaction
     assert isinstance(accepted, dto.DecisionOut)
     assert accepted.status == "approved"
@@ -489,27 +507,8 @@ def test_two_requests_of_one_account_in_one_batch_accept_a_code_once(api: Api) -
     for _ in range(2):
         decision = _request(api, "acct-twice")
         pairs.append((decision["id"], _start(api, decision["id"], "totp").json()["id"]))
-    batches: list[int] = []
-
-    async def recording(conn: Any, batch: Any) -> Any:
-        batches.append(len(batch))
-        return await challenges.prove_batch(conn, batch)
-
-    ctx = dataclasses.replace(api.ctx, proofs=GroupCommit(api.ctx.engine, recording))
     code = code_at(secret, datetime.now(UTC), PARAMS)
-
-    async def attempt(request_id: str, challenge_id: str) -> Any:
-        try:
-            return await challenges.verify(
-                ctx, "batch", request_id, challenge_id, dto.VerifyIn(code)
-            )
-        except Exception as exc:
-            return exc
-
-    async def together() -> list[Any]:
-        return await asyncio.gather(*(attempt(*pair) for pair in pairs))
-
-    outcomes = api.run(together)
+    outcomes, batches = _prove_together(api, [(*pair, dto.VerifyIn(code)) for pair in pairs])
     assert batches == [2]  # one batch: the case the shared read must get right
     accepted = [o for o in outcomes if isinstance(o, dto.DecisionOut)]
     rejected = [o for o in outcomes if isinstance(o, ProofRejected)]
@@ -580,41 +579,22 @@ def test_a_proof_that_fails_after_writing_its_entry_leaves_no_entry(
     """A proof whose savepoint rolls back drops the entries it had added to the batch's, and
     the other proofs of the batch keep theirs."""
     api = api_without_integrator
-    ready = {}
-    for name in ("fails", "rejected"):
-        secret = _enrol_totp(api, f"acct-drop-{name}", at=previous_step())
-        decision = _request(api, f"acct-drop-{name}")
-        ready[name] = (secret, decision["id"], _start(api, decision["id"], "totp").json()["id"])
+    ready = {name: _open_totp_challenge(api, f"acct-drop-{name}") for name in ("fails", "rejected")}
 
     async def broken_outbox(self: Any, events: Any, now: Any) -> None:
         # After the accepted attempt's entry was added (approve_in writes the outbox first).
         raise RuntimeError("outbox unavailable")
 
     monkeypatch.setattr(challenges.ChallengeRepository, "enqueue_many", broken_outbox)
-    batches: list[int] = []
-
-    async def recording(conn: Any, batch: Any) -> Any:
-        batches.append(len(batch))
-        return await challenges.prove_batch(conn, batch)
-
-    ctx = dataclasses.replace(api.ctx, proofs=GroupCommit(api.ctx.engine, recording))
     right = code_at(ready["fails"][0], datetime.now(UTC), PARAMS)
     wrong = f"{(int(code_at(ready['rejected'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
-
-    async def attempt(request_id: str, challenge_id: str, code: str) -> Any:
-        try:
-            return await challenges.verify(
-                ctx, "batch", request_id, challenge_id, dto.VerifyIn(code)
-            )
-        except Exception as exc:
-            return exc
-
-    async def together() -> list[Any]:
-        return await asyncio.gather(
-            attempt(*ready["fails"][1:], right), attempt(*ready["rejected"][1:], wrong)
-        )
-
-    failed, rejected = api.run(together)
+    (failed, rejected), batches = _prove_together(
+        api,
+        [
+            (*ready["fails"][1:], dto.VerifyIn(right)),
+            (*ready["rejected"][1:], dto.VerifyIn(wrong)),
+        ],
+    )
     assert batches == [2]
     assert isinstance(failed, RuntimeError)
     assert isinstance(rejected, ProofRejected)
