@@ -106,6 +106,10 @@ class _Compiled:
                 )
             except KeyError:
                 pass  # a parameter set of other names (executemany): as SQLAlchemy has it
+        return self.constructed(params)
+
+    def constructed(self, params: Params) -> tuple[Any, ...]:
+        """The parameters by SQLAlchemy's construct_params, processed: what the plan saves."""
         values = self.compiled.construct_params(params, escape_names=False)
         return tuple(
             values[name] if process is None else process(values[name])

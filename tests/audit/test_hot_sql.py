@@ -278,12 +278,6 @@ async def _restart_sequences(conn: AsyncConnection) -> None:
         )
 
 
-def _constructed(compiled: Any, params: Mapping[str, Any] | None) -> tuple[Any, ...]:
-    """The positional parameters as SQLAlchemy's construct_params gives them, processed."""
-    values = compiled.compiled.construct_params(params or {}, escape_names=False)
-    return tuple(v if p is None else p(v) for v, p in ((values[n], p) for n, p in compiled.binds))
-
-
 def _rows(result: Rows) -> list[list[tuple[str, type, Any]]]:
     return [[(k, type(v), v) for k, v in row._asdict().items()] for row in result]
 
@@ -350,7 +344,9 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
                     # agrees with SQLAlchemy's construct_params for this parameter set.
                     assert compiled.plan is not None, label
                     for one in [params] if params is None or isinstance(params, dict) else params:
-                        assert compiled.parameters(one or {}) == _constructed(compiled, one), label
+                        assert compiled.parameters(one or {}) == compiled.constructed(one or {}), (
+                            label
+                        )
                     compared.append(label)
                     if after_in_place != before:
                         changed.append(label)
