@@ -13,6 +13,12 @@ proof; then ``N`` POST /echo on the trivial app, the same way. The report gives 
 the median of the rounds' ratios (trivial ÷ verify CPU per request). A round waits out a TOTP
 step that would end before its proofs are checked. With ``--database postgres`` the database
 server's own CPU is not counted (it is another process).
+
+``--instructions`` counts the instructions per proof instead, under valgrind's callgrind, as
+``bench_asgi_cpu --instructions`` does for the decision (whatever else this VM does, two runs of
+the same code agree to a fraction of a percent, where CPU time moves by a fifth between rounds):
+one process, a warm-up round uncounted, then one round whose proofs alone are counted. Slow (a
+few minutes); ``--proofs`` defaults to 256 there, so a round's codes stay within their step.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_asgi_cpu import (
+    _COLLECTED,
     ASGIApp,
     Lifespan,
     _apps,
+    _callgrind,
     call,
     cpu_per_request,
     request_bodies,
@@ -106,10 +117,74 @@ async def prepare(
     return [(d["id"], c["id"], s) for d, c, s in zip(decisions, challenges, secrets, strict=True)]
 
 
+def _proofs(prepared: list[tuple[str, str, str]]) -> list[tuple[str, bytes]]:
+    """Each prepared challenge's verify call with its right code for now."""
+    now = datetime.now(UTC)
+    return [
+        (
+            f"/v1/unlock-requests/{r}/challenges/{c}/verify",
+            json.dumps({"code": code_at(s, now, PARAMS)}).encode(),
+        )
+        for r, c, s in prepared
+    ]
+
+
+def _headers(key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
+
+
+async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str) -> None:
+    """Under callgrind: a warm-up round, then a round whose verify calls alone are counted."""
+    trivial, service, _ = _apps(env, key)
+    headers = _headers(key)
+    async with Lifespan(trivial), Lifespan(service):
+        for first, counted in ((0, False), (args.proofs, True)):
+            prepared = await prepare(service, headers, first, args.proofs)
+            await _step_clear(20.0)
+            proofs = _proofs(prepared)
+            if counted:
+                _callgrind(True)
+            await _phase(service, headers, proofs, 200)
+            if counted:
+                _callgrind(False)
+
+
+def count_instructions(args: argparse.Namespace, env: dict[str, str], key: str) -> float:
+    """Instructions per TOTP verify (the child under callgrind, see counted_child)."""
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"--instructions needs {tool} (Debian's valgrind package)")
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "bench.bench_verify_cpu",
+        "--child",
+        "--proofs",
+        str(args.proofs),
+        "--database",
+        args.database,
+    ]
+    child_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")},
+        **env,
+        "FAIRUNLOCK_BENCH_KEY": key,
+    }
+    done = subprocess.run(command, env=child_env, capture_output=True, text=True, check=False)
+    found = _COLLECTED.findall(done.stderr)
+    if done.returncode != 0 or not found or int(found[-1]) == 0:
+        raise RuntimeError(f"verify under callgrind failed: {done.stderr[-2000:]}")
+    proofs: int = args.proofs
+    return int(found[-1]) / proofs
+
+
 async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
     trivial, service, routes = _apps(env, key)
     _, echo_path, echo_headers, echo_status = routes["echo"]
-    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {key}".encode())]
+    headers = _headers(key)
     samples: dict[str, list[float]] = {"echo": [], "verify": []}
     echo_numbers = itertools.count()
     async with Lifespan(trivial), Lifespan(service):
@@ -118,14 +193,7 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
             prepared = await prepare(service, headers, first, args.proofs)
             first += args.proofs
             await _step_clear(10.0)
-            now = datetime.now(UTC)
-            proofs = [
-                (
-                    f"/v1/unlock-requests/{r}/challenges/{c}/verify",
-                    json.dumps({"code": code_at(s, now, PARAMS)}).encode(),
-                )
-                for r, c, s in prepared
-            ]
+            proofs = _proofs(prepared)
             started = time.process_time()
             await _phase(service, headers, proofs, 200)
             verify_us = (time.process_time() - started) * 1e6 / len(proofs)
@@ -152,15 +220,36 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--proofs", type=int, default=1024, help="proofs per round")
+    parser.add_argument(
+        "--proofs", type=int, default=None, help="proofs per round (1024; 256 with --instructions)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per proof (callgrind)"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.proofs is None:
+        args.proofs = 256 if args.instructions or args.child else 1024
     if args.proofs < CLIENTS or args.proofs % CLIENTS:
         parser.error(f"--proofs must be a multiple of {CLIENTS}")
     args.log_level = "warning"
+    if args.child:  # the counted process, in the parent's environment
+        asyncio.run(counted_child(args, dict(os.environ), os.environ["FAIRUNLOCK_BENCH_KEY"]))
+        return
+    if args.instructions:
+        with _unlock_environment(args) as (env, key):
+            per_proof = count_instructions(args, env, key)
+        print(f"\n{args.database}, {CLIENTS} clients: {per_proof:,.0f} instructions per verify")
+        if args.output is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(
+                json.dumps({"benchmark": "verify_instructions", "instructions": per_proof}) + "\n"
+            )
+        return
     with _unlock_environment(args) as (env, key):
         result = asyncio.run(measure(args, env, key))
     print(
