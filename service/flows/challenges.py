@@ -30,7 +30,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import EntryKind, JSONValue
 from audit.hot_sql import savepoint
-from audit.store import AuditStore
 from policy.model import Method, ReviewReason
 from service import dto
 from service.adapters.sms import SmsDeliveryError
@@ -675,7 +674,17 @@ async def _prove_in(
         try:
             # No savepoint of its own: what _succeed_in wrote before a _ProofUsed may commit.
             row, index = await _succeed_in(
-                conn, ctx, proof.actor, loaded, challenge, method, now, checked, attempt_id, entries
+                conn,
+                ctx,
+                proof.actor,
+                loaded,
+                challenge,
+                method,
+                now,
+                checked,
+                attempt_id,
+                entries,
+                read_here=True,
             )
             return _Accepted(row, index, loaded.stored)
         except _ProofUsed:
@@ -936,10 +945,13 @@ async def _succeed_in(
     checked: Checked,
     attempt_id: str | None,
     entries: DirectEntries | None = None,
+    *,
+    read_here: bool = False,
 ) -> tuple[UnlockRequestRow, int | None]:
     """An accepted proof's writes in the caller's transaction: the request row after them and its
     log index (None while pending). Raises _ProofUsed when another request used the proof first,
-    having written nothing (see below for the one exception, which is safe to commit)."""
+    having written nothing (see below for the one exception, which is safe to commit).
+    ``read_here``: ``loaded.request`` was read in this transaction and is unchanged since."""
     repo = ChallengeRepository(conn)
     # The proof first, then the challenge: a proof another request used writes nothing here.
     # The challenge cannot then fail to complete when its attempt was reserved in this same
@@ -954,7 +966,10 @@ async def _succeed_in(
     if not won:
         # Another request used this proof first: exactly one wins (ASVS4-2.8.5).
         raise _ProofUsed
-    state = await repo.lock_request(ch.unlock_request_id)
+    # A batch of proofs read the row in this transaction and nothing here has changed it since.
+    state = await repo.lock_request(
+        ch.unlock_request_id, read_here=loaded.request if read_here else None
+    )
     assert state is not None  # the request exists: it was loaded above and is never deleted
     status, factors, review_reason = state
     proven = set(factors) | {method.value}
@@ -995,9 +1010,8 @@ async def _succeed_in(
         factors_satisfied=json.dumps(sorted(proven)),
         review_reason=review_reason,
     )
-    # The decision's entry was integrated when it was made: read its index here rather
-    # than in a transaction of its own afterwards.
-    return row, await AuditStore(conn).index_of(row.audit_inbox_id)
+    # The decision's log index came with the request's row (integrated when it was made).
+    return row, row.audit_index
 
 
 async def _answer(

@@ -487,11 +487,10 @@ async def get(ctx: ServiceContext, request_id: str) -> dto.DecisionOut:
         row = await UnlockRequestRepository(conn).get(request_id)
         if row is None:
             raise UnlockRequestNotFound("No unlock request with this id.")
-        index = await AuditStore(conn).index_of(row.audit_inbox_id)
         # Issue 6: the request's review case and its outcome (review imports this module).
         from service.flows import review
 
-        return (await review.attach_in(conn, ctx, [view(ctx, row, index, now)]))[0]
+        return (await review.attach_in(conn, ctx, [view(ctx, row, row.audit_index, now)]))[0]
 
 
 def view(
@@ -546,8 +545,7 @@ async def list_for_account(ctx: ServiceContext, account_id: str) -> list[dto.Dec
     subject = ctx.data_keys.pseudonymize(account_id)
     async with ctx.engine.connect() as conn:
         rows = await UnlockRequestRepository(conn).for_subject(subject, MAX_LISTED)
-        store = AuditStore(conn)
-        views = [view(ctx, row, await store.index_of(row.audit_inbox_id), now) for row in rows]
+        views = [view(ctx, row, row.audit_index, now) for row in rows]
         # Issue 6: review cases and their outcomes (review imports this module).
         from service.flows import review
 

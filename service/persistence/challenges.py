@@ -36,6 +36,7 @@ from service.persistence.tables import (
     unlock_requests,
     verification_attempts,
 )
+from service.persistence.unlock_requests import UnlockRequestRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,11 +402,23 @@ class ChallengeRepository:
     # --- the unlock request's factors and outcome --------------------------------------------
 
     async def lock_request(
-        self, unlock_request_id: str
+        self, unlock_request_id: str, *, read_here: UnlockRequestRow | None = None
     ) -> tuple[str, list[str], str | None] | None:
         """Status, satisfied factors and review reason, locked for this transaction on PostgreSQL
-        (SQLite's BEGIN IMMEDIATE already serialises writers)."""
+        (SQLite's BEGIN IMMEDIATE already serialises writers).
+
+        ``read_here``: the row as this transaction read it, unchanged since (the caller's
+        promise). On SQLite nothing else can have written it since the transaction began, so it
+        is the state, without a statement; PostgreSQL reads and locks the row all the same."""
         postgres = self._conn.dialect.name == "postgresql"
+        if read_here is not None and not postgres:
+            if read_here.id != unlock_request_id:
+                raise ValueError("read_here is another request's row")
+            return (
+                read_here.status,
+                list(json.loads(read_here.factors_satisfied)),
+                read_here.review_reason,
+            )
         stmt = _REQUEST_STATE_FOR_UPDATE if postgres else _REQUEST_STATE
         row = (await stmt.run(self._conn, {"p_id": unlock_request_id})).first()
         if row is None:

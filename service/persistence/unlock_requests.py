@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.hot_sql import HotStatement
+from audit.store import audit_log
 from policy.model import Method, RequestHistory
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.persistence import UtcDateTime
@@ -49,6 +50,9 @@ class UnlockRequestRow:
     source_index: str | None
     created_at: datetime
     expires_at: datetime
+    # The log index of the decision's audit entry (audit_log.seq through audit_inbox_id), read
+    # with the row: None only while that entry waits in the inbox.
+    audit_index: int | None
 
 
 _COLUMNS = (
@@ -64,6 +68,12 @@ _COLUMNS = (
     unlock_requests.c.source_index,
     unlock_requests.c.created_at,
     unlock_requests.c.expires_at,
+    audit_log.c.seq.label("audit_index"),
+)
+# Every read of a request carries its decision's log index: a proof's answer and a GET need it,
+# and a join on audit_log's unique inbox_id costs less than a statement of its own.
+_WITH_INDEX = unlock_requests.outerjoin(
+    audit_log, audit_log.c.inbox_id == unlock_requests.c.audit_inbox_id
 )
 
 
@@ -124,7 +134,8 @@ def decision_inputs_statement(count: int) -> HotStatement:
 _INSERT = HotStatement("unlock_requests.insert", insert(unlock_requests))
 # Built once (see service/persistence/challenges.py): read on every proof and every GET.
 _GET = HotStatement(
-    "unlock_requests.get", select(*_COLUMNS).where(unlock_requests.c.id == bindparam("p_id"))
+    "unlock_requests.get",
+    select(*_COLUMNS).select_from(_WITH_INDEX).where(unlock_requests.c.id == bindparam("p_id")),
 )
 
 
@@ -135,7 +146,7 @@ def get_many_statement(count: int) -> HotStatement:
     ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
     return HotStatement(
         f"unlock_requests.get_many[{count}]",
-        select(*_COLUMNS).where(unlock_requests.c.id.in_(ids)),
+        select(*_COLUMNS).select_from(_WITH_INDEX).where(unlock_requests.c.id.in_(ids)),
     )
 
 
@@ -209,6 +220,7 @@ class UnlockRequestRepository:
         rows = (
             await self._conn.execute(
                 select(*_COLUMNS)
+                .select_from(_WITH_INDEX)
                 .where(unlock_requests.c.subject == subject)
                 .order_by(unlock_requests.c.created_at.desc(), unlock_requests.c.id)
                 .limit(limit)
