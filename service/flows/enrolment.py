@@ -48,6 +48,8 @@ def consent_state(consent: ConsentRecord | None, current_version: str) -> Consen
 
 
 async def _writable(repo: AccountRepository, subject: str, now: datetime) -> None:
+    # Held first: an erasure either committed before (ensure sees it) or waits for this commit.
+    await repo.hold_for_writing([subject])
     if not await repo.ensure(subject, now):
         raise AccountErased("This account's personal data was erased; it cannot be enrolled again.")
 
@@ -285,8 +287,11 @@ async def erase(ctx: ServiceContext, actor: str, account_id: str) -> tuple[bool,
     now = ctx.clock()
     subject = ctx.data_keys.pseudonymize(account_id)
     async with ctx.engine.begin() as conn:
-        existed = await ctx.data_keys.destroy(conn, account_id)
         repo = AccountRepository(conn)
+        # Decisions and enrolments in flight for the account commit first; the rows they wrote
+        # are then cleared below like every other.
+        await repo.hold_for_erasure(subject)
+        existed = await ctx.data_keys.destroy(conn, account_id)
         await repo.withdraw_consent(subject, now)
         await repo.erase(subject, now)
         await UnlockRequestRepository(conn).forget_account_id(subject)

@@ -43,7 +43,7 @@ from service.flows.audit_trail import index_of, integrate_direct_in
 from service.flows.enrolment import consent_state
 from service.group_commit import GroupCommit
 from service.ids import new_id
-from service.persistence.accounts import AccountSnapshot
+from service.persistence.accounts import AccountRepository, AccountSnapshot
 from service.persistence.unlock_requests import (
     DecisionInputs,
     UnlockRequestRepository,
@@ -358,6 +358,9 @@ async def decide_batch(
     ctx = batch[0].ctx
     policy = ctx.policy
     thresholds = policy.thresholds
+    # Before the reads: an erasure of one of these accounts either committed before them (the
+    # reads see it) or waits for this batch's commit and then clears its rows (PostgreSQL).
+    await AccountRepository(conn).hold_for_writing([r.subject for r in batch])
     # One clock for the reads' windows: the batch's requests arrived within one batch period.
     inputs = await UnlockRequestRepository(conn).decision_inputs(
         [r.subject for r in batch],

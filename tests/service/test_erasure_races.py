@@ -1,0 +1,102 @@
+"""Erasure against a decision made at the same moment: whichever commits first, no decision row
+keeps the erased account's id (the erasure clears every row it can see, so a decision must not
+commit a row after the erasure has looked).
+
+SQLite serialises the two by its write lock (BEGIN IMMEDIATE). PostgreSQL runs them on two
+connections under READ COMMITTED, where only a lock both take keeps the decision's insert from
+landing after the erasure's clearing."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import msgspec
+
+from service import dto
+from service.flows import enrolment, unlock
+from service.persistence.accounts import AccountRepository
+from service.persistence.unlock_requests import UnlockRequestRepository
+from tests.service.conftest import PERSONA_REQUEST, Api
+
+ACCOUNT = "acct-erase-race"
+# Long enough for an erasure that nothing holds back to commit, on a slow CI machine too.
+ERASURE_HEAD_START_S = 0.5
+
+
+def _decision_request(api: Api, account_id: str) -> unlock.DecisionRequest:
+    raw = copy.deepcopy(PERSONA_REQUEST)
+    raw["account_id"] = account_id
+    body = msgspec.convert(raw, dto.UnlockRequestIn, strict=False)
+    ctx = api.ctx
+    return unlock.DecisionRequest(
+        ctx=ctx,
+        actor="test-frontend",
+        body=body,
+        facts=unlock.to_facts(body),
+        subject=ctx.data_keys.pseudonymize(account_id),
+        context_json=msgspec.json.encode(body.context),
+        now=ctx.clock(),
+    )
+
+
+def test_an_erasure_during_a_decision_leaves_the_decision_without_the_account_id(
+    api: Api,
+) -> None:
+    phone = api.client.put(
+        f"/v1/accounts/{ACCOUNT}/phone",
+        json={"phone": "+8613800005678", "verified": True},
+        headers=api.headers(),
+    )
+    assert phone.status_code == 200, phone.text
+    request = _decision_request(api, ACCOUNT)
+    ctx = api.ctx
+
+    async def race() -> str:
+        # The decision's transaction is open, its row written, when the erasure starts.
+        async with ctx.engine.begin() as conn:
+            [outcome] = await unlock.decide_batch(conn, [request])
+            assert not isinstance(outcome, Exception), outcome
+            erasure = asyncio.create_task(enrolment.erase(ctx, "test-admin", ACCOUNT))
+            await asyncio.sleep(ERASURE_HEAD_START_S)
+        existed, _ = await erasure
+        assert existed
+        return outcome.out.id
+
+    request_id = api.run(race)
+
+    async def sealed() -> str | None:
+        async with ctx.engine.connect() as conn:
+            row = await UnlockRequestRepository(conn).get(request_id)
+            assert row is not None
+            return row.account_id_sealed
+
+    assert api.run(sealed) is None
+    answer = api.client.get(f"/v1/unlock-requests/{request_id}", headers=api.headers())
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["account_id"] == unlock.ERASED
+
+
+def test_an_erasure_waits_for_the_accounts_writers_in_flight(api: Api) -> None:
+    # What enrolment's writes rely on (they hold the account as decisions do), shown on the
+    # locks themselves: the erasure's turn comes only once the writer has committed.
+    subject = api.ctx.data_keys.pseudonymize(ACCOUNT)
+    engine = api.ctx.engine
+
+    async def order() -> list[str]:
+        events: list[str] = []
+
+        async def erase() -> None:
+            async with engine.begin() as conn:
+                await AccountRepository(conn).hold_for_erasure(subject)
+                events.append("erasure holds the account")
+
+        async with engine.begin() as conn:
+            await AccountRepository(conn).hold_for_writing([subject, "another-subject"])
+            erasure = asyncio.create_task(erase())
+            await asyncio.sleep(ERASURE_HEAD_START_S)
+            events.append("writer commits")
+        await erasure
+        return events
+
+    assert api.run(order) == ["writer commits", "erasure holds the account"]
