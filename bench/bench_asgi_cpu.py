@@ -24,7 +24,11 @@ decision alone (``service.flows.unlock.create`` called by the clients directly: 
 commit, the policy, the audit integration and SQLite, no HTTP). Each runs in its own process
 under callgrind, measured only after a warm-up (``callgrind_control`` switches counting on and
 off). The decision alone is the A/B instrument for that path: its clients resubmit at once, so
-every batch holds all of them and two runs of the same code agree to ~0.05 %. Slow: about a
+every batch holds all of them and two runs of the same code agree to ~0.05 %. The unlock route's
+count moves by several percent between runs with the sizes its batches happen to take, so the
+route without the decision is a target of its own: ``route``, POST /v1/unlock-requests with
+``unlock.create`` answering one decision made beforehand (authentication, middleware, body
+validation, the answer's encoding; no batches, so as steady as the decision's). Slow: about a
 minute per target.
 """
 
@@ -223,10 +227,10 @@ async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> di
     }
 
 
-TARGETS = ("echo", "unlock", "decision")
+TARGETS = ("echo", "unlock", "decision", "route")
 # Where each target's account numbers start: the children share one database, and the decision
 # child must not meet the accounts the unlock child gave history to.
-FIRST_NUMBER = {"echo": 0, "unlock": 0, "decision": 50_000}
+FIRST_NUMBER = {"echo": 0, "unlock": 0, "decision": 50_000, "route": 90_000}
 WARM_UP = 512
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -278,6 +282,9 @@ async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str)
             await decide(WARM_UP, counted=False)
             await decide(args.requests, counted=True)
             return
+        if target == "route":
+            await route_without_decision(service, numbers)
+            target = "unlock"
         app, path, headers, expect = routes[target]
         await post_all(
             app, path, headers, request_bodies(WARM_UP, args.concurrency, numbers), expect
@@ -286,6 +293,23 @@ async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str)
         _callgrind(True)
         await post_all(app, path, headers, bodies, expect)
         _callgrind(False)
+
+
+async def route_without_decision(service: Any, numbers: Iterator[int]) -> None:
+    """Make the service's unlock route answer every request with one decision made now (the
+    ``route`` target): what remains is the route's own work around the flow."""
+    import msgspec
+
+    from service import dto
+    from service.flows import unlock
+
+    body = msgspec.json.decode(request_bodies(1, 1, numbers)[0][0], type=dto.UnlockRequestIn)
+    made = await unlock.create(service.state.ctx, "bench", body)
+
+    async def answer(ctx: Any, actor: str, body: dto.UnlockRequestIn) -> unlock.CreatedDecision:
+        return made
+
+    unlock.create = answer
 
 
 def _counted_requests(args: argparse.Namespace, target: str) -> int:
