@@ -267,7 +267,7 @@ class AccountRepository:
     async def hold_for_writing(self, subjects: Sequence[str]) -> None:
         """Keep these accounts' erasure out until this transaction ends (see account_lock_key);
         an erasure that committed before is seen by every read after this."""
-        if self._conn.dialect.name != "postgresql":
+        if self._conn.dialect.name != "postgresql" or not subjects:
             return
         keys = sorted({account_lock_key(subject) for subject in subjects})
         params = {f"k{i}": key for i, key in enumerate(keys)}
