@@ -4,14 +4,12 @@ and writes rows inside the connection it is given."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     ScalarSelect,
     Select,
@@ -30,6 +28,11 @@ from audit.hot_sql import HotStatement
 from policy.model import TotpState
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.ids import new_id
+from service.persistence.locks import (
+    ADVISORY_XACT_LOCK,
+    advisory_lock_key,
+    advisory_xact_locks_shared,
+)
 from service.persistence.tables import (
     accounts,
     face_consents,
@@ -223,29 +226,7 @@ def snapshot_from(subject: str, row: Any, linked: Sequence[Any]) -> AccountSnaps
 # it exclusively. Otherwise, under READ COMMITTED, a decision that read the account before an
 # erasure committed would insert a row with the account id after the erasure cleared the rows it
 # could see. SQLite needs none: BEGIN IMMEDIATE serialises every writer.
-def account_lock_key(subject: str) -> int:
-    """The advisory lock key of an account (the same scheme as ChallengeRepository.serialise)."""
-    digest = hashlib.sha256(f"account:{subject}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-@functools.lru_cache(maxsize=128)
-def account_locks_shared(count: int) -> HotStatement:
-    """``count`` accounts' locks, shared, in one statement (parameters k0..k{count-1}, taken
-    left to right: callers sort them)."""
-    keys = [bindparam(f"k{i}", type_=BigInteger) for i in range(count)]
-    return HotStatement(
-        f"locks.accounts_shared[{count}]",
-        select(*(func.pg_advisory_xact_lock_shared(k) for k in keys)),
-        only_on="postgresql",
-    )
-
-
-_ACCOUNT_LOCK_EXCLUSIVE = HotStatement(
-    "locks.account_exclusive",
-    select(func.pg_advisory_xact_lock(bindparam("k", type_=BigInteger))),
-    only_on="postgresql",
-)
+ACCOUNT_LOCK_SCOPE = "account"
 
 
 TotpFound = tuple[TotpRecord, KeyRow | None]
@@ -265,19 +246,20 @@ class AccountRepository:
         self._conn = conn
 
     async def hold_for_writing(self, subjects: Sequence[str]) -> None:
-        """Keep these accounts' erasure out until this transaction ends (see account_lock_key);
+        """Keep these accounts' erasure out until this transaction ends (see ACCOUNT_LOCK_SCOPE);
         an erasure that committed before is seen by every read after this."""
         if self._conn.dialect.name != "postgresql" or not subjects:
             return
-        keys = sorted({account_lock_key(subject) for subject in subjects})
+        keys = sorted({advisory_lock_key(ACCOUNT_LOCK_SCOPE, subject) for subject in subjects})
         params = {f"k{i}": key for i, key in enumerate(keys)}
-        await account_locks_shared(len(keys)).run(self._conn, params)
+        await advisory_xact_locks_shared(len(keys)).run(self._conn, params)
 
     async def hold_for_erasure(self, subject: str) -> None:
         """Wait for the account's writers in flight to commit and keep new ones out until this
         transaction ends."""
         if self._conn.dialect.name == "postgresql":
-            await _ACCOUNT_LOCK_EXCLUSIVE.run(self._conn, {"k": account_lock_key(subject)})
+            key = advisory_lock_key(ACCOUNT_LOCK_SCOPE, subject)
+            await ADVISORY_XACT_LOCK.run(self._conn, {"p_key": key})
 
     async def ensure(self, subject: str, now: datetime) -> bool:
         """Create the account row if missing; False if the account was erased."""

@@ -5,18 +5,15 @@ whose row count says whether this caller won."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
-    BigInteger,
     String,
     bindparam,
     delete,
-    func,
     insert,
     literal,
     select,
@@ -27,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.hot_sql import HotStatement
 from service.ids import new_id
+from service.persistence.locks import ADVISORY_XACT_LOCK, advisory_lock_key
 from service.persistence.tables import (
     challenges,
     outbox_events,
@@ -186,11 +184,6 @@ _UPDATE_REQUEST = HotStatement(
     ),
 )
 _INSERT_OUTBOX = HotStatement("outbox.insert", insert(outbox_events))
-_ADVISORY_XACT_LOCK = HotStatement(
-    "locks.advisory_xact",
-    select(func.pg_advisory_xact_lock(bindparam("p_key", type_=BigInteger))),
-    only_on="postgresql",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,9 +315,7 @@ class ChallengeRepository:
         e.g. an account's attempts at a method, or the texts to one number) until commit: an
         advisory lock on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers."""
         if self._conn.dialect.name == "postgresql":
-            digest = hashlib.sha256(f"{scope}:{key}".encode()).digest()
-            lock = int.from_bytes(digest[:8], "big", signed=True)
-            await _ADVISORY_XACT_LOCK.run(self._conn, {"p_key": lock})
+            await ADVISORY_XACT_LOCK.run(self._conn, {"p_key": advisory_lock_key(scope, key)})
 
     # When the failed attempts since ``since`` happened, oldest first: what throttling and
     # Retry-After are computed from.

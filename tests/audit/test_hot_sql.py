@@ -205,8 +205,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
         ],
         # PostgreSQL only (only_on); a session may take the same advisory lock again.
         "locks.advisory_xact": [{"p_key": -(2**63)}],
-        "locks.accounts_shared": [{"k0": -(2**63), "k1": 0, "k2": 2**63 - 1}],
-        "locks.account_exclusive": [{"k": 7}],
+        "locks.advisory_xact_shared": [{"k0": -(2**63), "k1": 0, "k2": 2**63 - 1}],
         "locks.try_integration": [None],
         "locks.wait_integration": [None],
         "audit_checkpoints.insert": [
@@ -226,14 +225,15 @@ def _statements(dialect: str) -> list[HotStatement]:
     """Every HotStatement the modules define for this database, with the sized families at the
     sizes used here."""
     from service.persistence import challenges, unlock_requests
-    from service.persistence.accounts import account_locks_shared, linked_many, totp_many
+    from service.persistence.accounts import linked_many, totp_many
+    from service.persistence.locks import advisory_xact_locks_shared
 
     unlock_requests.decision_inputs_statement(3)
     unlock_requests.get_many_statement(3)
     challenges.get_many_statement(3)
     linked_many(3)
     totp_many(3)
-    account_locks_shared(3)
+    advisory_xact_locks_shared(3)
     return [
         s
         for s in HOT_STATEMENTS
@@ -368,7 +368,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (55 if postgres else 50)
+    assert len(compared) == (54 if postgres else 50)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:
