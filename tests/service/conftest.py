@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -106,6 +107,15 @@ class Api:
             if until() or time.monotonic() > deadline:
                 return
             time.sleep(0.05)
+
+    def create_unlock_request(self, account_id: str) -> dict[str, Any]:
+        """POST PERSONA_REQUEST for ``account_id`` as the frontend; the decision (201)."""
+        body = copy.deepcopy(PERSONA_REQUEST)
+        body["account_id"] = account_id
+        r = self.client.post("/v1/unlock-requests", json=body, headers=self.headers())
+        assert r.status_code == 201, r.text
+        decision: dict[str, Any] = r.json()
+        return decision
 
     def count(self, table: str) -> int:
         async def count() -> int:

@@ -4,14 +4,13 @@ tests as the real adapters in tests/service/adapters)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Any
 
 import pytest
 
-from tests.service.conftest import PERSONA_REQUEST, Api
+from tests.service.conftest import Api
 
 SUBJECT = "248289761001"
 
@@ -35,15 +34,6 @@ def _consent(api: Api, account_id: str) -> None:
     assert r.status_code == 200
 
 
-def _request(api: Api, account_id: str) -> dict[str, Any]:
-    body = copy.deepcopy(PERSONA_REQUEST)
-    body["account_id"] = account_id
-    r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
-    assert r.status_code == 201, r.text
-    result: dict[str, Any] = r.json()
-    return result
-
-
 def _start(api: Api, request_id: str, method: str) -> Any:
     return api.client.post(
         f"/v1/unlock-requests/{request_id}/challenges",
@@ -65,7 +55,7 @@ def _verify(api: Api, request_id: str, challenge_id: str, **proof: Any) -> Any:
 
 def test_linked_identity_round_trip_approves(api: Api) -> None:
     _bind(api, "acct-o")
-    decision = _request(api, "acct-o")
+    decision = api.create_unlock_request("acct-o")
     started = _start(api, decision["id"], "linked_identity")
     assert started.status_code == 201
     url = started.json()["authorization_url"]
@@ -93,7 +83,7 @@ def test_linked_identity_refusals_carry_their_reason(
 ) -> None:
     api = sqlite_api
     _bind(api, "acct-x")
-    decision = _request(api, "acct-x")
+    decision = api.create_unlock_request("acct-x")
     started = _start(api, decision["id"], "linked_identity").json()
     subject = "someone-else" if tamper == "subject" else SUBJECT
     claims: dict[str, Any] | None = None
@@ -121,7 +111,7 @@ def test_linked_identity_refusals_carry_their_reason(
 
 def test_identity_that_is_not_real_name_verified_is_not_offered(sqlite_api: Api) -> None:
     _bind(sqlite_api, "acct-u", real_name=False)
-    decision = _request(sqlite_api, "acct-u")
+    decision = sqlite_api.create_unlock_request("acct-u")
     assert "linked_identity" not in [m["method"] for m in decision["offer"]["methods"]]
     assert _start(sqlite_api, decision["id"], "linked_identity").status_code == 409
 
@@ -148,7 +138,7 @@ def _attestation(api: Api, challenge_nonce: str, **overrides: Any) -> str:
 def _face_ready(api: Api, account_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     _bind(api, account_id)
     _consent(api, account_id)
-    decision = _request(api, account_id)
+    decision = api.create_unlock_request(account_id)
     assert decision["offer"]["methods"][-1]["method"] == "face"
     started = _start(api, decision["id"], "face")
     assert started.status_code == 201, started.text
@@ -190,7 +180,7 @@ def test_a_replayed_attestation_is_refused(sqlite_api: Api) -> None:
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 200
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 409
     # The request is approved now; on a new request's challenge the old nonce does not fit.
-    later = _request(api, "acct-replay")
+    later = api.create_unlock_request("acct-replay")
     second = _start(api, later["id"], "face").json()
     replay = _verify(api, later["id"], second["id"], attestation=token)
     assert replay.status_code == 422
@@ -232,7 +222,7 @@ def test_face_cannot_start_without_current_consent(sqlite_api: Api, consent: str
         api.app.state.ctx = dataclasses.replace(
             api.ctx, notice=dataclasses.replace(api.ctx.notice, version="2099-01-01.1")
         )
-    decision = _request(api, account)
+    decision = api.create_unlock_request(account)
     assert "face" not in [m["method"] for m in decision["offer"]["methods"]]
     r = _start(api, decision["id"], "face")
     assert r.status_code == 409

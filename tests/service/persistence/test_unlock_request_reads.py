@@ -4,7 +4,6 @@ it read in the same transaction instead of reading it again."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -13,20 +12,12 @@ from audit.hot_sql import in_place_sqlite
 from audit.store import AuditStore
 from service.persistence.challenges import ChallengeRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
-from tests.service.conftest import PERSONA_REQUEST, Api
-
-
-def _create(api: Api, account_id: str) -> dict[str, Any]:
-    body = copy.deepcopy(PERSONA_REQUEST)
-    body["account_id"] = account_id
-    response = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
-    assert response.status_code == 201, response.text
-    decision: dict[str, Any] = response.json()
-    return decision
+from tests.service.conftest import Api
 
 
 def test_request_rows_carry_their_decisions_log_index(api: Api) -> None:
-    first, second = _create(api, "acct-index-1"), _create(api, "acct-index-2")
+    first = api.create_unlock_request("acct-index-1")
+    second = api.create_unlock_request("acct-index-2")
     engine = api.app.state.engine
     subject = api.ctx.data_keys.pseudonymize("acct-index-1")
 
@@ -59,7 +50,7 @@ def test_request_rows_carry_their_decisions_log_index(api: Api) -> None:
 def test_request_state_from_the_row_read_here_is_the_state_read_and_on_sqlite_reads_nothing(
     api: Api,
 ) -> None:
-    decision = _create(api, "acct-state")
+    decision = api.create_unlock_request("acct-state")
     engine = api.app.state.engine
 
     async def states() -> tuple[Any, Any, list[str]]:
@@ -90,7 +81,8 @@ def test_request_state_from_the_row_read_here_is_the_state_read_and_on_sqlite_re
 def test_request_state_refuses_another_requests_row(sqlite_api: Api) -> None:
     # SQLite only: PostgreSQL reads the row itself and never looks at read_here.
     api = sqlite_api
-    one, other = _create(api, "acct-state-a"), _create(api, "acct-state-b")
+    one = api.create_unlock_request("acct-state-a")
+    other = api.create_unlock_request("acct-state-b")
     engine = api.app.state.engine
 
     async def mixed() -> None:
