@@ -317,45 +317,50 @@ def _counted_requests(args: argparse.Namespace, target: str) -> int:
     return requests * (4 if target == "echo" else 1)
 
 
-def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
-    """Instructions per request of each target, each in its own process under callgrind."""
+def require_callgrind() -> None:
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             raise SystemExit(f"--instructions needs {tool} (Debian's valgrind package)")
+
+
+def callgrind_count(
+    child: list[str], env: dict[str, str], key: str, out_file: str, what: str
+) -> int:
+    """Run ``python -m <child...>`` under callgrind, counting only where the child switches
+    counting on (``_callgrind``), with the bench's environment and key: the instructions counted."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out_file}",
+        sys.executable,
+        "-m",
+        *child,
+    ]
+    child_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")},
+        **env,
+        "FAIRUNLOCK_BENCH_KEY": key,
+    }
+    done = subprocess.run(command, env=child_env, capture_output=True, text=True, check=False)
+    found = _COLLECTED.findall(done.stderr)
+    if done.returncode != 0 or not found or int(found[-1]) == 0:
+        raise RuntimeError(f"{what} under callgrind failed: {done.stderr[-2000:]}")
+    return int(found[-1])
+
+
+def count_instructions(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """Instructions per request of each target, each in its own process under callgrind."""
+    require_callgrind()
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fu-callgrind-") as scratch:
         out = args.keep or Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
         for target in args.targets:
-            command = [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}/{target}.out",
-                sys.executable,
-                "-m",
-                "bench.bench_asgi_cpu",
-                "--child",
-                target,
-                "--requests",
-                str(args.requests),
-                "--concurrency",
-                str(args.concurrency),
-                "--database",
-                args.database,
-            ]
-            child_env = {
-                **{k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")},
-                **env,
-                "FAIRUNLOCK_BENCH_KEY": args.key,
-            }
-            done = subprocess.run(
-                command, env=child_env, capture_output=True, text=True, check=False
-            )
-            found = _COLLECTED.findall(done.stderr)
-            if done.returncode != 0 or not found or int(found[-1]) == 0:
-                raise RuntimeError(f"{target} under callgrind failed: {done.stderr[-2000:]}")
-            per_request = int(found[-1]) / _counted_requests(args, target)
+            child = ["bench.bench_asgi_cpu", "--child", target, "--requests", str(args.requests)]
+            child += ["--concurrency", str(args.concurrency), "--database", args.database]
+            counted = callgrind_count(child, env, args.key, f"{out}/{target}.out", target)
+            per_request = counted / _counted_requests(args, target)
             result[f"{target}_instructions"] = per_request
             print(f"  {target:8s} {per_request:12,.0f} instructions/request", flush=True)
     if "echo_instructions" in result and "unlock_instructions" in result:

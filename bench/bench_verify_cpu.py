@@ -29,9 +29,7 @@ import itertools
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -39,14 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_asgi_cpu import (
-    _COLLECTED,
     ASGIApp,
     Lifespan,
     _apps,
     _callgrind,
     call,
+    callgrind_count,
     cpu_per_request,
     request_bodies,
+    require_callgrind,
 )
 from bench.bench_http import PG_ADMIN_URL, _unlock_environment
 from bench.bench_totp_verify import PARAMS, REQUEST, _source_ip
@@ -151,34 +150,11 @@ async def counted_child(args: argparse.Namespace, env: dict[str, str], key: str)
 
 def count_instructions(args: argparse.Namespace, env: dict[str, str], key: str) -> float:
     """Instructions per TOTP verify (the child under callgrind, see counted_child)."""
-    for tool in ("valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"--instructions needs {tool} (Debian's valgrind package)")
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--instr-atstart=no",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        "-m",
-        "bench.bench_verify_cpu",
-        "--child",
-        "--proofs",
-        str(args.proofs),
-        "--database",
-        args.database,
-    ]
-    child_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")},
-        **env,
-        "FAIRUNLOCK_BENCH_KEY": key,
-    }
-    done = subprocess.run(command, env=child_env, capture_output=True, text=True, check=False)
-    found = _COLLECTED.findall(done.stderr)
-    if done.returncode != 0 or not found or int(found[-1]) == 0:
-        raise RuntimeError(f"verify under callgrind failed: {done.stderr[-2000:]}")
+    require_callgrind()
+    child = ["bench.bench_verify_cpu", "--child", "--proofs", str(args.proofs)]
+    child += ["--database", args.database]
     proofs: int = args.proofs
-    return int(found[-1]) / proofs
+    return callgrind_count(child, env, key, "/dev/null", "verify") / proofs
 
 
 async def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> dict[str, Any]:
