@@ -375,10 +375,11 @@ async def decide_batch(
     thresholds = policy.thresholds
     # Before the reads: an erasure of one of these accounts either committed before them (the
     # reads see it) or waits for this batch's commit and then clears its rows (PostgreSQL).
-    await AccountRepository(conn).hold_for_writing([r.subject for r in batch])
+    subjects = [r.subject for r in batch]
+    await AccountRepository(conn).hold_for_writing(subjects)
     # One clock for the reads' windows: the batch's requests arrived within one batch period.
     inputs = await UnlockRequestRepository(conn).decision_inputs(
-        [r.subject for r in batch],
+        subjects,
         max(r.now for r in batch),
         velocity_window=timedelta(hours=thresholds.velocity_window_hours),
         failures_window=timedelta(hours=thresholds.failed_verifications_window_hours),
