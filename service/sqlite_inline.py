@@ -9,13 +9,22 @@ with coroutines that complete without suspending.
 
 What that costs, deliberately: a statement blocks the event loop while it runs. The two calls that
 can wait don't block it: COMMIT runs in a thread when the transaction wrote something (its
-fsync), and BEGIN IMMEDIATE, when another process holds the write lock, is retried after short
-asynchronous sleeps until the busy timeout.
+fsync), and the write lock, when another worker holds it, is waited for in a thread too.
+
+Workers take turns at the write lock through an advisory ``flock`` on a file beside the database
+(``<db>-writer``) before BEGIN IMMEDIATE: a waiting worker sleeps in the kernel and is woken when
+the holder lets go. SQLite's own busy handling polls instead: measured with 2 workers, one worker
+kept re-taking the lock it had just released while the other slept between polls (p99 80 ms at
+32 connections against 24 ms with one worker). A writer that does not take the turn (the sqlite3
+shell, a CLI on aiosqlite) is still waited for by retrying BEGIN IMMEDIATE after short sleeps.
+The kernel drops a killed worker's flock with its file descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +32,7 @@ from types import TracebackType
 from typing import Any
 
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+WRITER_TURN_SUFFIX = "-writer"
 
 
 class InlineCursor:
@@ -111,22 +121,91 @@ class _ImmediateQueue:
             future.set_exception(exc)
 
 
+class WriterTurn:
+    """One connection's place in the workers' turns at a database's write lock: an exclusive
+    ``flock`` on ``<db>-writer``, held from before BEGIN IMMEDIATE until after COMMIT or ROLLBACK.
+
+    Free (the usual case with one worker): taken at once, in place. Held: waited for in a thread
+    of the loop's executor, so the loop keeps serving. flock locks belong to an open file, so two
+    connections exclude each other in one process as in two.
+    """
+
+    __slots__ = ("_abandoned", "_fd", "held")
+
+    def __init__(self, database_path: str) -> None:
+        self._fd = os.open(
+            database_path + WRITER_TURN_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        self.held = False
+        # A wait given up (timeout, cancellation) whose thread may still get the lock.
+        self._abandoned: asyncio.Future[None] | None = None
+
+    async def take(self, timeout_s: float) -> bool:
+        """Hold the turn; False when it did not come within ``timeout_s``."""
+        waiting, self._abandoned = self._abandoned, None
+        if waiting is None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                loop = asyncio.get_running_loop()
+                waiting = loop.run_in_executor(None, fcntl.flock, self._fd, fcntl.LOCK_EX)
+            else:
+                self.held = True
+                return True
+        try:
+            # shield: the thread cannot be stopped; a wait given up is adopted by the next take
+            # or, if none comes first, let go when the thread gets the lock.
+            await asyncio.wait_for(asyncio.shield(waiting), timeout_s)
+        except BaseException as exc:
+            self._abandoned = waiting
+            waiting.add_done_callback(self._let_go_if_abandoned)
+            if isinstance(exc, TimeoutError):
+                return False
+            raise
+        self.held = True
+        return True
+
+    def _let_go_if_abandoned(self, waiting: asyncio.Future[None]) -> None:
+        # Runs on the loop, like take: no take can adopt the wait between this check and the unlock.
+        if self._abandoned is waiting:
+            self._abandoned = None
+            if not waiting.cancelled() and waiting.exception() is None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.held = False
+        os.close(self._fd)  # drops the lock with the file
+
+
 class InlineConnection:
     """An aiosqlite-shaped connection over a ``sqlite3.Connection``."""
 
-    def __init__(self, connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, busy_timeout_ms: int, turn: WriterTurn
+    ) -> None:
         self._conn = connection
         self._tx = _ImmediateQueue()
         self._busy_timeout_ms = busy_timeout_ms
         self._changes_at_begin = 0
+        self._turn = turn
 
     async def begin_immediate(self, cursor: sqlite3.Cursor) -> None:
-        """Take the write lock. Free (the usual case): at once, in place. Held by another
-        process: retry in place after short sleeps that leave the loop free (0.5 ms doubling to
-        5 ms — SQLite's own busy handler sleeps in coarser steps, up to 100 ms, in a blocked
-        thread), until the busy timeout."""
+        """Take the workers' turn (``WriterTurn``), then the write lock. A writer outside the
+        turns holding it: retry in place after short sleeps that leave the loop free (0.5 ms
+        doubling to 5 ms — SQLite's own busy handler sleeps in coarser steps, up to 100 ms, in a
+        blocked thread), until the busy timeout."""
         self._changes_at_begin = self._conn.total_changes
         deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        # Held already: a BEGIN inside an open transaction, which SQLite refuses below; the
+        # transaction it is inside keeps the turn.
+        mine = not self._turn.held
+        if mine and not await self._turn.take(self._busy_timeout_ms / 1000):
+            raise sqlite3.OperationalError("database is locked (waiting for another worker)")
         delay = 0.0005
         cursor.execute("PRAGMA busy_timeout=0")
         try:
@@ -141,6 +220,10 @@ class InlineConnection:
                         raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.005)
+        except BaseException:
+            if mine:
+                self._turn.give_back()
+            raise
         finally:
             cursor.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
 
@@ -165,25 +248,34 @@ class InlineConnection:
         return await self.cursor().execute(sql, parameters)
 
     async def commit(self) -> None:
-        if self._conn.total_changes == self._changes_at_begin:
-            self._conn.commit()  # nothing written: no fsync to wait for
-            return
-        # The fsync (and a checkpoint of the WAL) happens here: off the loop, so other requests
-        # are parsed and decided meanwhile. The connection stays checked out by this transaction
-        # until the commit returns, so nothing else uses it concurrently.
-        await asyncio.to_thread(self._conn.commit)
+        try:
+            if self._conn.total_changes == self._changes_at_begin:
+                self._conn.commit()  # nothing written: no fsync to wait for
+                return
+            # The fsync (and a checkpoint of the WAL) happens here: off the loop, so other
+            # requests are parsed and decided meanwhile. The connection stays checked out by this
+            # transaction until the commit returns, so nothing else uses it concurrently.
+            await asyncio.to_thread(self._conn.commit)
+        finally:
+            self._turn.give_back()
 
     async def rollback(self) -> None:
-        self._conn.rollback()
+        try:
+            self._conn.rollback()
+        finally:
+            self._turn.give_back()
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         self._conn.create_function(*args, **kwargs)
 
     async def close(self) -> None:
-        self._conn.close()
+        self.stop()
 
     def stop(self) -> None:
-        self._conn.close()
+        try:
+            self._conn.close()
+        finally:
+            self._turn.close()
 
 
 def inline_creator(path: str, busy_timeout_ms: int) -> Callable[[], Any]:
@@ -194,6 +286,6 @@ def inline_creator(path: str, busy_timeout_ms: int) -> Callable[[], Any]:
         connection = sqlite3.connect(
             path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
-        return InlineConnection(connection, busy_timeout_ms)
+        return InlineConnection(connection, busy_timeout_ms, WriterTurn(path))
 
     return connect

@@ -1,16 +1,22 @@
 """The in-loop SQLite adapter (service/sqlite_inline.py): statements run in place, yet waiting for
-another process's write lock neither fails nor blocks the event loop, and commits are durable."""
+another process's write lock neither fails nor blocks the event loop, workers take turns at it
+through a flock that nothing leaves held, and commits are durable."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from service.db import create_engine
+from service.sqlite_inline import WRITER_TURN_SUFFIX, WriterTurn
 
 
 def test_a_writer_waits_for_another_connections_write_lock_without_blocking_the_loop(
@@ -70,3 +76,125 @@ def test_a_commit_is_durable_for_a_separate_connection(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert sqlite3.connect(path).execute("SELECT v FROM t").fetchall() == [(7,)]
+
+
+def test_workers_take_turns_at_the_write_lock_without_polling(tmp_path: Path) -> None:
+    """Two engines stand for two workers: the second waits in the kernel for the first's turn
+    (the flock beside the database), not in SQLite's busy handler, and gets it at the commit."""
+    path = tmp_path / "turns.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    async def scenario() -> None:
+        first, second = create_engine(url), create_engine(url)
+        async with first.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        # Every statement the second engine's connection starts, failed BEGINs included.
+        begins: list[str] = []
+        async with second.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            raw.sqlite.set_trace_callback(
+                lambda sql: begins.append(sql) if sql == "BEGIN IMMEDIATE" else None
+            )
+            await conn.rollback()
+        begins.clear()
+        order: list[str] = []
+        holding = asyncio.Event()
+        let_go = asyncio.Event()
+
+        async def one() -> None:
+            async with first.begin() as conn:
+                holding.set()
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                await let_go.wait()
+                order.append("first commits")
+
+        async def two() -> None:
+            await holding.wait()
+            async with second.begin() as conn:
+                order.append("second begins")
+                await conn.execute(text("INSERT INTO t VALUES (2)"))
+
+        tasks = [asyncio.create_task(one()), asyncio.create_task(two())]
+        await asyncio.sleep(0.2)
+        # The second waits for the turn: SQLite's lock was never tried (no busy retries), and the
+        # loop is free (this coroutine runs).
+        assert order == []
+        assert begins == []
+        assert (path.parent / (path.name + WRITER_TURN_SUFFIX)).exists()
+        let_go.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert order == ["first commits", "second begins"]
+        assert begins == ["BEGIN IMMEDIATE"]  # once, when its turn came
+        async with first.connect() as conn:
+            values = (await conn.execute(text("SELECT v FROM t ORDER BY v"))).scalars().all()
+        assert values == [1, 2]
+        await first.dispose()
+        await second.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_given_up_does_not_keep_the_turn(tmp_path: Path) -> None:
+    """A begin cancelled (a client gone, a shutdown) or timed out while waiting for the turn:
+    its waiting thread still gets the lock later and must let it go, or every worker would stall."""
+    path = str(tmp_path / "given-up.sqlite3")
+
+    async def scenario() -> None:
+        holder, waiter = WriterTurn(path), WriterTurn(path)
+        assert await holder.take(1)
+        cancelled = asyncio.create_task(waiter.take(30))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert await waiter.take(0.05) is False  # still held: a timeout, not an error
+        holder.give_back()
+        # The abandoned waits get the lock and let it go: a third party gets it in time.
+        third = WriterTurn(path)
+        assert await third.take(5)
+        third.give_back()
+        # The waiter, asked again, takes it afresh and holds it until it gives it back.
+        assert await waiter.take(5)
+        assert await third.take(0.05) is False
+        waiter.give_back()
+        assert await third.take(5)
+        for turn in (holder, waiter, third):
+            turn.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_killed_workers_turn_is_released_by_the_kernel(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to give the turn back: the kernel drops the flock with the
+    process's files, and the next writer goes on."""
+    path = tmp_path / "killed.sqlite3"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(path) + WRITER_TURN_SUFFIX!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+
+        async def scenario() -> None:
+            turn = WriterTurn(str(path))
+            assert await turn.take(0.1) is False
+            holder.send_signal(signal.SIGKILL)
+            assert await turn.take(5)
+            turn.close()
+
+        asyncio.run(scenario())
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
