@@ -300,8 +300,10 @@ class CreatedDecision:
 
 @dataclass(frozen=True, slots=True)
 class DecisionRequest:
-    """One request as the batch needs it: parsed and pseudonymised before it queues, with the
-    context of the call that made it (the policy, notice and keys in force)."""
+    """One request as the batch needs it, with the context of the call that made it (the
+    policy, notice and keys in force): parsed, pseudonymised, and everything of its row that no
+    read decides (id, sealed account id, source index) made before it queues. A batch holds
+    the database's write lock, which other workers wait for; this part needs no lock."""
 
     ctx: ServiceContext
     actor: str
@@ -310,6 +312,24 @@ class DecisionRequest:
     subject: str
     context_json: bytes
     now: datetime
+    request_id: str
+    account_id_sealed: str
+    source_index: str
+
+    @classmethod
+    def of(cls, ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> DecisionRequest:
+        return cls(
+            ctx=ctx,
+            actor=actor,
+            body=body,
+            facts=to_facts(body),
+            subject=ctx.data_keys.pseudonymize(body.account_id),
+            context_json=msgspec.json.encode(body.context),
+            now=ctx.clock(),
+            request_id=new_id(),
+            account_id_sealed=ctx.sealer.seal(body.account_id, ACCOUNT_ID_PURPOSE),
+            source_index=ctx.data_keys.blind_index("source_ip", body.context.ip),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,15 +366,7 @@ def decision_batches(engine: AsyncEngine, **kwargs: Any) -> DecisionBatches:
 async def create(ctx: ServiceContext, actor: str, body: dto.UnlockRequestIn) -> CreatedDecision:
     """Assess, store and audit one request, in a group commit with concurrent requests
     (service.group_commit): shared reads, writes, audit integration and commit."""
-    request = DecisionRequest(
-        ctx=ctx,
-        actor=actor,
-        body=body,
-        facts=to_facts(body),
-        subject=ctx.data_keys.pseudonymize(body.account_id),
-        context_json=msgspec.json.encode(body.context),
-        now=ctx.clock(),
-    )
+    request = DecisionRequest.of(ctx, actor, body)
     stored = await ctx.decisions.submit(request.subject, request)
     offered_face = any(m.biometric for m in stored.decision.offer.methods)
     return CreatedDecision(
@@ -408,7 +420,7 @@ async def _prepare(
     ctx = request.ctx
     policy = ctx.policy
     body, now = request.body, request.now
-    request_id = new_id()
+    request_id = request.request_id
     expires_at = now + timedelta(minutes=policy.decision_ttl_minutes)
     snapshot = inputs.snapshot
     known = snapshot.exists and not snapshot.erased
@@ -445,8 +457,8 @@ async def _prepare(
     row: dict[str, object] = {
         "id": request_id,
         "subject": request.subject,
-        "account_id_sealed": ctx.sealer.seal(body.account_id, ACCOUNT_ID_PURPOSE),
-        "source_index": ctx.data_keys.blind_index("source_ip", body.context.ip),
+        "account_id_sealed": request.account_id_sealed,
+        "source_index": request.source_index,
         "known_account": known,
         "status": out.status,
         "lock_reason": body.lock_reason.value,

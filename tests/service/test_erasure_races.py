@@ -28,16 +28,7 @@ def _decision_request(api: Api, account_id: str) -> unlock.DecisionRequest:
     raw = copy.deepcopy(PERSONA_REQUEST)
     raw["account_id"] = account_id
     body = msgspec.convert(raw, dto.UnlockRequestIn, strict=False)
-    ctx = api.ctx
-    return unlock.DecisionRequest(
-        ctx=ctx,
-        actor="test-frontend",
-        body=body,
-        facts=unlock.to_facts(body),
-        subject=ctx.data_keys.pseudonymize(account_id),
-        context_json=msgspec.json.encode(body.context),
-        now=ctx.clock(),
-    )
+    return unlock.DecisionRequest.of(api.ctx, "test-frontend", body)
 
 
 def test_an_erasure_during_a_decision_leaves_the_decision_without_the_account_id(
