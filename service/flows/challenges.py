@@ -836,12 +836,11 @@ async def _fail_in(
             review_reason = ReviewReason.REPEATED_FAILURES
     if review_reason is not None:
         state = await repo.lock_request(ch.unlock_request_id)
-        if state is not None and state[2] is None:
-            status, factors, _ = state
+        if state is not None and state.review_reason is None:
             await repo.update_request(
                 ch.unlock_request_id,
-                status=status,
-                factors=factors,
+                status=state.status,
+                factors=state.factors,
                 review_reason=review_reason.value,
                 now=now,
             )
@@ -971,8 +970,13 @@ async def _succeed_in(
         ch.unlock_request_id, read_here=loaded.request if read_here else None
     )
     assert state is not None  # the request exists: it was loaded above and is never deleted
-    status, factors, review_reason = state
-    proven = set(factors) | {method.value}
+    if state.erased:
+        # The account was erased after the request was loaded (PostgreSQL: the erasure
+        # committed while this proof was judged): an erased account is never approved, and the
+        # savepoint or transaction this runs in takes the proof's writes back.
+        raise RequestClosed("This request's account was erased.", request_status="erased")
+    status, review_reason = state.status, state.review_reason
+    proven = set(state.factors) | {method.value}
     approved = status == "pending_verification" and satisfied(loaded.decision.offer, proven)
     new_status = "approved" if approved else status
     await repo.update_request(

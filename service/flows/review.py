@@ -387,13 +387,12 @@ async def appeal(
         state = await ChallengeRepository(conn).lock_request(request_id)
         if state is None:
             raise UnlockRequestNotFound("No unlock request with this id.")
-        status, factors, review_reason = state
         req = await _request(conn, request_id)
         _account_id(ctx, req.row)  # an erased account has nothing left to review
-        if status == "approved":
+        if state.status == "approved":
             raise RequestClosed(
                 "This request is approved; there is nothing to contest.",
-                request_status=status,
+                request_status=state.status,
             )
         repo = ReviewCaseRepository(conn)
         active = await repo.active_for(request_id)
@@ -410,12 +409,12 @@ async def appeal(
                 statement=body.statement,
                 contact_preference=body.contact_preference,
             )
-            if review_reason is None:
+            if state.review_reason is None:
                 # The decision now says a person was asked to look (APPEALED).
                 await ChallengeRepository(conn).update_request(
                     request_id,
-                    status=status,
-                    factors=factors,
+                    status=state.status,
+                    factors=state.factors,
                     review_reason=ReviewReason.APPEALED.value,
                     now=now,
                 )
@@ -880,7 +879,7 @@ async def decide(
             raise _not_claimed(case, now)
         state = await ChallengeRepository(conn).lock_request(case.unlock_request_id)
         assert state is not None  # a case's request exists (foreign key) and is never deleted
-        request_status = state[0]
+        request_status = state.status
         req = await _request(conn, case.unlock_request_id)
         if body.outcome is rdto.Outcome.APPROVE and not req.row.known_account:
             # No account exists to unlock; the person was answered like any other (OWASP-FP-1/2).
@@ -1034,14 +1033,13 @@ async def _approve_request(
     repo = ChallengeRepository(conn)
     state = await repo.lock_request(case.unlock_request_id)
     assert state is not None
-    status, factors, review_reason = state
-    if status == "approved":
+    if state.status == "approved":
         return  # the person proved ownership meanwhile: the account system was told already
     row = await UnlockRequestRepository(conn).get(case.unlock_request_id)
     assert row is not None
     _account_id(ctx, row)  # an erased account cannot be unlocked
     await repo.update_request(
-        row.id, status="approved", factors=factors, review_reason=review_reason, now=now
+        row.id, status="approved", factors=state.factors, review_reason=state.review_reason, now=now
     )
     decision = unlock.view(ctx, row, None, now)
     loaded = challenges.Loaded(row, decision, decision.account_id)
@@ -1060,12 +1058,11 @@ async def _deny_request(
     repo = ChallengeRepository(conn)
     state = await repo.lock_request(case.unlock_request_id)
     assert state is not None
-    _, factors, review_reason = state
     await repo.update_request(
         case.unlock_request_id,
         status="denied",
-        factors=factors,
-        review_reason=review_reason,
+        factors=state.factors,
+        review_reason=state.review_reason,
         now=now,
     )
     await record(

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import (
     String,
@@ -163,10 +164,23 @@ _CONSUME_TOTP_STEP = HotStatement(
     )
     .values(last_step=bindparam("p_step")),
 )
+
+
+class RequestState(NamedTuple):
+    """An unlock request's state as a writer of it sees it under its lock."""
+
+    status: str
+    factors: list[str]
+    review_reason: str | None
+    # The account was erased (its id removed from the request): nothing may approve it now.
+    erased: bool
+
+
 _REQUEST_STATE_SELECT = select(
     unlock_requests.c.status,
     unlock_requests.c.factors_satisfied,
     unlock_requests.c.review_reason,
+    unlock_requests.c.account_id_sealed.is_(None).label("erased"),
 ).where(unlock_requests.c.id == bindparam("p_id"))
 _REQUEST_STATE = HotStatement("unlock_requests.state", _REQUEST_STATE_SELECT)
 _REQUEST_STATE_FOR_UPDATE = HotStatement(
@@ -394,9 +408,10 @@ class ChallengeRepository:
 
     async def lock_request(
         self, unlock_request_id: str, *, read_here: UnlockRequestRow | None = None
-    ) -> tuple[str, list[str], str | None] | None:
-        """Status, satisfied factors and review reason, locked for this transaction on PostgreSQL
-        (SQLite's BEGIN IMMEDIATE already serialises writers).
+    ) -> RequestState | None:
+        """The request's state, locked for this transaction on PostgreSQL (SQLite's BEGIN
+        IMMEDIATE already serialises writers). Read after the lock, it includes an erasure that
+        committed since the caller last read the row.
 
         ``read_here``: the row as this transaction read it, unchanged since (the caller's
         promise). On SQLite nothing else can have written it since the transaction began, so it
@@ -405,16 +420,19 @@ class ChallengeRepository:
         if read_here is not None and not postgres:
             if read_here.id != unlock_request_id:
                 raise ValueError("read_here is another request's row")
-            return (
+            return RequestState(
                 read_here.status,
                 list(json.loads(read_here.factors_satisfied)),
                 read_here.review_reason,
+                read_here.account_id_sealed is None,
             )
         stmt = _REQUEST_STATE_FOR_UPDATE if postgres else _REQUEST_STATE
         row = (await stmt.run(self._conn, {"p_id": unlock_request_id})).first()
         if row is None:
             return None
-        return row.status, list(json.loads(row.factors_satisfied)), row.review_reason
+        return RequestState(
+            row.status, list(json.loads(row.factors_satisfied)), row.review_reason, bool(row.erased)
+        )
 
     async def update_request(
         self,

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from typing import Any
 
 import msgspec
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import dto
-from service.flows import enrolment, unlock
+from service.flows import challenges, enrolment, unlock
 from service.persistence.accounts import AccountRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
 from tests.service.conftest import PERSONA_REQUEST, Api
+from tests.service.test_challenges_api import _sms_code, _start, _verify
 
 ACCOUNT = "acct-erase-race"
 # Long enough for an erasure that nothing holds back to commit, on a slow CI machine too.
@@ -91,3 +95,55 @@ def test_an_erasure_waits_for_the_accounts_writers_in_flight(api: Api) -> None:
         return events
 
     assert api.run(order) == ["writer commits", "erasure holds the account"]
+
+
+def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proof batch has read its request when the account's erasure starts. SQLite: the erasure
+    waits for the batch's commit and clears what the proof wrote. PostgreSQL: the erasure
+    commits while the proof is judged (the batch's reads lock nothing); the proof then finds
+    the request's account erased under the request's lock and is refused, writing nothing:
+    otherwise its factor, and with an approval its outbox events with the sealed account id,
+    would land on a request whose account no longer exists."""
+    account = "acct-erase-proof-race"
+    phone = api.client.put(
+        f"/v1/accounts/{account}/phone",
+        json={"phone": "+8613800005678", "verified": True},
+        headers=api.headers(),
+    )
+    assert phone.status_code == 200, phone.text
+    decision = api.create_unlock_request(account)
+    started = _start(api, decision["id"], "sms")
+    assert started.status_code == 201, started.text
+    code = _sms_code(api)
+    ctx = api.ctx
+    read_for = challenges._read_for
+    erasures: list[asyncio.Task[tuple[bool, int]]] = []
+
+    async def read_then_erase(conn: AsyncConnection, batch: Any) -> challenges.ProofReads:
+        reads = await read_for(conn, batch)
+        erasures.append(asyncio.create_task(enrolment.erase(ctx, "test-admin", account)))
+        await asyncio.sleep(ERASURE_HEAD_START_S)
+        return reads
+
+    monkeypatch.setattr(challenges, "_read_for", read_then_erase)
+    answer = _verify(api, decision["id"], started.json()["id"], code=code)
+    monkeypatch.setattr(challenges, "_read_for", read_for)
+
+    async def erased() -> bool:
+        existed, _ = await erasures[0]
+        return existed
+
+    assert api.run(erased)
+    if api.ctx.engine.dialect.name == "postgresql":
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["request_status"] == "erased"
+        assert api.count("outbox_events") == 0
+    else:
+        # The erasure came second: the proof counted, then everything was cleared.
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["factors_satisfied"] == ["sms"]
+    after = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers())
+    assert after.status_code == 200, after.text
+    assert after.json()["account_id"] == unlock.ERASED

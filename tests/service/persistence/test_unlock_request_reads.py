@@ -10,6 +10,7 @@ import pytest
 
 from audit.hot_sql import in_place_sqlite
 from audit.store import AuditStore
+from service.persistence.api_keys import Role
 from service.persistence.challenges import ChallengeRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
 from tests.service.conftest import Api
@@ -71,11 +72,33 @@ def test_request_state_from_the_row_read_here_is_the_state_read_and_on_sqlite_re
             return read, given, executed
 
     read, given, executed = api.run(states)
-    assert read == ("pending_verification", [], None)
+    assert read == ("pending_verification", [], None, False)
     assert given == read
     if api.app.state.engine.dialect.name == "sqlite":
         assert executed == []
     # PostgreSQL reads and locks the row whatever the caller read (another worker may write it).
+
+
+def test_request_state_says_when_the_account_was_erased(api: Api) -> None:
+    # What a proof checks under the request's lock before it may count (the erasure may have
+    # committed after the proof read the row): both ways of reading the state agree.
+    decision = api.create_unlock_request("acct-state-erased")
+    erased = api.client.delete("/v1/accounts/acct-state-erased", headers=api.headers(Role.ADMIN))
+    assert erased.status_code == 200, erased.text
+
+    async def states() -> tuple[Any, Any]:
+        async with api.app.state.engine.begin() as conn:
+            row = await UnlockRequestRepository(conn).get(decision["id"])
+            assert row is not None
+            repo = ChallengeRepository(conn)
+            return (
+                await repo.lock_request(decision["id"]),
+                await repo.lock_request(decision["id"], read_here=row),
+            )
+
+    read, given = api.run(states)
+    assert read.erased
+    assert given == read
 
 
 def test_request_state_refuses_another_requests_row(sqlite_api: Api) -> None:
