@@ -1,13 +1,17 @@
 """The vocabulary of the risk engine: facts in, assessment and offer out. Frozen, no behaviour.
 
-Absent facts are ``None``: unknown, never reassuring.
+Absent facts are ``None``: unknown, never reassuring. The records are frozen ``msgspec.Struct``s,
+not frozen dataclasses: a decision builds a few dozen of them, and a frozen dataclass pays an
+``object.__setattr__`` per field (measured: 1.5 µs against 0.15 µs for ten fields; 1.09 M ->
+0.96 M instructions per decision).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+import msgspec
 
 
 class Method(StrEnum):
@@ -149,22 +153,19 @@ class ReviewReason(StrEnum):
 # --- facts in ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GeoPoint:
+class GeoPoint(msgspec.Struct, frozen=True):
     country: str | None = None
     lat: float | None = None
     lon: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LastLogin:
+class LastLogin(msgspec.Struct, frozen=True):
     at: datetime | None = None
     device_id: str | None = None
     geo: GeoPoint | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
+class RequestContext(msgspec.Struct, frozen=True):
     ip: str
     device_id: str | None = None
     user_agent: str | None = None
@@ -177,8 +178,7 @@ class RequestContext:
     known_device_ids: frozenset[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class UnlockRequestFacts:
+class UnlockRequestFacts(msgspec.Struct, frozen=True):
     """What the frontend tells us about one unlock request (DESIGN.md's request object)."""
 
     account_id: str
@@ -187,27 +187,23 @@ class UnlockRequestFacts:
     locale: Locale = Locale.ZH_CN
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHistory:
+class RequestHistory(msgspec.Struct, frozen=True):
     """What the service's own records say, counted over the policy's windows."""
 
     recent_unlock_requests: int = 0
     recent_failed_verifications: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class LinkedIdentity:
+class LinkedIdentity(msgspec.Struct, frozen=True):
     provider: str
     real_name_verified: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PhoneOnFile:
+class PhoneOnFile(msgspec.Struct, frozen=True):
     verified: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AccountFacts:
+class AccountFacts(msgspec.Struct, frozen=True):
     totp: TotpState = TotpState.NONE
     linked_identities: tuple[LinkedIdentity, ...] = ()
     # None: never issued; 0: all used.
@@ -220,15 +216,13 @@ class AccountFacts:
 # --- assessment and offer out -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
+class Signal(msgspec.Struct, frozen=True):
     code: SignalCode
     # The network kind behind RISKY_NETWORK (it sets the weight); never shown to the person.
     network: Network | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(msgspec.Struct, frozen=True):
     code: SignalCode
     weight: int
     # Key into the message catalogs (the code itself): the person sees the message,
@@ -236,8 +230,7 @@ class Reason:
     message_key: str
 
 
-@dataclass(frozen=True, slots=True)
-class RiskAssessment:
+class RiskAssessment(msgspec.Struct, frozen=True):
     level: RiskLevel
     score: int
     reasons: tuple[Reason, ...]
@@ -245,8 +238,7 @@ class RiskAssessment:
     floors_applied: tuple[SignalCode, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class OfferedMethod:
+class OfferedMethod(msgspec.Struct, frozen=True):
     method: Method
     strength: Strength
     biometric: bool
@@ -254,34 +246,30 @@ class OfferedMethod:
     provider: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NotOffered:
+class NotOffered(msgspec.Struct, frozen=True):
     method: Method
     reason: NotOfferedReason
     provider: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ReviewPath:
+class ReviewPath(msgspec.Struct, frozen=True):
     required: bool
     reasons: tuple[ReviewReason, ...] = ()
     # Always true: a person can ask for human review of any decision (PIPL-24, GDPR-22(3)).
     available: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
+class Offer(msgspec.Struct, frozen=True):
     factors_required: int
     strong_factors_required: int
     methods: tuple[OfferedMethod, ...]
     not_offered: tuple[NotOffered, ...]
     review: ReviewPath
     # True when the non-biometric methods offered can by themselves meet the requirement.
-    non_biometric_path: bool = field(default=True)
+    non_biometric_path: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """The engine's whole answer for one request: never an adverse outcome, only a path."""
 
     signals: tuple[Signal, ...]

@@ -12,7 +12,9 @@ import pytest
 import policy
 
 SOURCES = sorted(Path(policy.__file__).parent.glob("*.py"))
-ALLOWED_THIRD_PARTY = {"rfc8785"}
+# rfc8785: canonical JSON (decision_json). msgspec: Struct, the model's frozen records (built
+# ten times faster than frozen dataclasses; ~12 % of a decision's instructions); no codec I/O.
+ALLOWED_THIRD_PARTY = {"msgspec", "rfc8785"}
 # Standard-library modules that do I/O, spawn, or reach the network.
 FORBIDDEN_STDLIB = {
     "os", "io", "pathlib", "socket", "subprocess", "shutil", "urllib", "http", "sqlite3",
