@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -125,29 +125,25 @@ class AuditStoreError(RuntimeError):
     """The stored log breaks an invariant (gap, duplicate, head out of step): stop and alert."""
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(msgspec.Struct, frozen=True):
     size: int
     root: bytes
     compact: CompactRange
 
 
-@dataclass(frozen=True, slots=True)
-class InboxRow:
+class InboxRow(msgspec.Struct, frozen=True):
     id: int
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class LogRow:
+class LogRow(msgspec.Struct, frozen=True):
     seq: int
     leaf: bytes
     leaf_hash: bytes
     inbox_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredCheckpoint:
+class StoredCheckpoint(msgspec.Struct, frozen=True):
     size: int
     root: bytes
     note: str

@@ -13,14 +13,12 @@ a savepoint per proof), so a worker pays one BEGIN and one fsync per batch inste
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,8 +60,7 @@ SMS_CODE_DIGITS = 6
 _NEVER = "0" * 64
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
+class Loaded(msgspec.Struct, frozen=True):
     request: UnlockRequestRow
     decision: dto.DecisionOut
     account_id: str
@@ -72,8 +69,7 @@ class Loaded:
     stored: dto.DecisionOut | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
+class Checked(msgspec.Struct, frozen=True):
     """The outcome of phase two."""
 
     ok: bool
@@ -82,11 +78,10 @@ class Checked:
     totp_step: int | None = None
     recovery_code_id: str | None = None
     review_reason: ReviewReason | None = None
-    audit: dict[str, JSONValue] = field(default_factory=dict)
+    audit: dict[str, JSONValue] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ProofReads:
+class ProofReads(msgspec.Struct, frozen=True):
     """What a batch of proofs reads before judging them: three statements for the whole batch
     instead of three per proof. A proof's request and challenge are its own (the batch's
     requests are distinct), so no earlier proof in the batch has changed them; an enrolment two
@@ -553,8 +548,7 @@ def satisfied(offer: dto.OfferOut, factors: set[str]) -> bool:
     return len(usable) >= offer.factors_required and strong >= offer.strong_factors_required
 
 
-@dataclass(frozen=True, slots=True)
-class ProofRequest:
+class ProofRequest(msgspec.Struct, frozen=True):
     """One submitted proof, with the context of the call that made it."""
 
     ctx: ServiceContext
@@ -565,8 +559,7 @@ class ProofRequest:
     now: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class _Accepted:
+class _Accepted(msgspec.Struct, frozen=True):
     """An at-once proof accepted: the request row as the proof left it, its log index and the
     decision as made (the answer applies the row to it)."""
 
@@ -575,8 +568,7 @@ class _Accepted:
     stored: dto.DecisionOut | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Later:
+class _Later(msgspec.Struct, frozen=True):
     """A proof whose check takes time: its three phases run after the batch, on their own."""
 
     loaded: Loaded
@@ -1008,7 +1000,7 @@ async def _succeed_in(
         await approve_in(conn, ctx, actor, loaded, now, via="verification", entries=entries)
     # The row as this transaction left it (update_request above is its only change), without
     # reading it back.
-    row = dataclasses.replace(
+    row = msgspec.structs.replace(
         loaded.request,
         status=new_status,
         factors_satisfied=json.dumps(sorted(proven)),

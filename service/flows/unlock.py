@@ -10,7 +10,6 @@ import ipaddress
 import json
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -292,14 +291,12 @@ def _audit_data(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CreatedDecision:
+class CreatedDecision(msgspec.Struct, frozen=True):
     decision: dto.DecisionOut
     offered_face: bool
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRequest:
+class DecisionRequest(msgspec.Struct, frozen=True):
     """One request as the batch needs it, with the context of the call that made it (the
     policy, notice and keys in force): parsed, pseudonymised, and everything of its row that no
     read decides (id, sealed account id, source index) made before it queues. A batch holds
@@ -332,8 +329,7 @@ class DecisionRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedDecision:
+class PreparedDecision(msgspec.Struct, frozen=True):
     """A decision made and ready to store: what ``decide_batch`` inserts for one request."""
 
     out: dto.DecisionOut
@@ -343,8 +339,7 @@ class PreparedDecision:
     row: dict[str, object]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredDecisionRef:
+class StoredDecisionRef(msgspec.Struct, frozen=True):
     """What one request learns from its batch: its decision and its log index (the batch
     integrates its entries before it commits)."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     ColumnElement,
     ScalarSelect,
@@ -43,37 +43,32 @@ from service.persistence.tables import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PhoneRecord:
+class PhoneRecord(msgspec.Struct, frozen=True):
     ciphertext: str
     masked: str
     verified: bool
 
 
-@dataclass(frozen=True, slots=True)
-class TotpRecord:
+class TotpRecord(msgspec.Struct, frozen=True):
     secret_ciphertext: str
     confirmed: bool
     last_step: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class LinkedRecord:
+class LinkedRecord(msgspec.Struct, frozen=True):
     provider: str
     issuer: str
     real_name_verified: bool
     oidc_subject_ciphertext: str
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentRecord:
+class ConsentRecord(msgspec.Struct, frozen=True):
     notice_version: str
     granted_at: datetime
     withdrawn_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class AccountSnapshot:
+class AccountSnapshot(msgspec.Struct, frozen=True):
     """Everything the policy needs to know about one account, read in one transaction."""
 
     subject: str

@@ -7,10 +7,10 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+import msgspec
 from sqlalchemy import (
     String,
     bindparam,
@@ -38,8 +38,7 @@ from service.persistence.tables import (
 from service.persistence.unlock_requests import UnlockRequestRow
 
 
-@dataclass(frozen=True, slots=True)
-class ChallengeRow:
+class ChallengeRow(msgspec.Struct, frozen=True):
     id: str
     unlock_request_id: str
     subject: str
@@ -200,8 +199,7 @@ _UPDATE_REQUEST = HotStatement(
 _INSERT_OUTBOX = HotStatement("outbox.insert", insert(outbox_events))
 
 
-@dataclass(frozen=True, slots=True)
-class UnusedCode:
+class UnusedCode(msgspec.Struct, frozen=True):
     id: str
     code_hash: str
 

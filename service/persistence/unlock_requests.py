@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     ColumnElement,
     Label,
@@ -36,8 +36,7 @@ from service.persistence.accounts import (
 from service.persistence.tables import unlock_requests, verification_attempts
 
 
-@dataclass(frozen=True, slots=True)
-class UnlockRequestRow:
+class UnlockRequestRow(msgspec.Struct, frozen=True):
     id: str
     subject: str
     account_id_sealed: str | None
@@ -150,8 +149,7 @@ def get_many_statement(count: int) -> HotStatement:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionInputs:
+class DecisionInputs(msgspec.Struct, frozen=True):
     snapshot: AccountSnapshot
     history: RequestHistory
     throttled: frozenset[str]
