@@ -25,7 +25,6 @@ the same database.
 
 from __future__ import annotations
 
-import itertools
 import re
 import sqlite3
 from collections import namedtuple
@@ -364,7 +363,13 @@ async def _as_sqlalchemy_error(
     )
 
 
-_SAVEPOINT_NAMES = itertools.count()
+# One name for every savepoint: the three statements' texts stay in the sqlite3 module's
+# statement cache (a name per savepoint was parsed anew each time, two statements per proof).
+# Nested savepoints may share it: ROLLBACK TO and RELEASE name the most recent one of that
+# name, which, savepoints being properly nested here, is the block's own.
+_SAVEPOINT = "SAVEPOINT hot_savepoint"
+_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO hot_savepoint"
+_RELEASE_SAVEPOINT = "RELEASE hot_savepoint"
 
 
 @asynccontextmanager
@@ -377,12 +382,11 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
         async with conn.begin_nested():
             yield
         return
-    name = f"hot_savepoint_{next(_SAVEPOINT_NAMES)}"
-    db.execute(f"SAVEPOINT {name}")
+    db.execute(_SAVEPOINT)
     try:
         yield
     except BaseException:
-        db.execute(f"ROLLBACK TO {name}")
-        db.execute(f"RELEASE {name}")
+        db.execute(_ROLLBACK_TO_SAVEPOINT)
+        db.execute(_RELEASE_SAVEPOINT)
         raise
-    db.execute(f"RELEASE {name}")
+    db.execute(_RELEASE_SAVEPOINT)

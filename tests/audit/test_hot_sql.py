@@ -528,6 +528,15 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
                     await failing(conn)
                 async with savepoint(conn):
                     await _INSERT_INBOX.run(conn, {"payload": b"after", "created_at": now})
+                # Nested (one savepoint name for all, on SQLite): each block undoes its own.
+                async with savepoint(conn):
+                    await _INSERT_INBOX.run(conn, {"payload": b"outer", "created_at": now})
+                    with pytest.raises(RuntimeError):
+                        await failing(conn)
+                    async with savepoint(conn):
+                        await _INSERT_INBOX.run(conn, {"payload": b"inner", "created_at": now})
+                with pytest.raises(RuntimeError):
+                    await failing_around_a_kept_block(conn)
             async with engine.connect() as conn:
                 payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
                 return in_place, [bytes(r[0]) for r in await conn.execute(payloads)]
@@ -539,9 +548,15 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
             await _INSERT_INBOX.run(conn, {"payload": b"undone", "created_at": now})
             raise RuntimeError("this proof raises")
 
+    async def failing_around_a_kept_block(conn: AsyncConnection) -> None:
+        async with savepoint(conn):
+            async with savepoint(conn):
+                await _INSERT_INBOX.run(conn, {"payload": b"undone too", "created_at": now})
+            raise RuntimeError("the outer block raises")
+
     in_place, payloads = asyncio.run(main())
     assert in_place == database_url.startswith("sqlite")
-    assert payloads == [b"kept", b"after"]
+    assert payloads == [b"kept", b"after", b"outer", b"inner"]
 
 
 def test_rows_one_and_scalar_one_want_exactly_one_row() -> None:
