@@ -13,8 +13,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import await_only
 
-from service.sqlite_inline import BEGIN_IMMEDIATE, inline_creator
+from service.sqlite_inline import BEGIN_IMMEDIATE, InlineConnection, inline_creator
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_BATCHES_IN_FLIGHT = 2
@@ -40,7 +41,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     # Take the write lock at BEGIN: a deferred BEGIN that upgrades later deadlocks under load
     # (AUDIT.md §7.3 measured 1.9 M busy retries). Readers are not blocked in WAL mode.
-    conn.exec_driver_sql(BEGIN_IMMEDIATE)
+    driver = conn.connection.driver_connection
+    if isinstance(driver, InlineConnection):
+        # Straight to the driver: SQLAlchemy's execution of the statement (a cursor, an
+        # execution context, events no one listens to) cost more than the BEGIN itself.
+        await_only(driver.begin_immediate())
+    else:
+        conn.exec_driver_sql(BEGIN_IMMEDIATE)
 
 
 def batches_in_flight(url: str) -> int:

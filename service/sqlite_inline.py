@@ -77,7 +77,7 @@ class InlineCursor:
 
     async def execute(self, sql: str, parameters: Any = None) -> InlineCursor:
         if sql == BEGIN_IMMEDIATE:
-            await self._owner.begin_immediate(self._cursor)
+            await self._owner.begin_immediate()
         elif parameters is None:
             self._cursor.execute(sql)
         else:
@@ -193,8 +193,9 @@ class InlineConnection:
         self._busy_timeout_ms = busy_timeout_ms
         self._changes_at_begin = 0
         self._turn = turn
+        self._restore_busy_timeout = f"PRAGMA busy_timeout={busy_timeout_ms}"
 
-    async def begin_immediate(self, cursor: sqlite3.Cursor) -> None:
+    async def begin_immediate(self) -> None:
         """Take the workers' turn (``WriterTurn``), then the write lock. A writer outside the
         turns holding it: retry in place after short sleeps that leave the loop free (0.5 ms
         doubling to 5 ms — SQLite's own busy handler sleeps in coarser steps, up to 100 ms, in a
@@ -207,11 +208,12 @@ class InlineConnection:
         if mine and not await self._turn.take(self._busy_timeout_ms / 1000):
             raise sqlite3.OperationalError("database is locked (waiting for another worker)")
         delay = 0.0005
-        cursor.execute("PRAGMA busy_timeout=0")
+        db = self._conn
+        db.execute("PRAGMA busy_timeout=0")
         try:
             while True:
                 try:
-                    cursor.execute(BEGIN_IMMEDIATE)
+                    db.execute(BEGIN_IMMEDIATE)
                     return
                 except sqlite3.OperationalError as exc:
                     if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
@@ -225,7 +227,7 @@ class InlineConnection:
                 self._turn.give_back()
             raise
         finally:
-            cursor.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            db.execute(self._restore_busy_timeout)
 
     @property
     def sqlite(self) -> sqlite3.Connection:
