@@ -28,7 +28,6 @@ from audit.hot_sql import (
     NotHot,
     Rows,
     in_place,
-    in_place_sqlite,
     savepoint,
 )
 from audit.store import audit_inbox
@@ -509,8 +508,10 @@ def test_a_sqlite_connection_in_aiosqlites_thread_never_runs_in_place(tmp_path: 
 
 
 def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database_url: str) -> None:
-    """audit.hot_sql.savepoint: in place on SQLite, SQLAlchemy's begin_nested on PostgreSQL; the
-    same outcome either way, in the caller's transaction."""
+    """audit.hot_sql.savepoint, in place on the driver of either database once the transaction
+    has begun: a block that raises is undone, a statement that failed inside it included (on
+    PostgreSQL it leaves the transaction aborted until the savepoint is rolled back), and the
+    caller's transaction goes on."""
     from audit.store import _INSERT_INBOX, create_schema
     from service.db import create_engine
 
@@ -521,11 +522,16 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
         try:
             await create_schema(engine)
             async with engine.begin() as conn:
-                in_place = in_place_sqlite(conn) is not None
+                # A statement first: asyncpg's transaction begins with it, and from then on the
+                # savepoints run in place on PostgreSQL too.
+                await _INSERT_INBOX.run(conn, {"payload": b"first", "created_at": now})
+                running_in_place = in_place(conn) is not None
                 async with savepoint(conn):
                     await _INSERT_INBOX.run(conn, {"payload": b"kept", "created_at": now})
                 with pytest.raises(RuntimeError):
                     await failing(conn)
+                with pytest.raises(IntegrityError):
+                    await failing_statement(conn)
                 async with savepoint(conn):
                     await _INSERT_INBOX.run(conn, {"payload": b"after", "created_at": now})
                 # Nested (one savepoint name for all, on SQLite): each block undoes its own.
@@ -539,7 +545,7 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
                     await failing_around_a_kept_block(conn)
             async with engine.connect() as conn:
                 payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
-                return in_place, [bytes(r[0]) for r in await conn.execute(payloads)]
+                return running_in_place, [bytes(r[0]) for r in await conn.execute(payloads)]
         finally:
             await engine.dispose()
 
@@ -548,15 +554,20 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
             await _INSERT_INBOX.run(conn, {"payload": b"undone", "created_at": now})
             raise RuntimeError("this proof raises")
 
+    async def failing_statement(conn: AsyncConnection) -> None:
+        async with savepoint(conn):
+            await _INSERT_INBOX.run(conn, {"payload": b"undone", "created_at": now})
+            await _INSERT_INBOX.run(conn, {"payload": None, "created_at": now})  # NOT NULL
+
     async def failing_around_a_kept_block(conn: AsyncConnection) -> None:
         async with savepoint(conn):
             async with savepoint(conn):
                 await _INSERT_INBOX.run(conn, {"payload": b"undone too", "created_at": now})
             raise RuntimeError("the outer block raises")
 
-    in_place, payloads = asyncio.run(main())
-    assert in_place == database_url.startswith("sqlite")
-    assert payloads == [b"kept", b"after", b"outer", b"inner"]
+    running_in_place, payloads = asyncio.run(main())
+    assert running_in_place
+    assert payloads == [b"first", b"kept", b"after", b"outer", b"inner"]
 
 
 def test_rows_one_and_scalar_one_want_exactly_one_row() -> None:
