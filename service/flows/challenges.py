@@ -943,7 +943,8 @@ async def _succeed_in(
     log index (None while pending). Raises _ProofUsed when another request used the proof first,
     having written nothing (see below for the one exception, which is safe to commit), and
     RequestClosed when the account was erased meanwhile, whose writes the caller's savepoint or
-    transaction must take back. ``read_here``: ``loaded.request`` was read in this transaction and is unchanged since."""
+    transaction must take back.
+    ``read_here``: ``loaded.request`` was read in this transaction and is unchanged since."""
     repo = ChallengeRepository(conn)
     # The proof first, then the challenge: a proof another request used writes nothing here.
     # The challenge cannot then fail to complete when its attempt was reserved in this same
