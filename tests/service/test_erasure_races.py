@@ -28,6 +28,15 @@ ACCOUNT = "acct-erase-race"
 ERASURE_HEAD_START_S = 0.5
 
 
+def _verified_phone(api: Api, account_id: str) -> None:
+    phone = api.client.put(
+        f"/v1/accounts/{account_id}/phone",
+        json={"phone": "+8613800005678", "verified": True},
+        headers=api.headers(),
+    )
+    assert phone.status_code == 200, phone.text
+
+
 def _decision_request(api: Api, account_id: str) -> unlock.DecisionRequest:
     raw = copy.deepcopy(PERSONA_REQUEST)
     raw["account_id"] = account_id
@@ -38,12 +47,7 @@ def _decision_request(api: Api, account_id: str) -> unlock.DecisionRequest:
 def test_an_erasure_during_a_decision_leaves_the_decision_without_the_account_id(
     api: Api,
 ) -> None:
-    phone = api.client.put(
-        f"/v1/accounts/{ACCOUNT}/phone",
-        json={"phone": "+8613800005678", "verified": True},
-        headers=api.headers(),
-    )
-    assert phone.status_code == 200, phone.text
+    _verified_phone(api, ACCOUNT)
     request = _decision_request(api, ACCOUNT)
     ctx = api.ctx
 
@@ -107,12 +111,7 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     otherwise its factor, and with an approval its outbox events with the sealed account id,
     would land on a request whose account no longer exists."""
     account = "acct-erase-proof-race"
-    phone = api.client.put(
-        f"/v1/accounts/{account}/phone",
-        json={"phone": "+8613800005678", "verified": True},
-        headers=api.headers(),
-    )
-    assert phone.status_code == 200, phone.text
+    _verified_phone(api, account)
     decision = api.create_unlock_request(account)
     started = _start(api, decision["id"], "sms")
     assert started.status_code == 201, started.text
