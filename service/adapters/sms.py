@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -461,20 +462,33 @@ def build_sms_gateway(config: SmsConfig) -> SmsGateway:
 
 
 class SendTimings:
-    """How long this worker's recent gateway sends took. An SMS challenge that sends nothing
-    (an unknown account id, or an account with no number on file) waits as long as one of them
-    did, so the missing round trip does not tell the two apart (OWASP-FP-1/2). A worker that has
+    """How long this worker's recent sends took: looking up and decrypting the number on file,
+    then the gateway's round trip. An SMS challenge that sends nothing (an unknown account id, or
+    an account with no number on file) does neither, or only the lookup, and waits out the rest of
+    one of them, so what it skips does not tell the two apart (OWASP-FP-1/2). A worker that has
     sent nothing yet has nothing to imitate and does not wait."""
 
-    __slots__ = ("_recent",)
+    __slots__ = ("_late", "_recent")
 
     def __init__(self, size: int = 64) -> None:
         self._recent: deque[float] = deque(maxlen=size)
+        # How late this worker's waits wake up (timer granularity, the loop busy with others),
+        # averaged. A recorded send already holds the loop's delay in resuming it; a wait of the
+        # same length would add that delay a second time.
+        self._late = 0.0
 
     def record(self, seconds: float) -> None:
         self._recent.append(seconds)
 
-    async def pad(self) -> None:
-        if self._recent:
-            # A recent send's duration, drawn at random: the same distribution, not its mean.
-            await asyncio.sleep(secrets.choice(self._recent))
+    async def pad(self, spent: float = 0.0) -> None:
+        """Wait as long as a recent send took, less the ``spent`` seconds already taken by the
+        part of a send this challenge did do."""
+        if not self._recent:
+            return
+        # A recent send's duration, drawn at random: the same distribution, not its mean.
+        rest = secrets.choice(self._recent) - spent - self._late
+        if rest <= 0:
+            return
+        began = time.perf_counter()
+        await asyncio.sleep(rest)
+        self._late += (time.perf_counter() - began - rest - self._late) / 8

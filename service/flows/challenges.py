@@ -177,6 +177,7 @@ async def start(
     limits = ctx.policy.limits
     expires_at = now + timedelta(minutes=limits.challenge_ttl_minutes)
     sms_to_send: tuple[str, str, str] | None = None
+    lookup = 0.0
     async with ctx.engine.begin() as conn:
         loaded = await _load(conn, ctx, request_id, now)
         offered = _offered(loaded.decision, method, provider)
@@ -203,7 +204,9 @@ async def start(
             code = f"{secrets.randbelow(10**SMS_CODE_DIGITS):0{SMS_CODE_DIGITS}d}"
             delivery_id = new_id()
             secret_hash = _sms_hash(ctx, challenge_id, code) if known else _NEVER
+            looked_up = time.perf_counter()
             phone = await phone_on_file(conn, ctx, loaded.account_id, subject) if known else None
+            lookup = time.perf_counter() - looked_up
             destination = ctx.data_keys.blind_index("phone", phone or subject)
             # Check and record under one lock: concurrent starts must not all see the old count.
             await repo.serialise("sms_sends", destination)
@@ -253,15 +256,16 @@ async def start(
             now,
         )
     if method is Method.SMS:
-        await _deliver(ctx, sms_to_send)
+        await _deliver(ctx, sms_to_send, lookup)
     return out
 
 
-async def _deliver(ctx: ServiceContext, sms: tuple[str, str, str] | None) -> None:
+async def _deliver(ctx: ServiceContext, sms: tuple[str, str, str] | None, lookup: float) -> None:
     """Send the challenge's text, after commit; with nothing to send (an unknown id, or no number
-    on file), take as long as a send would, so the time does not tell (OWASP-FP-1/2)."""
+    on file), take as long as a send would have, the ``lookup`` of the number included, so the
+    time does not tell (OWASP-FP-1/2)."""
     if sms is None:
-        await ctx.sms_timings.pad()
+        await ctx.sms_timings.pad(spent=lookup)
         return
     to, text, delivery = sms
     began = time.perf_counter()
@@ -273,7 +277,7 @@ async def _deliver(ctx: ServiceContext, sms: tuple[str, str, str] | None) -> Non
             "for human review.",
             reason=exc.reason,
         ) from None
-    ctx.sms_timings.record(time.perf_counter() - began)
+    ctx.sms_timings.record(lookup + time.perf_counter() - began)
 
 
 def _sms_text(locale: str, code: str) -> str:
