@@ -1,0 +1,98 @@
+"""Queries of the outbox's deliverer: lease what is due, settle what was attempted. The caller owns
+the transaction; each method runs inside the connection it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.persistence.tables import outbox_events
+
+_COLUMNS = (
+    outbox_events.c.id,
+    outbox_events.c.kind,
+    outbox_events.c.subject,
+    outbox_events.c.payload,
+    outbox_events.c.attempts,
+)
+
+
+class LeasedEvent(msgspec.Struct, frozen=True):
+    id: str
+    kind: str
+    subject: str
+    payload: str
+    attempts: int
+
+
+class FailedAttempt(msgspec.Struct, frozen=True):
+    id: str
+    attempts: int
+    retry_at: datetime
+    error: str
+
+
+class OutboxRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def lease_due(self, now: datetime, lease: timedelta, limit: int) -> list[LeasedEvent]:
+        """Lease up to ``limit`` events that are due, oldest first, in one statement: another
+        worker's lease in the meantime is seen by the conditions (or skipped while it is being
+        taken, on PostgreSQL), so each event goes to one deliverer until its lease runs out."""
+        pending = (outbox_events.c.delivered_at.is_(None), outbox_events.c.next_attempt_at <= now)
+        due = (
+            select(outbox_events.c.id)
+            .where(*pending)
+            .order_by(outbox_events.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's writer lock serialises
+            .cte("due")
+            # Chosen once: as a subquery PostgreSQL may run it again per row, and a LIMIT n
+            # leased more than n (seen here).
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        leased = await self._conn.execute(
+            update(outbox_events)
+            .where(outbox_events.c.id.in_(select(due.c.id)), *pending)
+            .values(next_attempt_at=now + lease)
+            .returning(*_COLUMNS)
+        )
+        return [LeasedEvent(*row) for row in leased]
+
+    async def settle(
+        self, delivered: Sequence[str], failed: Sequence[FailedAttempt], now: datetime
+    ) -> None:
+        """Mark what was acknowledged delivered, and put what failed back for its retry."""
+        if delivered:
+            await self._conn.execute(
+                update(outbox_events)
+                .where(outbox_events.c.id.in_(delivered))
+                .values(delivered_at=now, attempts=outbox_events.c.attempts + 1, last_error=None)
+            )
+        if failed:
+            await self._conn.execute(
+                update(outbox_events)
+                .where(
+                    outbox_events.c.id == bindparam("event_id"),
+                    outbox_events.c.delivered_at.is_(None),
+                )
+                .values(
+                    attempts=bindparam("new_attempts"),
+                    next_attempt_at=bindparam("new_retry_at"),
+                    last_error=bindparam("new_error"),
+                ),
+                [
+                    {
+                        "event_id": f.id,
+                        "new_attempts": f.attempts,
+                        "new_retry_at": f.retry_at,
+                        "new_error": f.error[:200],
+                    }
+                    for f in failed
+                ],
+            )

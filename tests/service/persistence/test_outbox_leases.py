@@ -1,0 +1,120 @@
+"""The outbox deliverer's queries (service/persistence/outbox.py): a batch of due events is leased
+in one statement and goes to one deliverer, also when two lease at once; settling marks the
+acknowledged delivered and puts the failed back for their retry."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import insert, select
+
+from service.persistence.outbox import FailedAttempt, OutboxRepository
+from service.persistence.tables import outbox_events
+from tests.service.conftest import Api
+
+LEASE = timedelta(seconds=60)
+
+
+def _events(api: Api, count: int, due: datetime) -> list[str]:
+    ids = [f"evt-{i:03d}" for i in range(count)]
+
+    async def add() -> None:
+        async with api.app.state.engine.begin() as conn:
+            await conn.execute(
+                insert(outbox_events),
+                [
+                    {
+                        "id": event_id,
+                        "kind": "notify_person",
+                        "subject": "s" * 64,
+                        "payload": "{}",
+                        "created_at": due,
+                        # Oldest first: evt-000 is the most overdue.
+                        "next_attempt_at": due - timedelta(seconds=count - i),
+                    }
+                    for i, event_id in enumerate(ids)
+                ],
+            )
+
+    api.run(add)
+    return ids
+
+
+def _lease(api: Api, now: datetime, limit: int) -> list[str]:
+    async def lease() -> list[str]:
+        async with api.app.state.engine.begin() as conn:
+            return [e.id for e in await OutboxRepository(conn).lease_due(now, LEASE, limit)]
+
+    leased: list[str] = api.run(lease)
+    return leased
+
+
+def test_due_events_are_leased_oldest_first_and_not_again_until_the_lease_runs_out(
+    api: Api,
+) -> None:
+    now = datetime.now(UTC)
+    ids = _events(api, 5, now)
+    assert sorted(_lease(api, now, 3)) == ids[:3]
+    assert sorted(_lease(api, now, 10)) == ids[3:]
+    assert _lease(api, now, 10) == []
+    assert sorted(_lease(api, now + LEASE + timedelta(seconds=1), 10)) == ids
+
+
+def test_two_deliverers_leasing_at_once_share_the_events_without_overlap(api: Api) -> None:
+    now = datetime.now(UTC)
+    ids = _events(api, 40, now)
+
+    async def both() -> list[list[str]]:
+        async def one() -> list[str]:
+            async with api.app.state.engine.begin() as conn:
+                leased = await OutboxRepository(conn).lease_due(now, LEASE, 25)
+                await asyncio.sleep(0.05)  # hold the transaction while the other leases
+                return [e.id for e in leased]
+
+        return list(await asyncio.gather(one(), one()))
+
+    first, second = api.run(both)
+    assert not set(first) & set(second)
+    assert sorted(first + second) == ids
+    assert {len(first), len(second)} == {25, 15}
+
+
+def test_settling_marks_the_delivered_and_reschedules_the_failed(api: Api) -> None:
+    now = datetime.now(UTC)
+    ids = _events(api, 3, now)
+    _lease(api, now, 3)
+    retry_at = now + timedelta(seconds=4)
+
+    async def settle_and_read() -> dict[str, tuple[datetime | None, int, datetime, str | None]]:
+        async with api.app.state.engine.begin() as conn:
+            await OutboxRepository(conn).settle(
+                ids[:2], [FailedAttempt(ids[2], 1, retry_at, "sms: " + "x" * 300)], now
+            )
+        async with api.app.state.engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    outbox_events.c.id,
+                    outbox_events.c.delivered_at,
+                    outbox_events.c.attempts,
+                    outbox_events.c.next_attempt_at,
+                    outbox_events.c.last_error,
+                )
+            )
+            return {
+                r.id: (r.delivered_at, r.attempts, r.next_attempt_at, r.last_error) for r in rows
+            }
+
+    rows = api.run(settle_and_read)
+    for event_id in ids[:2]:
+        delivered_at, attempts, _, error = rows[event_id]
+        assert delivered_at == now
+        assert attempts == 1
+        assert error is None
+    delivered_at, attempts, next_attempt_at, error = rows[ids[2]]
+    assert delivered_at is None
+    assert attempts == 1
+    assert next_attempt_at == retry_at
+    assert error is not None
+    assert len(error) == 200
+    assert _lease(api, retry_at, 10) == [ids[2]]
