@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import weakref
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -370,6 +371,7 @@ async def _as_sqlalchemy_error(
 _SAVEPOINT = "SAVEPOINT hot_savepoint"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO hot_savepoint"
 _RELEASE_SAVEPOINT = "RELEASE hot_savepoint"
+_UNDO_SAVEPOINT = f"{_ROLLBACK_TO_SAVEPOINT}; {_RELEASE_SAVEPOINT}"
 
 
 @asynccontextmanager
@@ -393,15 +395,44 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
             raise
         db.execute(_RELEASE_SAVEPOINT)
         return
-    await _simple_query(conn, db, _SAVEPOINT)
+    await _simple_query(conn, db, _owed_releases(db) + _SAVEPOINT)
     try:
         yield
     except BaseException:
         # One round trip (the simple query protocol takes several statements): the block's
         # writes undone and the transaction usable again, also after a statement that failed.
-        await _simple_query(conn, db, f"{_ROLLBACK_TO_SAVEPOINT}; {_RELEASE_SAVEPOINT}")
+        await _simple_query(conn, db, _owed_releases(db, undo=True) + _UNDO_SAVEPOINT)
         raise
-    await _simple_query(conn, db, _RELEASE_SAVEPOINT)
+    _owe_release(db)
+
+
+# A kept block's RELEASE is sent with the next savepoint statement of its transaction instead of
+# on its own (a round trip of the ten a proof took on PostgreSQL); COMMIT or ROLLBACK releases
+# what is still owed. Until then the statements that follow run inside the kept savepoint, which
+# changes nothing: its writes stay the transaction's, and a failure there fails the transaction
+# as it would have. Keyed by asyncpg's connection, with the transaction the RELEASEs are owed in.
+_OWED: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
+
+
+def _owe_release(adapted: AsyncAdapt_asyncpg_connection) -> None:
+    driver: Any = adapted
+    transaction = driver._transaction
+    owed = _OWED.get(driver._connection)
+    count = owed[1] if owed is not None and owed[0] is transaction else 0
+    _OWED[driver._connection] = (transaction, count + 1)
+
+
+def _owed_releases(adapted: AsyncAdapt_asyncpg_connection, *, undo: bool = False) -> str:
+    """The RELEASEs owed in the current transaction, as a prefix for the next savepoint
+    statement (innermost first, so the savepoint that statement names is the most recent).
+    Before an enclosing block is undone, each owed savepoint is rolled back too (what it holds
+    goes with the enclosing block anyway): RELEASE is refused while a failed statement has left
+    the transaction aborted, ROLLBACK TO is not."""
+    driver: Any = adapted
+    owed = _OWED.pop(driver._connection, None)
+    if owed is None or owed[0] is not driver._transaction:
+        return ""  # none, or owed in a transaction that has ended
+    return f"{_UNDO_SAVEPOINT if undo else _RELEASE_SAVEPOINT}; " * owed[1]
 
 
 async def _simple_query(

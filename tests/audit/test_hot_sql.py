@@ -543,6 +543,16 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
                         await _INSERT_INBOX.run(conn, {"payload": b"inner", "created_at": now})
                 with pytest.raises(RuntimeError):
                     await failing_around_a_kept_block(conn)
+                with pytest.raises(IntegrityError):
+                    await failing_statement_after_a_kept_block(conn)
+                async with savepoint(conn):
+                    await _INSERT_INBOX.run(conn, {"payload": b"last", "created_at": now})
+            # A new transaction (on PostgreSQL the same pooled connection): nothing of the
+            # last one's savepoints carries over.
+            async with engine.begin() as conn:
+                await _INSERT_INBOX.run(conn, {"payload": b"next", "created_at": now})
+                async with savepoint(conn):
+                    await _INSERT_INBOX.run(conn, {"payload": b"next kept", "created_at": now})
             async with engine.connect() as conn:
                 payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
                 return running_in_place, [bytes(r[0]) for r in await conn.execute(payloads)]
@@ -565,9 +575,59 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
                 await _INSERT_INBOX.run(conn, {"payload": b"undone too", "created_at": now})
             raise RuntimeError("the outer block raises")
 
+    async def failing_statement_after_a_kept_block(conn: AsyncConnection) -> None:
+        async with savepoint(conn):
+            async with savepoint(conn):
+                await _INSERT_INBOX.run(conn, {"payload": b"undone as well", "created_at": now})
+            await _INSERT_INBOX.run(conn, {"payload": None, "created_at": now})  # NOT NULL
+
     running_in_place, payloads = asyncio.run(main())
     assert running_in_place
-    assert payloads == [b"first", b"kept", b"after", b"outer", b"inner"]
+    kept = [b"first", b"kept", b"after", b"outer", b"inner", b"last"]
+    assert payloads == [*kept, b"next", b"next kept"]
+
+
+def test_a_kept_savepoint_is_released_with_the_next_one_on_postgresql(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proofs in a batch each take a savepoint: a kept one's RELEASE goes with the next SAVEPOINT
+    (one round trip, not two), and COMMIT releases the last."""
+    import asyncpg
+
+    from audit.store import _INSERT_INBOX, create_schema
+    from service.db import create_engine
+
+    sent: list[str] = []
+    execute = asyncpg.connection.Connection.execute
+
+    async def counting(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    now = datetime.now(UTC)
+
+    async def main() -> int:
+        engine = create_engine(postgres_url)
+        try:
+            await create_schema(engine)
+            async with engine.begin() as conn:
+                await _INSERT_INBOX.run(conn, {"payload": b"first", "created_at": now})
+                monkeypatch.setattr(asyncpg.connection.Connection, "execute", counting)
+                for i in range(3):
+                    async with savepoint(conn):
+                        await _INSERT_INBOX.run(conn, {"payload": b"%d" % i, "created_at": now})
+            async with engine.connect() as conn:
+                return len((await conn.execute(select(audit_inbox.c.id))).all())
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(main()) == 4
+    savepoints = [q for q in sent if "hot_savepoint" in q]
+    assert savepoints == [
+        "SAVEPOINT hot_savepoint",
+        "RELEASE hot_savepoint; SAVEPOINT hot_savepoint",
+        "RELEASE hot_savepoint; SAVEPOINT hot_savepoint",
+    ]
 
 
 def test_rows_one_and_scalar_one_want_exactly_one_row() -> None:
