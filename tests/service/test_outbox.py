@@ -289,3 +289,47 @@ def test_killed_between_approval_and_delivery_the_webhook_still_arrives_once(
     # One event per approval: a redelivery repeats the same id, which the receiver keeps once.
     assert sorted(by_request) == sorted(approvals)
     assert all(len(ids) == 1 for ids in by_request.values())
+
+
+def test_a_fault_in_one_delivery_still_settles_the_rest_of_its_batch(
+    webhook_api: Api, receiver_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's deliveries run side by side: one that fails with a fault, not a delivery error
+    (here the phone lookup of the notice), is raised for the loop to log after the others are
+    settled; its own event keeps its lease and is tried again when that runs out."""
+    from service import outbox
+
+    api = webhook_api
+    api.run(api.app.state.outbox.stop)  # this test drives every pass itself
+    running = Running(receiver_port)
+    try:
+        _approve(api, "acct-fault")
+
+        async def broken(*args: object) -> str | None:
+            raise RuntimeError("the phone lookup broke")
+
+        monkeypatch.setattr(outbox, "phone_on_file", broken)
+        with pytest.raises(RuntimeError, match="phone lookup broke"):
+            api.run(api.app.state.outbox.deliver_due)
+    finally:
+        running.stop()
+
+    async def rows() -> dict[str, tuple[datetime | None, int, datetime]]:
+        async with api.app.state.engine.connect() as conn:
+            found = await conn.execute(
+                select(
+                    outbox_events.c.kind,
+                    outbox_events.c.delivered_at,
+                    outbox_events.c.attempts,
+                    outbox_events.c.next_attempt_at,
+                )
+            )
+            return {r.kind: (r.delivered_at, r.attempts, r.next_attempt_at) for r in found}
+
+    events = api.run(rows)
+    assert [d["status"] for d in Receiver.deliveries] == [200]
+    assert events["account_unlocked"][0] is not None  # settled as delivered
+    delivered_at, attempts, next_attempt_at = events["notify_person"]
+    assert delivered_at is None
+    assert attempts == 0
+    assert next_attempt_at > datetime.now(UTC) + timedelta(seconds=30)  # still leased
