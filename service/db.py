@@ -6,10 +6,12 @@ contention with the default async pool. WAL with synchronous=FULL keeps every ac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
@@ -20,6 +22,9 @@ from service.sqlite_inline import BEGIN_IMMEDIATE, InlineConnection, inline_crea
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_BATCHES_IN_FLIGHT = 2
 PG_PREPARED_STATEMENTS = 512
+# A PostgreSQL connection back from the pool after this long unused is pinged before it is
+# handed out (see _ping_if_idle).
+PG_IDLE_PING_S = 1.0
 _DEADLOCK_SQLSTATE = "40P01"
 
 
@@ -57,6 +62,27 @@ def batches_in_flight(url: str) -> int:
     return 1 if is_sqlite(url) else PG_BATCHES_IN_FLIGHT
 
 
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a connection that sat unused in the pool, before it is handed out; one that fails is
+    replaced (the pool reconnects on DisconnectionError). SQLAlchemy's pool_pre_ping pings at
+    every checkout, and on asyncpg its ping is three round trips (BEGIN, an empty query,
+    ROLLBACK) before each batch and each request's transaction. A connection in steady use skips
+    it: a database restart while it was in use fails that use, and the error invalidates the
+    pool, as it would with pre-ping."""
+    checked_in_at = record.info.get("checked_in_at")
+    if checked_in_at is None or time.monotonic() - checked_in_at < PG_IDLE_PING_S:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as exc:
+        raise sa_exc.DisconnectionError("an idle connection failed its ping") from exc
+
+
 def create_engine(
     url: str, *, pool_size: int = 10, echo: bool = False, inline_sqlite: bool = True
 ) -> AsyncEngine:
@@ -84,18 +110,20 @@ def create_engine(
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         # The group commits' reads are built per batch size (1..64) in five families (decision
         # inputs, linked identities, a proof batch's requests, challenges and enrolments): with
         # SQLAlchemy's default of 100 prepared statements per connection they evict each other
         # and are prepared again and again.
         connect_args={"prepared_statement_cache_size": PG_PREPARED_STATEMENTS},
     )
+    event.listen(engine.sync_engine, "checkin", _note_checkin)
+    event.listen(engine.sync_engine, "checkout", _ping_if_idle)
+    return engine
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
