@@ -382,8 +382,12 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
     proof in a batch takes one savepoint: on PostgreSQL 18 % of a proof batch's CPU.)"""
     db = in_place(conn)
     if db is None:  # a transaction not begun yet: SQLAlchemy's SAVEPOINT, which it tracks
-        async with conn.begin_nested():
-            yield
+        try:
+            async with conn.begin_nested():
+                yield
+        finally:
+            # Its RELEASE or ROLLBACK TO took every savepoint set inside it, owed ones included.
+            _forget_owed(conn)
         return
     if isinstance(db, sqlite3.Connection):
         db.execute(_SAVEPOINT)
@@ -420,6 +424,13 @@ def _owe_release(adapted: AsyncAdapt_asyncpg_connection) -> None:
     owed = _OWED.get(driver._connection)
     count = owed[1] if owed is not None and owed[0] is transaction else 0
     _OWED[driver._connection] = (transaction, count + 1)
+
+
+def _forget_owed(conn: AsyncConnection) -> None:
+    adapted = in_place(conn)
+    if isinstance(adapted, AsyncAdapt_asyncpg_connection):
+        driver: Any = adapted
+        _OWED.pop(driver._connection, None)
 
 
 def _owed_releases(adapted: AsyncAdapt_asyncpg_connection, *, undo: bool = False) -> str:

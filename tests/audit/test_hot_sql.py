@@ -9,6 +9,7 @@ proof, an approval), so the statements meet the data they meet in service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import uuid
@@ -628,6 +629,42 @@ def test_a_kept_savepoint_is_released_with_the_next_one_on_postgresql(
         "RELEASE hot_savepoint; SAVEPOINT hot_savepoint",
         "RELEASE hot_savepoint; SAVEPOINT hot_savepoint",
     ]
+
+
+def test_savepoints_inside_one_taken_before_the_transaction_began(database_url: str) -> None:
+    """A savepoint taken before the transaction's first statement is SQLAlchemy's; the blocks
+    inside it run in place, and its RELEASE (or ROLLBACK TO) takes theirs with it: a savepoint
+    after it must not release them again (on PostgreSQL that fails without the bookkeeping)."""
+    from audit.store import _INSERT_INBOX, create_schema
+    from service.db import create_engine
+
+    now = datetime.now(UTC)
+
+    async def main() -> list[bytes]:
+        engine = create_engine(database_url)
+        try:
+            await create_schema(engine)
+            for outer_fails in (False, True):
+                async with engine.begin() as conn:
+                    with contextlib.suppress(RuntimeError):
+                        async with savepoint(conn):  # nothing has run yet in this transaction
+                            async with savepoint(conn):
+                                await _INSERT_INBOX.run(
+                                    conn, {"payload": b"inner %d" % outer_fails, "created_at": now}
+                                )
+                            if outer_fails:
+                                raise RuntimeError("the outer block raises")
+                    async with savepoint(conn):
+                        await _INSERT_INBOX.run(
+                            conn, {"payload": b"after %d" % outer_fails, "created_at": now}
+                        )
+            async with engine.connect() as conn:
+                payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
+                return [bytes(r[0]) for r in await conn.execute(payloads)]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(main()) == [b"inner 0", b"after 0", b"after 1"]
 
 
 def test_rows_one_and_scalar_one_want_exactly_one_row() -> None:
