@@ -399,51 +399,52 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
             raise
         db.execute(_RELEASE_SAVEPOINT)
         return
-    await _simple_query(conn, db, _owed_releases(db) + _SAVEPOINT)
+    await _simple_query(conn, db, _owed_releases(conn) + _SAVEPOINT)
     try:
         yield
     except BaseException:
         # One round trip (the simple query protocol takes several statements): the block's
         # writes undone and the transaction usable again, also after a statement that failed.
-        await _simple_query(conn, db, _owed_releases(db, undo=True) + _UNDO_SAVEPOINT)
+        await _simple_query(conn, db, _owed_releases(conn, undo=True) + _UNDO_SAVEPOINT)
         raise
-    _owe_release(db)
+    _owe_release(conn)
 
 
 # A kept block's RELEASE is sent with the next savepoint statement of its transaction instead of
 # on its own (a round trip of the ten a proof took on PostgreSQL); COMMIT or ROLLBACK releases
 # what is still owed. Until then the statements that follow run inside the kept savepoint, which
 # changes nothing: its writes stay the transaction's, and a failure there fails the transaction
-# as it would have. Keyed by asyncpg's connection, with the transaction the RELEASEs are owed in.
-_OWED: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
+# as it would have. How many are owed, by SQLAlchemy's transaction object: weakly, so an entry
+# goes with its transaction and nothing here keeps a connection alive.
+_OWED: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
-def _owe_release(adapted: AsyncAdapt_asyncpg_connection) -> None:
-    driver: Any = adapted
-    transaction = driver._transaction
-    owed = _OWED.get(driver._connection)
-    count = owed[1] if owed is not None and owed[0] is transaction else 0
-    _OWED[driver._connection] = (transaction, count + 1)
+def _transaction(conn: AsyncConnection) -> Any:
+    sync = conn.sync_connection
+    return None if sync is None else sync.get_transaction()
+
+
+def _owe_release(conn: AsyncConnection) -> None:
+    transaction = _transaction(conn)
+    if transaction is not None:
+        _OWED[transaction] = _OWED.get(transaction, 0) + 1
 
 
 def _forget_owed(conn: AsyncConnection) -> None:
-    adapted = in_place(conn)
-    if isinstance(adapted, AsyncAdapt_asyncpg_connection):
-        driver: Any = adapted
-        _OWED.pop(driver._connection, None)
+    transaction = _transaction(conn)
+    if transaction is not None:
+        _OWED.pop(transaction, None)
 
 
-def _owed_releases(adapted: AsyncAdapt_asyncpg_connection, *, undo: bool = False) -> str:
+def _owed_releases(conn: AsyncConnection, *, undo: bool = False) -> str:
     """The RELEASEs owed in the current transaction, as a prefix for the next savepoint
     statement (innermost first, so the savepoint that statement names is the most recent).
     Before an enclosing block is undone, each owed savepoint is rolled back too (what it holds
     goes with the enclosing block anyway): RELEASE is refused while a failed statement has left
     the transaction aborted, ROLLBACK TO is not."""
-    driver: Any = adapted
-    owed = _OWED.pop(driver._connection, None)
-    if owed is None or owed[0] is not driver._transaction:
-        return ""  # none, or owed in a transaction that has ended
-    return f"{_UNDO_SAVEPOINT if undo else _RELEASE_SAVEPOINT}; " * owed[1]
+    transaction = _transaction(conn)
+    owed = 0 if transaction is None else _OWED.pop(transaction, 0)
+    return f"{_UNDO_SAVEPOINT if undo else _RELEASE_SAVEPOINT}; " * owed
 
 
 async def _simple_query(

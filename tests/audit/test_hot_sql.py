@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import sqlite3
 import uuid
@@ -23,6 +24,7 @@ from sqlalchemy import delete, event, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from audit import hot_sql
 from audit.hot_sql import (
     HOT_STATEMENTS,
     HotStatement,
@@ -623,6 +625,8 @@ def test_a_kept_savepoint_is_released_with_the_next_one_on_postgresql(
             await engine.dispose()
 
     assert asyncio.run(main()) == 4
+    gc.collect()
+    assert not hot_sql._OWED, "what a finished transaction owed outlived it"
     savepoints = [q for q in sent if "hot_savepoint" in q]
     assert savepoints == [
         "SAVEPOINT hot_savepoint",
