@@ -151,10 +151,8 @@ class OutboxDispatcher:
                 delivered.append(event.id)
                 log.info("outbox event delivered", extra={"event_id": event.id, "kind": event.kind})
             elif isinstance(outcome, DeliveryError):
-                attempts = event.attempts + 1
-                failed.append(
-                    FailedAttempt(event.id, attempts, now + backoff(attempts), str(outcome))
-                )
+                retry_at = now + backoff(event.attempts + 1)
+                failed.append(FailedAttempt(event.id, retry_at, str(outcome)))
                 log.warning(
                     "outbox delivery failed",
                     extra={"event_id": event.id, "kind": event.kind, "error": str(outcome)},

@@ -31,7 +31,6 @@ class LeasedEvent(msgspec.Struct, frozen=True):
 
 class FailedAttempt(msgspec.Struct, frozen=True):
     id: str
-    attempts: int
     retry_at: datetime
     error: str
 
@@ -67,7 +66,8 @@ class OutboxRepository:
     async def settle(
         self, delivered: Sequence[str], failed: Sequence[FailedAttempt], now: datetime
     ) -> None:
-        """Mark what was acknowledged delivered, and put what failed back for its retry."""
+        """Mark what was acknowledged delivered, and put what failed back for its retry; either
+        way the attempt is counted."""
         if delivered:
             await self._conn.execute(
                 update(outbox_events)
@@ -82,14 +82,13 @@ class OutboxRepository:
                     outbox_events.c.delivered_at.is_(None),
                 )
                 .values(
-                    attempts=bindparam("new_attempts"),
+                    attempts=outbox_events.c.attempts + 1,
                     next_attempt_at=bindparam("new_retry_at"),
                     last_error=bindparam("new_error"),
                 ),
                 [
                     {
                         "event_id": f.id,
-                        "new_attempts": f.attempts,
                         "new_retry_at": f.retry_at,
                         "new_error": f.error[:200],
                     }

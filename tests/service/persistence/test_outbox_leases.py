@@ -89,7 +89,7 @@ def test_settling_marks_the_delivered_and_reschedules_the_failed(api: Api) -> No
     async def settle_and_read() -> dict[str, tuple[datetime | None, int, datetime, str | None]]:
         async with api.app.state.engine.begin() as conn:
             await OutboxRepository(conn).settle(
-                ids[:2], [FailedAttempt(ids[2], 1, retry_at, "sms: " + "x" * 300)], now
+                ids[:2], [FailedAttempt(ids[2], retry_at, "sms: " + "x" * 300)], now
             )
         async with api.app.state.engine.connect() as conn:
             rows = await conn.execute(
