@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, event, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit import hot_sql
 from audit.hot_sql import (
@@ -510,6 +510,13 @@ def test_a_sqlite_connection_in_aiosqlites_thread_never_runs_in_place(tmp_path: 
     assert (asyncio.run(check(False)), asyncio.run(check(True))) == (False, True)
 
 
+async def _inbox_payloads(engine: AsyncEngine) -> list[bytes]:
+    """The inbox's payloads in the order written: what the savepoint tests kept."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(audit_inbox.c.payload).order_by(audit_inbox.c.id))
+        return [bytes(r[0]) for r in rows]
+
+
 def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database_url: str) -> None:
     """audit.hot_sql.savepoint, in place on the driver of either database once the transaction
     has begun: a block that raises is undone, a statement that failed inside it included (on
@@ -556,9 +563,7 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
                 await _INSERT_INBOX.run(conn, {"payload": b"next", "created_at": now})
                 async with savepoint(conn):
                     await _INSERT_INBOX.run(conn, {"payload": b"next kept", "created_at": now})
-            async with engine.connect() as conn:
-                payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
-                return running_in_place, [bytes(r[0]) for r in await conn.execute(payloads)]
+            return running_in_place, await _inbox_payloads(engine)
         finally:
             await engine.dispose()
 
@@ -619,8 +624,7 @@ def test_a_kept_savepoint_is_released_with_the_next_one_on_postgresql(
                 for i in range(3):
                     async with savepoint(conn):
                         await _INSERT_INBOX.run(conn, {"payload": b"%d" % i, "created_at": now})
-            async with engine.connect() as conn:
-                return len((await conn.execute(select(audit_inbox.c.id))).all())
+            return len(await _inbox_payloads(engine))
         finally:
             await engine.dispose()
 
@@ -662,9 +666,7 @@ def test_savepoints_inside_one_taken_before_the_transaction_began(database_url: 
                         await _INSERT_INBOX.run(
                             conn, {"payload": b"after %d" % outer_fails, "created_at": now}
                         )
-            async with engine.connect() as conn:
-                payloads = select(audit_inbox.c.payload).order_by(audit_inbox.c.id)
-                return [bytes(r[0]) for r in await conn.execute(payloads)]
+            return await _inbox_payloads(engine)
         finally:
             await engine.dispose()
 

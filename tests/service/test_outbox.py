@@ -30,6 +30,7 @@ from service.methods.totp import TotpParameters, code_at
 from service.persistence.api_keys import ApiKeyRepository, Role
 from service.persistence.tables import outbox_events
 from tests.service.conftest import PERSONA_REQUEST, Api, fake_adapters, make_settings
+from tests.service.persistence.test_outbox_leases import outbox_rows
 
 SECRET = "webhook-secret-0123456789abcdef"
 BIN = Path(sys.executable).parent
@@ -314,22 +315,10 @@ def test_a_fault_in_one_delivery_still_settles_the_rest_of_its_batch(
     finally:
         running.stop()
 
-    async def rows() -> dict[str, tuple[datetime | None, int, datetime]]:
-        async with api.app.state.engine.connect() as conn:
-            found = await conn.execute(
-                select(
-                    outbox_events.c.kind,
-                    outbox_events.c.delivered_at,
-                    outbox_events.c.attempts,
-                    outbox_events.c.next_attempt_at,
-                )
-            )
-            return {r.kind: (r.delivered_at, r.attempts, r.next_attempt_at) for r in found}
-
-    events = api.run(rows)
+    events = {row.kind: row for row in outbox_rows(api)}
     assert [d["status"] for d in Receiver.deliveries] == [200]
-    assert events["account_unlocked"][0] is not None  # settled as delivered
-    delivered_at, attempts, next_attempt_at = events["notify_person"]
-    assert delivered_at is None
-    assert attempts == 0
-    assert next_attempt_at > datetime.now(UTC) + timedelta(seconds=30)  # still leased
+    assert events["account_unlocked"].delivered_at is not None  # settled as delivered
+    notice = events["notify_person"]
+    assert notice.delivered_at is None
+    assert notice.attempts == 0
+    assert notice.next_attempt_at > datetime.now(UTC) + timedelta(seconds=30)  # still leased

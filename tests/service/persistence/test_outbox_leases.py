@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Row, insert, select
 
 from service.persistence.outbox import FailedAttempt, OutboxRepository
 from service.persistence.tables import outbox_events
@@ -39,6 +40,28 @@ def _events(api: Api, count: int, due: datetime) -> list[str]:
 
     api.run(add)
     return ids
+
+
+def outbox_rows(api: Api) -> list[Row[Any]]:
+    """Every outbox event as stored: id, kind, delivered_at, attempts, next_attempt_at and
+    last_error (tests/service/test_outbox.py reads them the same way)."""
+
+    async def read() -> list[Row[Any]]:
+        async with api.app.state.engine.connect() as conn:
+            found = await conn.execute(
+                select(
+                    outbox_events.c.id,
+                    outbox_events.c.kind,
+                    outbox_events.c.delivered_at,
+                    outbox_events.c.attempts,
+                    outbox_events.c.next_attempt_at,
+                    outbox_events.c.last_error,
+                )
+            )
+            return list(found)
+
+    rows: list[Row[Any]] = api.run(read)
+    return rows
 
 
 def _lease(api: Api, now: datetime, limit: int) -> list[str]:
@@ -86,35 +109,23 @@ def test_settling_marks_the_delivered_and_reschedules_the_failed(api: Api) -> No
     _lease(api, now, 3)
     retry_at = now + timedelta(seconds=4)
 
-    async def settle_and_read() -> dict[str, tuple[datetime | None, int, datetime, str | None]]:
+    async def settle() -> None:
         async with api.app.state.engine.begin() as conn:
             await OutboxRepository(conn).settle(
                 ids[:2], [FailedAttempt(ids[2], retry_at, "sms: " + "x" * 300)], now
             )
-        async with api.app.state.engine.connect() as conn:
-            rows = await conn.execute(
-                select(
-                    outbox_events.c.id,
-                    outbox_events.c.delivered_at,
-                    outbox_events.c.attempts,
-                    outbox_events.c.next_attempt_at,
-                    outbox_events.c.last_error,
-                )
-            )
-            return {
-                r.id: (r.delivered_at, r.attempts, r.next_attempt_at, r.last_error) for r in rows
-            }
 
-    rows = api.run(settle_and_read)
+    api.run(settle)
+    rows = {row.id: row for row in outbox_rows(api)}
     for event_id in ids[:2]:
-        delivered_at, attempts, _, error = rows[event_id]
-        assert delivered_at == now
-        assert attempts == 1
-        assert error is None
-    delivered_at, attempts, next_attempt_at, error = rows[ids[2]]
-    assert delivered_at is None
-    assert attempts == 1
-    assert next_attempt_at == retry_at
+        assert rows[event_id].delivered_at == now
+        assert rows[event_id].attempts == 1
+        assert rows[event_id].last_error is None
+    failed = rows[ids[2]]
+    assert failed.delivered_at is None
+    assert failed.attempts == 1
+    assert failed.next_attempt_at == retry_at
+    error = failed.last_error
     assert error is not None
     assert len(error) == 200
     assert _lease(api, retry_at, 10) == [ids[2]]
