@@ -21,7 +21,7 @@ from service.sqlite_inline import BEGIN_IMMEDIATE, InlineConnection, inline_crea
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_BATCHES_IN_FLIGHT = 2
-PG_PREPARED_STATEMENTS = 512
+PG_PREPARED_STATEMENTS = 640
 # A PostgreSQL connection back from the pool after this long unused is pinged before it is
 # handed out (see _ping_if_idle).
 PG_IDLE_PING_S = 1.0
@@ -115,10 +115,11 @@ def create_engine(
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        # The group commits' reads are built per batch size (1..64) in five families (decision
-        # inputs, linked identities, a proof batch's requests, challenges and enrolments): with
-        # SQLAlchemy's default of 100 prepared statements per connection they evict each other
-        # and are prepared again and again.
+        # The group commits' statements are built per batch size (1..64) in eight families
+        # (decision inputs, linked identities, the decisions' account locks; a proof batch's
+        # attempt locks, requests, challenges, enrolments and failures): with SQLAlchemy's
+        # default of 100 prepared statements per connection they evict each other and are
+        # prepared again and again.
         connect_args={"prepared_statement_cache_size": PG_PREPARED_STATEMENTS},
     )
     event.listen(engine.sync_engine, "checkin", _note_checkin)

@@ -4,19 +4,24 @@ whose row count says whether this caller won."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
 from sqlalchemy import (
     String,
+    and_,
     bindparam,
+    cast,
     delete,
     insert,
     literal,
+    null,
+    or_,
     select,
     union_all,
     update,
@@ -25,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from audit.hot_sql import HotStatement
 from service.ids import new_id
-from service.persistence.locks import ADVISORY_XACT_LOCK, advisory_lock_key
+from service.persistence import padded
+from service.persistence.locks import ADVISORY_XACT_LOCK, advisory_lock_key, advisory_xact_locks
 from service.persistence.tables import (
     challenges,
     outbox_events,
@@ -152,6 +158,72 @@ _FAILURES_OF_METHOD_AND_SOURCE = HotStatement(
         ),
     ).order_by("k", "created_at"),
 )
+
+
+@functools.lru_cache(maxsize=128)
+def failures_many_statement(count: int) -> HotStatement:
+    """``_FAILURES_OF_METHOD_AND_SOURCE`` for ``count`` proofs in one statement: "m" rows of each
+    account (s{i}) at its method (m{i}) since p_since, "s" rows of each source (x{i}; None matches
+    nothing) since p_source_since, each with its key."""
+    va = verification_attempts.c
+    pairs = [
+        and_(va.subject == bindparam(f"s{i}", type_=String), va.method == bindparam(f"m{i}"))
+        for i in range(count)
+    ]
+    sources = [bindparam(f"x{i}", type_=String) for i in range(count)]
+    return HotStatement(
+        f"attempts.failures_many[{count}]",
+        union_all(
+            select(
+                literal("m").label("k"), va.subject.label("a"), va.method.label("b"), va.created_at
+            ).where(*_FAILED, va.created_at >= bindparam("p_since"), or_(*pairs)),
+            select(
+                literal("s").label("k"),
+                va.source_index.label("a"),
+                cast(null(), String).label("b"),
+                va.created_at,
+            ).where(
+                *_FAILED, va.created_at >= bindparam("p_source_since"), va.source_index.in_(sources)
+            ),
+        ).order_by("created_at"),
+    )
+
+
+class FailureBook:
+    """The failed attempts a batch of proofs counts against its throttles, read once for the
+    whole batch (``ChallengeRepository.failure_book``) and kept up to date with the failures
+    the batch's own proofs record (``add``): each proof then sees what a read of its own, at its
+    turn in the batch's transaction, would have returned. Times per key, oldest first."""
+
+    __slots__ = ("_from_source", "_of_method")
+
+    def __init__(
+        self,
+        of_method: dict[tuple[str, str], list[datetime]],
+        from_source: dict[str, list[datetime]],
+    ) -> None:
+        self._of_method = of_method
+        self._from_source = from_source
+
+    @staticmethod
+    def _since(times: list[datetime] | None, since: datetime) -> list[datetime]:
+        return [] if not times else times[bisect.bisect_left(times, since) :]
+
+    def of_method(self, subject: str, method: str, since: datetime) -> list[datetime]:
+        """``ChallengeRepository.method_failures_since`` (the read must have covered ``since``)."""
+        return self._since(self._of_method.get((subject, method)), since)
+
+    def from_source(self, source_index: str, since: datetime) -> list[datetime]:
+        """The source's failures, any account, as ``failures_since`` returns them."""
+        return self._since(self._from_source.get(source_index), since)
+
+    def add(self, subject: str, method: str, source_index: str | None, at: datetime) -> None:
+        """A failed attempt this transaction recorded (``record_attempt``)."""
+        bisect.insort(self._of_method.setdefault((subject, method), []), at)
+        if source_index is not None:
+            bisect.insort(self._from_source.setdefault(source_index, []), at)
+
+
 _CONSUME_TOTP_STEP = HotStatement(
     "totp.consume_step",
     update(totp_enrolments)
@@ -329,6 +401,16 @@ class ChallengeRepository:
         if self._conn.dialect.name == "postgresql":
             await ADVISORY_XACT_LOCK.run(self._conn, {"p_key": advisory_lock_key(scope, key)})
 
+    async def serialise_many(self, scoped_keys: Iterable[tuple[str, str]]) -> None:
+        """``serialise`` for several (scope, key) at once, in one statement, in a fixed order
+        (two transactions taking overlapping sets this way cannot deadlock on them)."""
+        if self._conn.dialect.name != "postgresql":
+            return
+        keys = sorted({advisory_lock_key(scope, key) for scope, key in scoped_keys})
+        if keys:
+            params = {f"k{i}": k for i, k in enumerate(padded(keys))}
+            await advisory_xact_locks(len(keys)).run(self._conn, params)
+
     # When the failed attempts since ``since`` happened, oldest first: what throttling and
     # Retry-After are computed from.
     async def method_failures_since(
@@ -355,6 +437,27 @@ class ChallengeRepository:
         for kind, at in await _FAILURES_OF_METHOD_AND_SOURCE.run(self._conn, params):
             (of_method if kind == "m" else from_source).append(at)
         return of_method, from_source
+
+    async def failure_book(
+        self,
+        keys: Sequence[tuple[str, str, str | None]],
+        since: datetime,
+        source_since: datetime,
+    ) -> FailureBook:
+        """``failures_since`` for several (subject, method, source index or None) at once, from
+        the earliest times any of them asks for: one statement instead of one each."""
+        params: dict[str, object] = {"p_since": since, "p_source_since": source_since}
+        keys = padded(keys)
+        for i, (subject, method, source) in enumerate(keys):
+            params |= {f"s{i}": subject, f"m{i}": method, f"x{i}": source}
+        of_method: dict[tuple[str, str], list[datetime]] = {}
+        from_source: dict[str, list[datetime]] = {}
+        for kind, a, b, at in await failures_many_statement(len(keys)).run(self._conn, params):
+            if kind == "m":
+                of_method.setdefault((a, b), []).append(at)
+            else:
+                from_source.setdefault(a, []).append(at)
+        return FailureBook(of_method, from_source)
 
     async def sms_sends_since(self, destination_index: str, since: datetime) -> list[datetime]:
         rows = await self._conn.execute(
@@ -411,11 +514,10 @@ class ChallengeRepository:
         IMMEDIATE already serialises writers). Read after the lock, it includes an erasure that
         committed since the caller last read the row.
 
-        ``read_here``: the row as this transaction read it, unchanged since (the caller's
-        promise). On SQLite nothing else can have written it since the transaction began, so it
-        is the state, without a statement; PostgreSQL reads and locks the row all the same."""
-        postgres = self._conn.dialect.name == "postgresql"
-        if read_here is not None and not postgres:
+        ``read_here``: the row as this transaction read it, unchanged since, and on PostgreSQL
+        read locked (``UnlockRequestRepository.get_many(lock=True)``): the caller's promise.
+        Nothing else can then have written it since, so it is the state, without a statement."""
+        if read_here is not None:
             if read_here.id != unlock_request_id:
                 raise ValueError("read_here is another request's row")
             return RequestState(
@@ -424,6 +526,7 @@ class ChallengeRepository:
                 read_here.review_reason,
                 read_here.account_id_sealed is None,
             )
+        postgres = self._conn.dialect.name == "postgresql"
         stmt = _REQUEST_STATE_FOR_UPDATE if postgres else _REQUEST_STATE
         row = (await stmt.run(self._conn, {"p_id": unlock_request_id})).first()
         if row is None:

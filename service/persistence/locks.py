@@ -26,6 +26,19 @@ ADVISORY_XACT_LOCK = HotStatement(
 
 
 @functools.lru_cache(maxsize=128)
+def advisory_xact_locks(count: int) -> HotStatement:
+    """``count`` locks, exclusive, in one statement (parameters k0..k{count-1}, taken left to
+    right: callers sort them, so two transactions taking overlapping sets cannot deadlock on
+    them)."""
+    keys = [bindparam(f"k{i}", type_=BigInteger) for i in range(count)]
+    return HotStatement(
+        f"locks.advisory_xact_many[{count}]",
+        select(*(func.pg_advisory_xact_lock(k) for k in keys)),
+        only_on="postgresql",
+    )
+
+
+@functools.lru_cache(maxsize=128)
 def advisory_xact_locks_shared(count: int) -> HotStatement:
     """``count`` locks, shared, in one statement (parameters k0..k{count-1}, taken left to right:
     callers sort them)."""

@@ -26,7 +26,7 @@ from audit.hot_sql import HotStatement
 from audit.store import audit_log
 from policy.model import Method, RequestHistory
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
-from service.persistence import UtcDateTime
+from service.persistence import UtcDateTime, padded
 from service.persistence.accounts import (
     AccountSnapshot,
     linked_many,
@@ -149,6 +149,22 @@ def get_many_statement(count: int) -> HotStatement:
     )
 
 
+@functools.lru_cache(maxsize=128)
+def get_many_locked_statement(count: int) -> HotStatement:
+    """``get_many_statement``, with the rows locked for the transaction on PostgreSQL (in id
+    order, so two transactions locking overlapping sets cannot deadlock on them; SQLite's BEGIN
+    IMMEDIATE already serialises writers and renders no lock)."""
+    ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
+    return HotStatement(
+        f"unlock_requests.get_many_locked[{count}]",
+        select(*_COLUMNS)
+        .select_from(_WITH_INDEX)
+        .where(unlock_requests.c.id.in_(ids))
+        .order_by(unlock_requests.c.id)
+        .with_for_update(of=unlock_requests),
+    )
+
+
 class DecisionInputs(msgspec.Struct, frozen=True):
     snapshot: AccountSnapshot
     history: RequestHistory
@@ -208,9 +224,15 @@ class UnlockRequestRepository:
         row = (await _GET.run(self._conn, {"p_id": request_id})).first()
         return None if row is None else UnlockRequestRow(**row._asdict())
 
-    async def get_many(self, request_ids: Sequence[str]) -> dict[str, UnlockRequestRow]:
-        """The requests of these ids that exist, by id."""
-        statement = get_many_statement(len(request_ids))
+    async def get_many(
+        self, request_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, UnlockRequestRow]:
+        """The requests of these ids that exist, by id; ``lock``: locked until the transaction
+        ends (PostgreSQL), so what is read here is what a write later in it changes."""
+        if lock:
+            request_ids = padded(request_ids)
+        count = len(request_ids)
+        statement = get_many_locked_statement(count) if lock else get_many_statement(count)
         rows = await statement.run(self._conn, {f"p{i}": r for i, r in enumerate(request_ids)})
         return {row.id: UnlockRequestRow(**row._asdict()) for row in rows}
 

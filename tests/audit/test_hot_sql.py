@@ -150,6 +150,21 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "p_source": attempt.source_index,
             }
         ],
+        "attempts.failures_many": [
+            {
+                "p_since": day_ago,
+                "p_source_since": day_ago,
+                "s0": subject,
+                "m0": "totp",
+                "x0": attempt.source_index,
+                "s1": other,
+                "m1": "sms",
+                "x1": None,
+                "s2": subject,
+                "m2": "recovery_code",
+                "x2": "x" * 64,
+            }
+        ],
         "totp.consume_step": [
             {"p_subject": subject, "p_step": 10**12},
             {"p_subject": subject, "p_step": 1},
@@ -169,6 +184,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
         "unlock_requests.insert": [copy_of_request(), [copy_of_request(), copy_of_request()]],
         "unlock_requests.get": [{"p_id": request.id}, {"p_id": "nope"}],
         "unlock_requests.get_many": [{"p0": request.id, "p1": "nope", "p2": pending.id}],
+        "unlock_requests.get_many_locked": [{"p0": request.id, "p1": "nope", "p2": pending.id}],
         "unlock_requests.decision_inputs": [{**subjects, **windows}],
         "outbox.insert": [outbox_row("notify_person"), [outbox_row("a"), outbox_row("b")]],
         "accounts.snapshot_facts": [{"subject": subject}, {"subject": "f" * 64}],
@@ -208,6 +224,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
         # PostgreSQL only (only_on); a session may take the same advisory lock again.
         "locks.advisory_xact": [{"p_key": -(2**63)}],
         "locks.advisory_xact_shared": [{"k0": -(2**63), "k1": 0, "k2": 2**63 - 1}],
+        "locks.advisory_xact_many": [{"k0": -(2**63), "k1": 0, "k2": 2**63 - 1}],
         "locks.try_integration": [None],
         "locks.wait_integration": [None],
         "audit_checkpoints.insert": [
@@ -228,14 +245,17 @@ def _statements(dialect: str) -> list[HotStatement]:
     sizes used here."""
     from service.persistence import challenges, unlock_requests
     from service.persistence.accounts import linked_many, totp_many
-    from service.persistence.locks import advisory_xact_locks_shared
+    from service.persistence.locks import advisory_xact_locks, advisory_xact_locks_shared
 
     unlock_requests.decision_inputs_statement(3)
     unlock_requests.get_many_statement(3)
+    unlock_requests.get_many_locked_statement(3)
     challenges.get_many_statement(3)
+    challenges.failures_many_statement(3)
     linked_many(3)
     totp_many(3)
     advisory_xact_locks_shared(3)
+    advisory_xact_locks(3)
     return [
         s
         for s in HOT_STATEMENTS
@@ -370,7 +390,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (54 if postgres else 50)
+    assert len(compared) == (57 if postgres else 52)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:

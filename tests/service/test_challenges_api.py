@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from service import dto
-from service.domain import ChallengeNotFound, ProofMissing, ProofRejected
+from service.domain import ChallengeNotFound, ProofMissing, ProofRejected, Throttled
 from service.flows import challenges
 from service.group_commit import GroupCommit
 from service.methods import totp
@@ -515,6 +515,34 @@ def test_two_requests_of_one_account_in_one_batch_accept_a_code_once(api: Api) -
     assert len(accepted) == 1, outcomes
     assert len(rejected) == 1, outcomes
     assert rejected[0].extra["reason"] == "code_reused"
+
+
+def test_a_failure_in_a_batch_counts_against_the_proofs_after_it(api: Api) -> None:
+    """A batch reads the throttles' failures once for all its proofs (challenges.FailureBook):
+    a proof that fails in the batch must count for the proofs judged after it, as a read at
+    their turn in the same transaction would (NIST-63B4-3.2.2): here it is the account's last
+    allowed failure, so the next proof is throttled even with the right code."""
+    secret = _enrol_totp(api, "acct-book", at=previous_step())
+    limit = api.ctx.policy.limits.method_failures_per_day
+    failing = _request(api, "acct-book")["id"]
+    for failures in range(limit - 1):
+        if failures % api.ctx.policy.limits.challenge_attempts == 0:
+            challenge = _start(api, failing, "totp").json()["id"]
+        assert _verify(api, failing, challenge, code="000000").status_code == 422
+    pairs = []
+    for _ in range(2):
+        decision = _request(api, "acct-book")
+        pairs.append((decision["id"], _start(api, decision["id"], "totp").json()["id"]))
+    code = code_at(secret, datetime.now(UTC), PARAMS)
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    outcomes, batches = _prove_together(
+        api, [(*pairs[0], dto.VerifyIn(wrong)), (*pairs[1], dto.VerifyIn(code))]
+    )
+    assert batches == [2]  # one batch: the case the shared read must get right
+    rejected, throttled = outcomes
+    assert isinstance(rejected, ProofRejected), outcomes
+    assert isinstance(throttled, Throttled), outcomes
+    assert "today" in str(throttled)
 
 
 @pytest.fixture

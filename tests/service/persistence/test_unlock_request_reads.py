@@ -1,19 +1,23 @@
 """What a proof and a GET read of their unlock request: the row with its decision's log index (one
-statement, not two), and the request's state, which on SQLite a batch of proofs takes from the row
-it read in the same transaction instead of reading it again."""
+statement, not two), and the request's state, which a batch of proofs takes from the row it read
+(on PostgreSQL, locked) in the same transaction instead of reading it again."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from audit.hot_sql import in_place_sqlite
 from audit.store import AuditStore
 from service.persistence.api_keys import Role
 from service.persistence.challenges import ChallengeRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
-from tests.service.conftest import Api
+from tests.service.conftest import Api, _api
 
 
 def test_request_rows_carry_their_decisions_log_index(api: Api) -> None:
@@ -48,7 +52,7 @@ def test_request_rows_carry_their_decisions_log_index(api: Api) -> None:
     ]
 
 
-def test_request_state_from_the_row_read_here_is_the_state_read_and_on_sqlite_reads_nothing(
+def test_request_state_from_the_row_read_locked_here_is_the_state_read_without_a_statement(
     api: Api,
 ) -> None:
     decision = api.create_unlock_request("acct-state")
@@ -56,8 +60,8 @@ def test_request_state_from_the_row_read_here_is_the_state_read_and_on_sqlite_re
 
     async def states() -> tuple[Any, Any, list[str]]:
         async with engine.begin() as conn:
-            row = await UnlockRequestRepository(conn).get(decision["id"])
-            assert row is not None
+            rows = await UnlockRequestRepository(conn).get_many([decision["id"]], lock=True)
+            row = rows[decision["id"]]
             repo = ChallengeRepository(conn)
             read = await repo.lock_request(decision["id"])
             executed: list[str] = []
@@ -76,7 +80,42 @@ def test_request_state_from_the_row_read_here_is_the_state_read_and_on_sqlite_re
     assert given == read
     if api.app.state.engine.dialect.name == "sqlite":
         assert executed == []
-    # PostgreSQL reads and locks the row whatever the caller read (another worker may write it).
+
+
+@pytest.fixture
+def postgres_api(tmp_path: Path, postgres_url: str) -> Iterator[Api]:
+    yield from _api(tmp_path, postgres_url)
+
+
+def test_a_locked_read_of_requests_holds_their_rows_until_the_transaction_ends(
+    postgres_api: Api,
+) -> None:
+    """What lets a batch of proofs on PostgreSQL take a request's state from its own read
+    (``lock_request(read_here=...)``): no other transaction can change the row meanwhile."""
+    api = postgres_api
+    decision = api.create_unlock_request("acct-locked")
+    other = api.create_unlock_request("acct-not-locked")
+    engine = api.app.state.engine
+
+    async def try_lock(request_id: str) -> bool:
+        async with engine.begin() as conn:
+            try:
+                await conn.execute(
+                    text("SELECT id FROM unlock_requests WHERE id = :id FOR UPDATE NOWAIT"),
+                    {"id": request_id},
+                )
+            except DBAPIError:
+                return False
+            return True
+
+    async def while_held() -> tuple[bool, bool, bool]:
+        async with engine.begin() as conn:
+            await UnlockRequestRepository(conn).get_many([decision["id"]], lock=True)
+            held = await try_lock(decision["id"])
+            free = await try_lock(other["id"])
+        return held, free, await try_lock(decision["id"])
+
+    assert api.run(while_held) == (False, True, True)
 
 
 def test_request_state_says_when_the_account_was_erased(api: Api) -> None:
@@ -88,12 +127,11 @@ def test_request_state_says_when_the_account_was_erased(api: Api) -> None:
 
     async def states() -> tuple[Any, Any]:
         async with api.app.state.engine.begin() as conn:
-            row = await UnlockRequestRepository(conn).get(decision["id"])
-            assert row is not None
+            rows = await UnlockRequestRepository(conn).get_many([decision["id"]], lock=True)
             repo = ChallengeRepository(conn)
             return (
                 await repo.lock_request(decision["id"]),
-                await repo.lock_request(decision["id"], read_here=row),
+                await repo.lock_request(decision["id"], read_here=rows[decision["id"]]),
             )
 
     read, given = api.run(states)
@@ -101,17 +139,15 @@ def test_request_state_says_when_the_account_was_erased(api: Api) -> None:
     assert given == read
 
 
-def test_request_state_refuses_another_requests_row(sqlite_api: Api) -> None:
-    # SQLite only: PostgreSQL reads the row itself and never looks at read_here.
-    api = sqlite_api
+def test_request_state_refuses_another_requests_row(api: Api) -> None:
     one = api.create_unlock_request("acct-state-a")
     other = api.create_unlock_request("acct-state-b")
     engine = api.app.state.engine
 
     async def mixed() -> None:
         async with engine.begin() as conn:
-            row = await UnlockRequestRepository(conn).get(other["id"])
-            await ChallengeRepository(conn).lock_request(one["id"], read_here=row)
+            rows = await UnlockRequestRepository(conn).get_many([other["id"]], lock=True)
+            await ChallengeRepository(conn).lock_request(one["id"], read_here=rows[other["id"]])
 
     with pytest.raises(ValueError, match="another request"):
         api.run(mixed)
