@@ -723,13 +723,12 @@ async def _prove_in(
         )
     if at_once is None:
         return _Later(loaded, challenge, method)
-    # An error raised in here rolls the proof back, the reservation included: a proof that was
-    # never judged (a missing field) counts against no one. The attempt row is written once,
-    # with its outcome, after the check: no one outside this transaction could see it before
-    # its commit anyway.
-    attempt_id = await _reserve_in(
-        conn, ctx, loaded, challenge, method, now, serialised=True, record=False
-    )
+    # Judged before its attempt is counted, but in the same transaction, under the batch's
+    # serialisation of the account's attempts at the method: a proof whose count is refused (the
+    # challenge closed or spent) is refused whatever its code, and its savepoint takes back
+    # anything it wrote, so the limits still bound the guesses that can succeed, and a proof
+    # never judged (a missing field) writes nothing and counts against no one. An accepted
+    # proof counts its attempt with the challenge's completion, in one statement.
     checked = await at_once(conn, ctx, loaded, challenge, proof.body, now, reads)
     if checked.ok:
         try:
@@ -743,13 +742,17 @@ async def _prove_in(
                 method,
                 now,
                 checked,
-                attempt_id,
+                None,
                 entries,
                 read_here=True,
+                reserving=ctx.policy.limits.challenge_attempts,
             )
             return _Accepted(row, index, loaded.stored)
         except _ProofUsed:
             checked = Checked(ok=False, reason="code_reused")
+    # The attempt row is written once, with its outcome (_fail_in): no one outside this
+    # transaction could see it before its commit anyway.
+    await _reserve_in(conn, ctx, loaded, challenge, method, now, serialised=True, record=False)
     # Committed with the batch: the failed attempt counts (NIST-63B4-3.2.2).
     return await _fail_in(
         conn,
@@ -759,7 +762,6 @@ async def _prove_in(
         challenge,
         now,
         checked,
-        attempt_id=attempt_id,
         entries=entries,
     )
 
@@ -828,11 +830,7 @@ async def _reserve_in(
         await repo.serialise(f"attempts:{method.value}", ch.subject)
         await _check_throttles(repo, ctx, loaded, method, now)
     if not await repo.reserve_attempt(ch.id, ctx.policy.limits.challenge_attempts):
-        current = await repo.get(ch.id)
-        status = "failed" if current is None or current.status == "open" else current.status
-        raise ChallengeClosed(
-            f"This challenge is {status}; start a new one.", challenge_status=status
-        )
+        raise await _refused_attempt(repo, ch.id)
     if not record:
         return None
     return await repo.record_attempt(
@@ -843,6 +841,14 @@ async def _reserve_in(
         loaded.request.source_index,
         now,
     )
+
+
+async def _refused_attempt(repo: ChallengeRepository, challenge_id: str) -> ChallengeClosed:
+    """The error for a proof whose attempt could not be counted: the challenge is closed, or
+    open with no attempt left (then as good as failed)."""
+    current = await repo.get(challenge_id)
+    status = "failed" if current is None or current.status == "open" else current.status
+    return ChallengeClosed(f"This challenge is {status}; start a new one.", challenge_status=status)
 
 
 async def _fail(
@@ -1007,13 +1013,17 @@ async def _succeed_in(
     entries: DirectEntries | None = None,
     *,
     read_here: bool = False,
+    reserving: int | None = None,
 ) -> tuple[UnlockRequestRow, int | None]:
     """An accepted proof's writes in the caller's transaction: the request row after them and its
     log index (None while pending). Raises _ProofUsed when another request used the proof first,
     having written nothing (see below for the one exception, which is safe to commit), and
     RequestClosed when the account was erased meanwhile, whose writes the caller's savepoint or
     transaction must take back.
-    ``read_here``: ``loaded.request`` was read in this transaction and is unchanged since."""
+    ``read_here``: ``loaded.request`` was read in this transaction and is unchanged since.
+    ``reserving``: the proof's attempt is not counted yet; the completion counts it, within
+    this limit, or raises ChallengeClosed (after the proof was used: the caller's savepoint
+    takes that back)."""
     repo = ChallengeRepository(conn)
     # The proof first, then the challenge: a proof another request used writes nothing here.
     # The challenge cannot then fail to complete when its attempt was reserved in this same
@@ -1024,7 +1034,11 @@ async def _succeed_in(
         won = await repo.consume_totp_step(ch.subject, checked.totp_step)
     if won and checked.recovery_code_id is not None:
         won = await repo.use_recovery_code(checked.recovery_code_id, now)
-    won = won and await repo.complete(ch.id, now)
+    if won:
+        if reserving is None:
+            won = await repo.complete(ch.id, now)
+        elif not await repo.reserve_and_complete(ch.id, reserving, now):
+            raise await _refused_attempt(repo, ch.id)
     if not won:
         # Another request used this proof first: exactly one wins (ASVS4-2.8.5).
         raise _ProofUsed

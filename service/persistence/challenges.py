@@ -113,6 +113,18 @@ _RESERVE = HotStatement(
     )
     .values(attempts=challenges.c.attempts + 1),
 )
+_RESERVE_AND_COMPLETE = HotStatement(
+    "challenges.reserve_and_complete",
+    update(challenges)
+    .where(
+        challenges.c.id == bindparam("p_id"),
+        challenges.c.status == "open",
+        challenges.c.attempts < bindparam("p_max"),
+    )
+    .values(
+        attempts=challenges.c.attempts + 1, status="succeeded", completed_at=bindparam("p_now")
+    ),
+)
 _ATTEMPTS = HotStatement(
     "challenges.attempts",
     select(challenges.c.attempts).where(challenges.c.id == bindparam("p_id")),
@@ -338,6 +350,14 @@ class ChallengeRepository:
         left or the challenge is closed. Concurrent proofs cannot all see the same count."""
         result = await _RESERVE.run(self._conn, {"p_id": challenge_id, "p_max": max_attempts})
         return result.rowcount == 1
+
+    async def reserve_and_complete(
+        self, challenge_id: str, max_attempts: int, now: datetime
+    ) -> bool:
+        """``reserve_attempt`` and ``complete`` in one statement, for a proof already judged
+        right: False, changing nothing, when no attempt is left or the challenge is closed."""
+        params = {"p_id": challenge_id, "p_max": max_attempts, "p_now": now}
+        return (await _RESERVE_AND_COMPLETE.run(self._conn, params)).rowcount == 1
 
     async def release_attempt(self, challenge_id: str, attempt_id: str) -> None:
         """Undo a reservation whose proof was never judged (missing field, provider down)."""

@@ -126,6 +126,11 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
             {"p_id": open_ch.id, "p_max": 5},
             {"p_id": open_ch.id, "p_max": 0},
         ],
+        "challenges.reserve_and_complete": [
+            {"p_id": open_ch.id, "p_max": 0, "p_now": now},
+            {"p_id": done_ch.id, "p_max": 5, "p_now": now},
+            {"p_id": open_ch.id, "p_max": 5, "p_now": now},
+        ],
         "challenges.attempts": [{"p_id": done_ch.id}],
         "challenges.close_failed": [{"p_id": open_ch.id, "p_now": now}],
         "attempts.insert": [
@@ -383,14 +388,14 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
     # Every write changed something in at least one case (the databases compared are not
     # trivially equal), and no case was skipped.
     writes = ("insert", "complete", "reserve_attempt", "close_failed", "settle", "consume_step")
-    writes += ("update_state", "move")
+    writes += ("update_state", "move", "reserve_and_complete")
     assert {c.split(" ", 1)[0] for c in changed} == {
         s.name
         for s in _statements(scenario.ctx.engine.dialect.name)
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (57 if postgres else 52)
+    assert len(compared) == (60 if postgres else 55)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import dto
 from service.domain import ChallengeNotFound, ProofMissing, ProofRejected, Throttled
@@ -134,6 +135,42 @@ def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> 
     replay = _verify(api, second_request["id"], second["id"], code=code)
     assert replay.status_code == 422
     assert replay.json()["reason"] == "code_reused"
+
+
+def test_a_right_code_on_a_challenge_with_no_attempt_left_is_refused_and_stays_unused(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accepted proof counts its attempt with the challenge's completion (one statement,
+    challenges.reserve_and_complete), after its code was judged and its TOTP step used: when
+    the count is refused (here: another worker took the last attempt after this batch read
+    the challenge), the proof is refused as the challenge is closed and its savepoint takes the
+    step back, so the code still works on a new challenge (NIST-63B4-3.2.2: no guess beyond the
+    limit can succeed)."""
+    secret = _enrol_totp(api, "acct-spent", at=previous_step())
+    decision = _request(api, "acct-spent")
+    challenge = _start(api, decision["id"], "totp").json()["id"]
+    spend = text("UPDATE challenges SET attempts = :n WHERE id = :id")
+    params = {"n": api.ctx.policy.limits.challenge_attempts, "id": challenge}
+    read_for = challenges._read_for
+
+    async def read_then_spend(conn: AsyncConnection, batch: Any) -> challenges.ProofReads:
+        reads = await read_for(conn, batch)
+        if conn.dialect.name == "sqlite":
+            await conn.execute(spend, params)  # SQLite's one writer is this batch
+        else:
+            async with api.ctx.engine.begin() as other:  # the row is not locked: it commits
+                await other.execute(spend, params)
+        return reads
+
+    code = code_at(secret, datetime.now(UTC), PARAMS)
+    monkeypatch.setattr(challenges, "_read_for", read_then_spend)
+    refused = _verify(api, decision["id"], challenge, code=code)
+    monkeypatch.setattr(challenges, "_read_for", read_for)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["challenge_status"] == "failed"
+    fresh = _start(api, decision["id"], "totp").json()["id"]
+    accepted = _verify(api, decision["id"], fresh, code=code)
+    assert accepted.status_code == 200, accepted.text
 
 
 def test_wrong_codes_count_down_and_close_the_challenge(sqlite_api: Api) -> None:
