@@ -59,4 +59,6 @@ def test_padding_takes_off_how_late_its_waits_wake_up(monkeypatch: pytest.Monkey
         waited.append(time.perf_counter() - began)
     assert waited[0] >= 0.012, waited[0]  # nothing known yet about the lateness
     settled = sorted(waited[-10:])[5]
-    assert 0.0095 <= settled < 0.0110, waited[-10:]
+    # Uncorrected, every wait would take 12 ms and more; the margin above 10 ms is for a busy
+    # machine's own lateness, which varies and so cannot be taken off.
+    assert 0.0095 <= settled < 0.0115, waited[-10:]
