@@ -21,7 +21,7 @@ from service.sqlite_inline import BEGIN_IMMEDIATE, InlineConnection, inline_crea
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_BATCHES_IN_FLIGHT = 2
-PG_PREPARED_STATEMENTS = 640
+PG_PREPARED_STATEMENTS = 512
 # A PostgreSQL connection back from the pool after this long unused is pinged before it is
 # handed out (see _ping_if_idle).
 PG_IDLE_PING_S = 1.0
@@ -115,9 +115,10 @@ def create_engine(
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        # The group commits' statements are built per batch size (1..64) in eight families
-        # (decision inputs, linked identities, the decisions' account locks; a proof batch's
-        # attempt locks, requests, challenges, enrolments and failures): with SQLAlchemy's
+        # The group commits' statements are built per batch size in nine families: five of up
+        # to 64 sizes (decision inputs, linked identities, account locks, a proof batch's
+        # challenges and enrolments) and four padded to seven (persistence.padded: a proof
+        # batch's attempt locks, locked challenges and requests, failures). With SQLAlchemy's
         # default of 100 prepared statements per connection they evict each other and are
         # prepared again and again.
         connect_args={"prepared_statement_cache_size": PG_PREPARED_STATEMENTS},

@@ -617,21 +617,40 @@ def _at_once(challenge: ChallengeRow, now: datetime) -> InlineChecker | None:
     return AT_ONCE.get(Method(challenge.method))
 
 
-async def _read_for(conn: AsyncConnection, batch: Sequence[ProofRequest]) -> ProofReads:
-    """The batch's reads, in an order that cannot deadlock with another worker's batch: the
-    challenges; the serialisation of every at-once proof's account and method (as _reserve_in
-    takes it for one), in key order; the requests, locked in id order (PostgreSQL: a proof's
-    writes then rely on its row as read here); enrolments; the throttles' failures."""
-    repo = ChallengeRepository(conn)
-    found = await repo.get_many([p.challenge_id for p in batch])
-    mine = [
+def _matching(
+    batch: Sequence[ProofRequest], found: dict[str, ChallengeRow]
+) -> list[tuple[ProofRequest, ChallengeRow]]:
+    """Each proof with its challenge, where the challenge exists and is its request's."""
+    return [
         (p, ch)
         for p in batch
         if (ch := found.get(p.challenge_id)) is not None and ch.unlock_request_id == p.request_id
     ]
-    await repo.serialise_many(
-        (f"attempts:{ch.method}", ch.subject) for p, ch in mine if _at_once(ch, p.now) is not None
-    )
+
+
+async def _read_for(conn: AsyncConnection, batch: Sequence[ProofRequest]) -> ProofReads:
+    """The batch's reads, and on PostgreSQL its locks, in the order the other writers take
+    theirs, so that none of them can deadlock with it: the challenges (for the keys); the
+    accounts, shared (an erasure, which holds its account before it deletes enrolments and
+    clears requests, waits for the batch or the batch for it); the serialisation of every
+    at-once proof's account and method (as _reserve_in takes it for one), in key order; the
+    challenges again, locked, now that no other batch can count an attempt at them (their
+    attempts as read decide before a proof is judged); the requests, locked (a proof's writes
+    then rely on its row as read here); enrolments; the throttles' failures."""
+    repo = ChallengeRepository(conn)
+    ids = [p.challenge_id for p in batch]
+    found = await repo.get_many(ids)
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        mine = _matching(batch, found)
+        await AccountRepository(conn).hold_for_writing(sorted({ch.subject for _, ch in mine}))
+        await repo.serialise_many(
+            (f"attempts:{ch.method}", ch.subject)
+            for p, ch in mine
+            if _at_once(ch, p.now) is not None
+        )
+        found = await repo.get_many(ids, lock=True)
+    mine = _matching(batch, found)
     requests = await UnlockRequestRepository(conn).get_many(
         [p.request_id for p in batch], lock=True
     )
@@ -724,11 +743,18 @@ async def _prove_in(
     if at_once is None:
         return _Later(loaded, challenge, method)
     # Judged before its attempt is counted, but in the same transaction, under the batch's
-    # serialisation of the account's attempts at the method: a proof whose count is refused (the
-    # challenge closed or spent) is refused whatever its code, and its savepoint takes back
-    # anything it wrote, so the limits still bound the guesses that can succeed, and a proof
-    # never judged (a missing field) writes nothing and counts against no one. An accepted
-    # proof counts its attempt with the challenge's completion, in one statement.
+    # serialisation of the account's attempts at the method, on a challenge read under it: a
+    # proof with no attempt left is refused before it is judged, so the limits bound the
+    # guesses evaluated; one whose count is refused all the same (the challenge closed by a
+    # writer outside the serialisation, as an expiry) is refused whatever its code, and its
+    # savepoint takes back what it wrote. A proof never judged (a missing field) writes nothing
+    # and counts against no one. An accepted proof counts its attempt with the challenge's
+    # completion, in one statement.
+    if challenge.attempts >= ctx.policy.limits.challenge_attempts:
+        # Read under the batch's serialisation: no attempt is left for this proof to count.
+        raise ChallengeClosed(
+            "This challenge is failed; start a new one.", challenge_status="failed"
+        )
     checked = await at_once(conn, ctx, loaded, challenge, proof.body, now, reads)
     if checked.ok:
         try:

@@ -97,6 +97,19 @@ def get_many_statement(count: int) -> HotStatement:
     )
 
 
+@functools.lru_cache(maxsize=128)
+def get_many_locked_statement(count: int) -> HotStatement:
+    """``get_many_statement``, locked for the transaction on PostgreSQL, in id order."""
+    ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
+    return HotStatement(
+        f"challenges.get_many_locked[{count}]",
+        select(*_CHALLENGE_COLUMNS)
+        .where(challenges.c.id.in_(ids))
+        .order_by(challenges.c.id)
+        .with_for_update(),
+    )
+
+
 _COMPLETE = HotStatement(
     "challenges.complete",
     update(challenges)
@@ -301,9 +314,15 @@ class ChallengeRepository:
         row = (await _GET_CHALLENGE.run(self._conn, {"p_id": challenge_id})).first()
         return None if row is None else ChallengeRow(**row._asdict())
 
-    async def get_many(self, challenge_ids: Sequence[str]) -> dict[str, ChallengeRow]:
-        """The challenges of these ids that exist, by id."""
-        statement = get_many_statement(len(challenge_ids))
+    async def get_many(
+        self, challenge_ids: Sequence[str], *, lock: bool = False
+    ) -> dict[str, ChallengeRow]:
+        """The challenges of these ids that exist, by id; ``lock``: locked until the transaction
+        ends (PostgreSQL)."""
+        if lock:
+            challenge_ids = padded(challenge_ids)
+        count = len(challenge_ids)
+        statement = get_many_locked_statement(count) if lock else get_many_statement(count)
         rows = await statement.run(self._conn, {f"p{i}": c for i, c in enumerate(challenge_ids)})
         return {row.id: ChallengeRow(**row._asdict()) for row in rows}
 

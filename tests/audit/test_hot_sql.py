@@ -118,6 +118,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
     return {
         "challenges.get": [{"p_id": done_ch.id}, {"p_id": open_ch.id}, {"p_id": "nope"}],
         "challenges.get_many": [{"p0": done_ch.id, "p1": open_ch.id, "p2": "nope"}],
+        "challenges.get_many_locked": [{"p0": done_ch.id, "p1": open_ch.id, "p2": "nope"}],
         "challenges.complete": [
             {"p_id": open_ch.id, "p_now": now},
             {"p_id": done_ch.id, "p_now": now},
@@ -256,6 +257,7 @@ def _statements(dialect: str) -> list[HotStatement]:
     unlock_requests.get_many_statement(3)
     unlock_requests.get_many_locked_statement(3)
     challenges.get_many_statement(3)
+    challenges.get_many_locked_statement(3)
     challenges.failures_many_statement(3)
     linked_many(3)
     totp_many(3)
@@ -395,7 +397,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (60 if postgres else 55)
+    assert len(compared) == (61 if postgres else 56)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from policy.model import Method
 from service import dto
 from service.domain import ChallengeNotFound, ProofMissing, ProofRejected, Throttled
 from service.flows import challenges
@@ -137,15 +138,49 @@ def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> 
     assert replay.json()["reason"] == "code_reused"
 
 
-def test_a_right_code_on_a_challenge_with_no_attempt_left_is_refused_and_stays_unused(
+def test_a_proof_on_a_challenge_with_no_attempt_left_is_refused_before_it_is_judged(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch reads its challenges under the serialisation of the accounts' attempts: one
+    whose attempts are all counted (here by another worker, as open) refuses the proof before
+    its code is checked, so the limits bound the guesses evaluated (NIST-63B4-3.2.2)."""
+    secret = _enrol_totp(api, "acct-spent-before", at=previous_step())
+    decision = _request(api, "acct-spent-before")
+    challenge = _start(api, decision["id"], "totp").json()["id"]
+
+    async def spend() -> None:
+        async with api.ctx.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE challenges SET attempts = :n WHERE id = :id"),
+                {"n": api.ctx.policy.limits.challenge_attempts, "id": challenge},
+            )
+
+    api.run(spend)
+    judged: list[str] = []
+    check = challenges.AT_ONCE[Method.TOTP]
+
+    async def spy(*args: Any) -> Any:
+        judged.append("totp")
+        return await check(*args)
+
+    monkeypatch.setitem(challenges.AT_ONCE, Method.TOTP, spy)
+    refused = _verify(
+        api, decision["id"], challenge, code=code_at(secret, datetime.now(UTC), PARAMS)
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["challenge_status"] == "failed"
+    assert judged == []
+
+
+def test_a_right_code_whose_attempt_cannot_be_counted_is_refused_and_stays_unused(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An accepted proof counts its attempt with the challenge's completion (one statement,
     challenges.reserve_and_complete), after its code was judged and its TOTP step used: when
-    the count is refused (here: another worker took the last attempt after this batch read
-    the challenge), the proof is refused as the challenge is closed and its savepoint takes the
-    step back, so the code still works on a new challenge (NIST-63B4-3.2.2: no guess beyond the
-    limit can succeed)."""
+    the count is refused all the same (the challenge spent after the batch read it; here in
+    the batch's own transaction, as only a writer outside the serialisation could), the proof
+    is refused as the challenge is closed and its savepoint takes the step back, so the code
+    still works on a new challenge."""
     secret = _enrol_totp(api, "acct-spent", at=previous_step())
     decision = _request(api, "acct-spent")
     challenge = _start(api, decision["id"], "totp").json()["id"]
@@ -155,11 +190,7 @@ def test_a_right_code_on_a_challenge_with_no_attempt_left_is_refused_and_stays_u
 
     async def read_then_spend(conn: AsyncConnection, batch: Any) -> challenges.ProofReads:
         reads = await read_for(conn, batch)
-        if conn.dialect.name == "sqlite":
-            await conn.execute(spend, params)  # SQLite's one writer is this batch
-        else:
-            async with api.ctx.engine.begin() as other:  # the row is not locked: it commits
-                await other.execute(spend, params)
+        await conn.execute(spend, params)
         return reads
 
     code = code_at(secret, datetime.now(UTC), PARAMS)
@@ -457,8 +488,6 @@ def test_guessing_a_six_digit_sms_code_within_a_day_is_bounded_by_the_limits(
 def test_every_method_is_checked_in_exactly_one_way() -> None:
     """A proof runs at once (one transaction) or in three phases: each method in one table, so the
     three-phase path never meets a method it has no checker for."""
-    from policy.model import Method
-
     at_once, phased = set(challenges.AT_ONCE), set(challenges.CHECKERS)
     assert at_once.isdisjoint(phased)
     assert at_once | phased == set(Method)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -21,7 +22,15 @@ from service.flows import challenges, enrolment, unlock
 from service.persistence.accounts import AccountRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
 from tests.service.conftest import PERSONA_REQUEST, Api
-from tests.service.test_challenges_api import _sms_code, _start, _verify
+from tests.service.test_challenges_api import (
+    PARAMS,
+    _enrol_totp,
+    _sms_code,
+    _start,
+    _verify,
+    code_at,
+    previous_step,
+)
 
 ACCOUNT = "acct-erase-race"
 # Long enough for an erasure that nothing holds back to commit, on a slow CI machine too.
@@ -101,20 +110,26 @@ def test_an_erasure_waits_for_the_accounts_writers_in_flight(api: Api) -> None:
     assert api.run(order) == ["writer commits", "erasure holds the account"]
 
 
+@pytest.mark.parametrize("method", ["sms", "totp"])
 def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
-    api: Api, monkeypatch: pytest.MonkeyPatch
+    api: Api, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     """A proof batch has read its request when the account's erasure starts: the erasure waits
     for the batch's commit (SQLite: one writer; PostgreSQL: the batch read its requests locked)
     and then clears what the proof wrote. Otherwise the proof, judged on a request read before
     the erasure committed, would land its factor, and with an approval its outbox events with
-    the sealed account id, on a request whose account no longer exists."""
-    account = "acct-erase-proof-race"
-    _verified_phone(api, account)
+    the sealed account id, on a request whose account no longer exists. A TOTP proof also
+    writes the enrolment the erasure deletes: on PostgreSQL the batch holds the account (shared)
+    before any row, as the erasure does (exclusive), or the two deadlocked."""
+    account = f"acct-erase-proof-race-{method}"
+    if method == "sms":
+        _verified_phone(api, account)
+    else:
+        secret = _enrol_totp(api, account, at=previous_step())
     decision = api.create_unlock_request(account)
-    started = _start(api, decision["id"], "sms")
+    started = _start(api, decision["id"], method)
     assert started.status_code == 201, started.text
-    code = _sms_code(api)
+    code = _sms_code(api) if method == "sms" else code_at(secret, datetime.now(UTC), PARAMS)
     ctx = api.ctx
     read_for = challenges._read_for
     erasures: list[asyncio.Task[tuple[bool, int]]] = []
@@ -136,7 +151,7 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     assert api.run(erased)
     # The erasure came second: the proof counted, then everything was cleared.
     assert answer.status_code == 200, answer.text
-    assert answer.json()["factors_satisfied"] == ["sms"]
+    assert answer.json()["factors_satisfied"] == [method]
     after = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers())
     assert after.status_code == 200, after.text
     assert after.json()["account_id"] == unlock.ERASED
