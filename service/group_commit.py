@@ -153,12 +153,15 @@ class GroupCommit(Generic[T, A]):
                 batch = take()
             if len(batch) > 1 and self._alone_on is not None and self._alone_on(exc):
                 log.info("group commit of %d requests retried one by one: %r", len(batch), exc)
-                for pending in batch:
-                    await self._run_batch(_only(pending))
+                try:
+                    for pending in batch:
+                        await self._run_batch(_only(pending))
+                except BaseException as stopped:  # cancelled: those not retried yet learn it
+                    self._fail(batch, stopped)
+                    raise
                 return batch
             self._fail(batch, exc)
-            if batch:
-                log.warning("group commit of %d requests failed: %r", len(batch), exc)
+            log.warning("group commit of %d requests failed: %r", len(batch), exc)
             return batch
         except BaseException as exc:
             # Cancelled (shutdown) or interpreter exit: nothing of the batch committed.

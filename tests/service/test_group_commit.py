@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
@@ -154,6 +156,62 @@ def test_a_batch_that_deadlocks_is_retried_one_request_at_a_time(tmp_path: Path)
         assert any(len(b) > 1 for b in recorder.batches)  # a shared batch did fail first
         async with engine.connect() as conn:
             assert await _count(conn) == 6  # each once: the failed batch kept nothing
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_retry_leaves_no_request_of_its_batch_waiting(tmp_path: Path) -> None:
+    """A batch retried one request at a time (a deadlock) and cancelled meanwhile (shutdown):
+    every request of it not yet retried learns it, none waits for ever."""
+
+    async def scenario() -> None:
+        _, recorder, engine = await _setup(tmp_path)
+        stuck = asyncio.Event()
+
+        async def process(conn: AsyncConnection, items: Sequence[str]) -> list[str | Exception]:
+            if len(items) > 1:
+                raise Deadlock("two batches locked the same rows in opposite orders")
+            stuck.set()
+            await asyncio.Event().wait()  # the first retry never ends
+            return await recorder.process(conn, items)
+
+        group = GroupCommit(engine, process, alone_on=lambda exc: isinstance(exc, Deadlock))
+        callers = [asyncio.ensure_future(group.submit(f"k{i}", f"v{i}")) for i in range(3)]
+        await stuck.wait()
+        for runner in list(group._runners):
+            runner.cancel()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*callers, return_exceptions=True), timeout=5
+        )
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_begin_that_fails_fails_the_requests_it_was_for(tmp_path: Path) -> None:
+    """The batch is taken once BEGIN returns; when BEGIN fails (the database down), the
+    requests waiting get its error, and later ones run once it works again."""
+
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        real_begin = engine.begin
+        failing = True
+
+        def begin() -> Any:
+            if failing:
+                raise OSError("database unavailable")
+            return real_begin()
+
+        group._engine = cast(AsyncEngine, SimpleNamespace(begin=begin))
+        outcomes = await asyncio.gather(
+            *(group.submit(f"k{i}", f"v{i}") for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(o, OSError) for o in outcomes), outcomes
+        assert recorder.batches == []
+        failing = False
+        assert await group.submit("k0", "v0") == "v0:0"
         await engine.dispose()
 
     asyncio.run(scenario())
