@@ -736,10 +736,7 @@ async def _prove_in(
     # Throttled first: a throttled account hears when to come back, whatever the challenge.
     _check_throttles_in(reads.failures, ctx, loaded, method, now)
     if challenge.status != "open":
-        raise ChallengeClosed(
-            f"This challenge is {challenge.status}; start a new one.",
-            challenge_status=challenge.status,
-        )
+        raise _closed(challenge.status)
     if at_once is None:
         return _Later(loaded, challenge, method)
     # Judged before its attempt is counted, but in the same transaction, under the batch's
@@ -752,9 +749,7 @@ async def _prove_in(
     # completion, in one statement.
     if challenge.attempts >= ctx.policy.limits.challenge_attempts:
         # Read under the batch's serialisation: no attempt is left for this proof to count.
-        raise ChallengeClosed(
-            "This challenge is failed; start a new one.", challenge_status="failed"
-        )
+        raise _closed("failed")
     checked = await at_once(conn, ctx, loaded, challenge, proof.body, now, reads)
     if checked.ok:
         try:
@@ -873,7 +868,10 @@ async def _refused_attempt(repo: ChallengeRepository, challenge_id: str) -> Chal
     """The error for a proof whose attempt could not be counted: the challenge is closed, or
     open with no attempt left (then as good as failed)."""
     current = await repo.get(challenge_id)
-    status = "failed" if current is None or current.status == "open" else current.status
+    return _closed("failed" if current is None or current.status == "open" else current.status)
+
+
+def _closed(status: str) -> ChallengeClosed:
     return ChallengeClosed(f"This challenge is {status}; start a new one.", challenge_status=status)
 
 

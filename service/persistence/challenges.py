@@ -87,27 +87,17 @@ _GET_CHALLENGE = HotStatement(
 
 
 @functools.lru_cache(maxsize=128)
-def get_many_statement(count: int) -> HotStatement:
+def get_many_statement(count: int, lock: bool, /) -> HotStatement:
     """``count`` challenges by id (p0..p{count-1}) in one statement: a batch of proofs reads its
-    challenges at once. Built once per count (an expanding IN re-renders its SQL every time)."""
+    challenges at once. Built once per count (an expanding IN re-renders its SQL every time).
+    ``lock``: locked for the transaction on PostgreSQL, in id order."""
+    # Positional only: lru_cache would key (3, False) and (3, lock=False) apart, two statements.
     ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
-    return HotStatement(
-        f"challenges.get_many[{count}]",
-        select(*_CHALLENGE_COLUMNS).where(challenges.c.id.in_(ids)),
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def get_many_locked_statement(count: int) -> HotStatement:
-    """``get_many_statement``, locked for the transaction on PostgreSQL, in id order."""
-    ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
-    return HotStatement(
-        f"challenges.get_many_locked[{count}]",
-        select(*_CHALLENGE_COLUMNS)
-        .where(challenges.c.id.in_(ids))
-        .order_by(challenges.c.id)
-        .with_for_update(),
-    )
+    statement = select(*_CHALLENGE_COLUMNS).where(challenges.c.id.in_(ids))
+    if lock:
+        statement = statement.order_by(challenges.c.id).with_for_update()
+    family = "get_many_locked" if lock else "get_many"
+    return HotStatement(f"challenges.{family}[{count}]", statement)
 
 
 _COMPLETE = HotStatement(
@@ -116,24 +106,20 @@ _COMPLETE = HotStatement(
     .where(challenges.c.id == bindparam("p_id"), challenges.c.status == "open")
     .values(status="succeeded", completed_at=bindparam("p_now")),
 )
+# The challenge is open and has an attempt left (p_max): what counting one more requires.
+_ATTEMPT_LEFT = (
+    challenges.c.id == bindparam("p_id"),
+    challenges.c.status == "open",
+    challenges.c.attempts < bindparam("p_max"),
+)
 _RESERVE = HotStatement(
     "challenges.reserve_attempt",
-    update(challenges)
-    .where(
-        challenges.c.id == bindparam("p_id"),
-        challenges.c.status == "open",
-        challenges.c.attempts < bindparam("p_max"),
-    )
-    .values(attempts=challenges.c.attempts + 1),
+    update(challenges).where(*_ATTEMPT_LEFT).values(attempts=challenges.c.attempts + 1),
 )
 _RESERVE_AND_COMPLETE = HotStatement(
     "challenges.reserve_and_complete",
     update(challenges)
-    .where(
-        challenges.c.id == bindparam("p_id"),
-        challenges.c.status == "open",
-        challenges.c.attempts < bindparam("p_max"),
-    )
+    .where(*_ATTEMPT_LEFT)
     .values(
         attempts=challenges.c.attempts + 1, status="succeeded", completed_at=bindparam("p_now")
     ),
@@ -321,8 +307,7 @@ class ChallengeRepository:
         ends (PostgreSQL)."""
         if lock:
             challenge_ids = padded(challenge_ids)
-        count = len(challenge_ids)
-        statement = get_many_locked_statement(count) if lock else get_many_statement(count)
+        statement = get_many_statement(len(challenge_ids), lock)
         rows = await statement.run(self._conn, {f"p{i}": c for i, c in enumerate(challenge_ids)})
         return {row.id: ChallengeRow(**row._asdict()) for row in rows}
 
@@ -447,7 +432,8 @@ class ChallengeRepository:
             return
         keys = sorted({advisory_lock_key(scope, key) for scope, key in scoped_keys})
         if keys:
-            params = {f"k{i}": k for i, k in enumerate(padded(keys))}
+            keys = padded(keys)
+            params = {f"k{i}": k for i, k in enumerate(keys)}
             await advisory_xact_locks(len(keys)).run(self._conn, params)
 
     # When the failed attempts since ``since`` happened, oldest first: what throttling and

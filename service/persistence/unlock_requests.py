@@ -139,30 +139,19 @@ _GET = HotStatement(
 
 
 @functools.lru_cache(maxsize=128)
-def get_many_statement(count: int) -> HotStatement:
+def get_many_statement(count: int, lock: bool, /) -> HotStatement:
     """``count`` requests by id (parameters p0..p{count-1}) in one statement: a batch of proofs
-    reads its requests at once. Built once per count, as decision_inputs_statement."""
+    reads its requests at once. Built once per count, as decision_inputs_statement. ``lock``:
+    the rows locked for the transaction on PostgreSQL (in id order, so two transactions locking
+    overlapping sets cannot deadlock on them; SQLite's BEGIN IMMEDIATE already serialises
+    writers and renders no lock)."""
+    # Positional only: lru_cache would key (3, False) and (3, lock=False) apart, two statements.
     ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
-    return HotStatement(
-        f"unlock_requests.get_many[{count}]",
-        select(*_COLUMNS).select_from(_WITH_INDEX).where(unlock_requests.c.id.in_(ids)),
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def get_many_locked_statement(count: int) -> HotStatement:
-    """``get_many_statement``, with the rows locked for the transaction on PostgreSQL (in id
-    order, so two transactions locking overlapping sets cannot deadlock on them; SQLite's BEGIN
-    IMMEDIATE already serialises writers and renders no lock)."""
-    ids = [bindparam(f"p{i}", type_=String) for i in range(count)]
-    return HotStatement(
-        f"unlock_requests.get_many_locked[{count}]",
-        select(*_COLUMNS)
-        .select_from(_WITH_INDEX)
-        .where(unlock_requests.c.id.in_(ids))
-        .order_by(unlock_requests.c.id)
-        .with_for_update(of=unlock_requests),
-    )
+    statement = select(*_COLUMNS).select_from(_WITH_INDEX).where(unlock_requests.c.id.in_(ids))
+    if lock:
+        statement = statement.order_by(unlock_requests.c.id).with_for_update(of=unlock_requests)
+    family = "get_many_locked" if lock else "get_many"
+    return HotStatement(f"unlock_requests.{family}[{count}]", statement)
 
 
 class DecisionInputs(msgspec.Struct, frozen=True):
@@ -231,8 +220,7 @@ class UnlockRequestRepository:
         ends (PostgreSQL), so what is read here is what a write later in it changes."""
         if lock:
             request_ids = padded(request_ids)
-        count = len(request_ids)
-        statement = get_many_locked_statement(count) if lock else get_many_statement(count)
+        statement = get_many_statement(len(request_ids), lock)
         rows = await statement.run(self._conn, {f"p{i}": r for i, r in enumerate(request_ids)})
         return {row.id: UnlockRequestRow(**row._asdict()) for row in rows}
 

@@ -254,10 +254,10 @@ def _statements(dialect: str) -> list[HotStatement]:
     from service.persistence.locks import advisory_xact_locks, advisory_xact_locks_shared
 
     unlock_requests.decision_inputs_statement(3)
-    unlock_requests.get_many_statement(3)
-    unlock_requests.get_many_locked_statement(3)
-    challenges.get_many_statement(3)
-    challenges.get_many_locked_statement(3)
+    unlock_requests.get_many_statement(3, False)
+    unlock_requests.get_many_statement(3, True)
+    challenges.get_many_statement(3, False)
+    challenges.get_many_statement(3, True)
     challenges.failures_many_statement(3)
     linked_many(3)
     totp_many(3)
