@@ -259,6 +259,7 @@ class PolicyOut(_Out):
 class ErasureOut(_Out):
     account_id: str
     erased: bool
+    deliveries_cancelled: int
     audit: AuditRefOut
 
 

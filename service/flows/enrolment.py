@@ -28,6 +28,7 @@ from service.flows.audit_trail import record
 from service.methods import recovery_codes, totp
 from service.methods.phone import mask, normalize_e164
 from service.persistence.accounts import AccountRepository, AccountSnapshot, ConsentRecord
+from service.persistence.outbox import OutboxRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
 
 TOTP_AAD = b"totp_secret"
@@ -282,8 +283,18 @@ async def snapshot(ctx: ServiceContext, account_id: str) -> AccountSnapshot:
         return await AccountRepository(conn).snapshot(ctx.data_keys.pseudonymize(account_id))
 
 
-async def erase(ctx: ServiceContext, actor: str, account_id: str) -> tuple[bool, int]:
-    """Crypto-shred the data key and remove the enrolments; the audit log still verifies."""
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    key_destroyed: bool
+    # Deliveries that had not gone out (an approval's webhook, a notice): cancelled with the
+    # account id they carried, and counted in the erasure's audit entry.
+    deliveries_cancelled: int
+    inbox_id: int
+
+
+async def erase(ctx: ServiceContext, actor: str, account_id: str) -> Erasure:
+    """Crypto-shred the data key, remove the enrolments, the account id sealed on requests and
+    the outbox events that carry it; the audit log still verifies."""
     now = ctx.clock()
     subject = ctx.data_keys.pseudonymize(account_id)
     async with ctx.engine.begin() as conn:
@@ -295,7 +306,14 @@ async def erase(ctx: ServiceContext, actor: str, account_id: str) -> tuple[bool,
         await repo.withdraw_consent(subject, now)
         await repo.erase(subject, now)
         await UnlockRequestRepository(conn).forget_account_id(subject)
+        cancelled = await OutboxRepository(conn).forget_subject(subject)
         inbox_id = await record(
-            conn, ctx, EntryKind.ERASURE, actor, subject, {"key_destroyed": existed}, now
+            conn,
+            ctx,
+            EntryKind.ERASURE,
+            actor,
+            subject,
+            {"key_destroyed": existed, "deliveries_cancelled": cancelled},
+            now,
         )
-    return existed, inbox_id
+    return Erasure(existed, cancelled, inbox_id)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import msgspec
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.tables import outbox_events
@@ -95,3 +95,14 @@ class OutboxRepository:
                     for f in failed
                 ],
             )
+
+    async def forget_subject(self, subject: str) -> int:
+        """Erasure: remove every event of the account, as each carries its sealed account id;
+        returns how many were not delivered yet (cancelled). One being delivered right now
+        still goes out: its settlement then finds no row."""
+        removed = await self._conn.execute(
+            delete(outbox_events)
+            .where(outbox_events.c.subject == subject)
+            .returning(outbox_events.c.delivered_at)
+        )
+        return sum(1 for (delivered_at,) in removed if delivered_at is None)

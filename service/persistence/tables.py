@@ -192,6 +192,8 @@ outbox_events = Table(
     Column("delivered_at", UtcDateTime(), nullable=True),
     Column("last_error", String(200), nullable=True),
     Index("ix_outbox_events_pending", "delivered_at", "next_attempt_at"),
+    # Erasure removes an account's events, delivered or not (they carry its sealed account id).
+    Index("ix_outbox_events_subject", "subject"),
 )
 
 __all__ = [

@@ -179,12 +179,15 @@ class AccountController(Controller):
         principal: Caller,
         account_id: str = AccountIdParam,
     ) -> dto.ErasureOut:
-        """Erasure: crypto-shred the account's data key; its audit entries still verify."""
-        existed, inbox_id = await enrolment.erase(ctx, principal.name, account_id)
+        """Erasure: crypto-shred the account's data key; its audit entries still verify.
+        Notices and approval webhooks not delivered yet are cancelled (`deliveries_cancelled`):
+        they carry the account id."""
+        erasure = await enrolment.erase(ctx, principal.name, account_id)
         return dto.ErasureOut(
             account_id=account_id,
-            erased=existed,
-            audit=dto.AuditRefOut(index=await index_of(ctx, inbox_id)),
+            erased=erasure.key_destroyed,
+            deliveries_cancelled=erasure.deliveries_cancelled,
+            audit=dto.AuditRefOut(index=await index_of(ctx, erasure.inbox_id)),
         )
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import dto
 from service.flows import challenges, enrolment, unlock
 from service.persistence.accounts import AccountRepository
+from service.persistence.tables import outbox_events
 from service.persistence.unlock_requests import UnlockRequestRepository
 from tests.service.conftest import PERSONA_REQUEST, Api
 from tests.service.test_challenges_api import (
@@ -67,8 +70,7 @@ def test_an_erasure_during_a_decision_leaves_the_decision_without_the_account_id
             assert not isinstance(outcome, Exception), outcome
             erasure = asyncio.create_task(enrolment.erase(ctx, "test-admin", ACCOUNT))
             await asyncio.sleep(ERASURE_HEAD_START_S)
-        existed, _ = await erasure
-        assert existed
+        assert (await erasure).key_destroyed
         return outcome.out.id
 
     request_id = api.run(race)
@@ -132,7 +134,7 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     code = _sms_code(api) if method == "sms" else code_at(secret, datetime.now(UTC), PARAMS)
     ctx = api.ctx
     read_for = challenges._read_for
-    erasures: list[asyncio.Task[tuple[bool, int]]] = []
+    erasures: list[asyncio.Task[enrolment.Erasure]] = []
 
     async def read_then_erase(conn: AsyncConnection, batch: Any) -> challenges.ProofReads:
         reads = await read_for(conn, batch)
@@ -144,14 +146,24 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     answer = _verify(api, decision["id"], started.json()["id"], code=code)
     monkeypatch.setattr(challenges, "_read_for", read_for)
 
-    async def erased() -> bool:
-        existed, _ = await erasures[0]
-        return existed
+    async def erased() -> enrolment.Erasure:
+        return await erasures[0]
 
-    assert api.run(erased)
+    erasure = api.run(erased)
+    assert erasure.key_destroyed
     # The erasure came second: the proof counted, then everything was cleared.
     assert answer.status_code == 200, answer.text
     assert answer.json()["factors_satisfied"] == [method]
     after = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers())
     assert after.status_code == 200, after.text
     assert after.json()["account_id"] == unlock.ERASED
+    # A TOTP proof approves (an SMS code alone leads to review): the approval's events carry
+    # the sealed account id and are cleared with the rest.
+    assert answer.json()["status"] == ("approved" if method == "totp" else "review_required")
+    assert api.run(_outbox_request_ids, api) == []
+
+
+async def _outbox_request_ids(api: Api) -> list[str]:
+    async with api.app.state.engine.connect() as conn:
+        payloads = await conn.execute(select(outbox_events.c.payload))
+        return [json.loads(payload)["unlock_request_id"] for (payload,) in payloads]

@@ -107,7 +107,11 @@ def webhook_api(tmp_path: Path, receiver_port: int) -> Iterator[Api]:
 
         async def keys() -> dict[Role, str]:
             async with app.state.engine.begin() as conn:
-                return {Role.FRONTEND: await ApiKeyRepository(conn).create(Role.FRONTEND, "fe")}
+                repo = ApiKeyRepository(conn)
+                return {
+                    Role.FRONTEND: await repo.create(Role.FRONTEND, "fe"),
+                    Role.ADMIN: await repo.create(Role.ADMIN, "admin"),
+                }
 
         with client.portal() as portal:
             api = Api(app=app, client=client, keys=portal.call(keys), adapters=adapters)
@@ -322,3 +326,71 @@ def test_a_fault_in_one_delivery_still_settles_the_rest_of_its_batch(
     assert notice.delivered_at is None
     assert notice.attempts == 0
     assert notice.next_attempt_at > datetime.now(UTC) + timedelta(seconds=30)  # still leased
+
+
+def _payloads(api: Api) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        async with api.app.state.engine.connect() as conn:
+            found = await conn.execute(select(outbox_events.c.payload))
+            return [json.loads(payload) for (payload,) in found]
+
+    result: list[dict[str, Any]] = api.run(read)
+    return result
+
+
+def test_erasure_removes_the_accounts_events_and_cancels_what_was_not_delivered(
+    webhook_api: Api, receiver_port: int
+) -> None:
+    """PIPL-47: an event carries the account id (sealed with the service-wide key, so it can
+    be opened): an erasure removes the account's events, delivered ones with the rest, cancels
+    what had not gone out, counts it in its answer and its audit entry, and touches no other
+    account's events."""
+    api = webhook_api
+    api.run(api.app.state.outbox.stop)  # this test drives every pass itself
+    running = Running(receiver_port)
+    try:
+        delivered_request = _approve(api, "acct-delivered")
+        api.run(api.app.state.outbox.deliver_due)
+    finally:
+        running.stop()
+    assert [d["body"]["account_id"] for d in Receiver.deliveries] == ["acct-delivered"]
+    pending_request = _approve(api, "acct-pending")
+    other_request = _approve(api, "acct-other")
+
+    admin = api.headers(Role.ADMIN)
+    erased = api.client.delete("/v1/accounts/acct-pending", headers=admin)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["deliveries_cancelled"] == 2  # the webhook and the notice
+    erased = api.client.delete("/v1/accounts/acct-delivered", headers=admin)
+    assert erased.json()["deliveries_cancelled"] == 0
+
+    left = {p["unlock_request_id"] for p in _payloads(api)}
+    assert left == {other_request}, "only the account not erased keeps its events"
+    assert {pending_request, delivered_request}.isdisjoint(left)
+
+    running = Running(receiver_port)
+    try:
+        api.run(api.app.state.outbox.deliver_due)
+    finally:
+        running.stop()
+    assert [d["body"]["account_id"] for d in Receiver.deliveries] == [
+        "acct-delivered",
+        "acct-other",
+    ], "a cancelled delivery never goes out"
+
+    async def erasure_payloads() -> list[dict[str, Any]]:
+        from audit.entry import EntryKind, payload_to_event
+        from audit.store import audit_inbox, audit_log
+
+        async with api.app.state.engine.connect() as conn:
+            events = [
+                payload_to_event(payload)
+                for (payload,) in await conn.execute(select(audit_inbox.c.payload))
+            ]
+            leaves = [json.loads(leaf) for (leaf,) in await conn.execute(select(audit_log.c.leaf))]
+        return [dict(e.data) for e in events if e.kind is EntryKind.ERASURE] + [
+            leaf["data"] for leaf in leaves if leaf["kind"] == EntryKind.ERASURE.value
+        ]
+
+    counts = sorted(p["deliveries_cancelled"] for p in api.run(erasure_payloads))
+    assert counts == [0, 2]
