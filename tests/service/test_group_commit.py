@@ -51,12 +51,14 @@ async def _count(conn: AsyncConnection, v: str | None = None) -> int:
     return int((await conn.execute(query)).scalar_one())
 
 
-async def _setup(tmp_path: Path) -> tuple[GroupCommit[str, str], Recorder, AsyncEngine]:
+async def _setup(
+    tmp_path: Path, linger: float = 0.0
+) -> tuple[GroupCommit[str, str], Recorder, AsyncEngine]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     recorder = Recorder()
-    return GroupCommit(engine, recorder.process), recorder, engine
+    return GroupCommit(engine, recorder.process, linger=linger), recorder, engine
 
 
 def test_concurrent_requests_commit_in_fewer_transactions_and_all_are_durable(
@@ -302,3 +304,78 @@ def test_concurrency_must_be_positive(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
     with pytest.raises(ValueError, match="concurrency"):
         GroupCommit(engine, Recorder().process, concurrency=0)
+
+
+def test_after_a_batch_the_runner_waits_for_half_of_its_size_to_come_back(tmp_path: Path) -> None:
+    """The callers a batch answered return as new requests one by one: with a linger the next
+    batch waits for three quarters of them (here 6 of a batch of 8), where it would have taken
+    the first alone and the others in a batch after it."""
+
+    async def scenario(linger: float) -> list[int]:
+        (tmp_path / str(linger)).mkdir()
+        group, recorder, engine = await _setup(tmp_path / str(linger), linger)
+        await asyncio.gather(*(group.submit(f"a{i}", f"a{i}") for i in range(8)))
+
+        async def later(i: int) -> str:
+            await asyncio.sleep(0.005 * i)  # trickling in, as answered clients do
+            return await group.submit(f"b{i}", f"b{i}")
+
+        await asyncio.gather(*(later(i) for i in range(6)))
+        await engine.dispose()
+        return [len(b) for b in recorder.batches]
+
+    assert asyncio.run(scenario(1.0)) == [8, 6]
+    assert asyncio.run(scenario(0.0))[1] == 1  # without: the first came alone
+
+
+def test_a_linger_is_bounded_and_an_idle_worker_commits_at_once(tmp_path: Path) -> None:
+    """Fewer than half coming back wait no longer than the linger; after a batch of one (an idle
+    worker) or a pause a request is not held at all."""
+
+    async def scenario() -> tuple[float, float, list[int]]:
+        group, recorder, engine = await _setup(tmp_path, linger=0.2)
+        await asyncio.gather(*(group.submit(f"a{i}", f"a{i}") for i in range(8)))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await group.submit("b", "b")  # one of the eight came back: lingers, alone
+        lingered = loop.time() - started
+        started = loop.time()
+        await group.submit("c", "c")  # after a batch of one: at once
+        immediate = loop.time() - started
+        await asyncio.gather(*(group.submit(f"d{i}", f"d{i}") for i in range(8)))
+        await asyncio.sleep(0.3)
+        started = loop.time()
+        await group.submit("e", "e")  # after a pause longer than the linger: at once
+        after_pause = loop.time() - started
+        await engine.dispose()
+        return lingered, max(immediate, after_pause), [len(b) for b in recorder.batches]
+
+    lingered, immediate, sizes = asyncio.run(scenario())
+    assert sizes == [8, 1, 1, 8, 1]
+    assert 0.2 <= lingered < 2.0
+    assert immediate < 0.1
+
+
+def test_linger_must_not_be_negative(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+    with pytest.raises(ValueError, match="linger"):
+        GroupCommit(engine, Recorder().process, linger=-0.001)
+
+
+def test_a_runner_cancelled_while_lingering_fails_what_waits_for_it(tmp_path: Path) -> None:
+    """Shutdown cancels the runner mid-wait: the request it was waiting with learns it instead of
+    waiting for ever."""
+
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path, linger=10.0)
+        await asyncio.gather(*(group.submit(f"a{i}", f"a{i}") for i in range(8)))
+        waiting = asyncio.ensure_future(group.submit("b", "b"))
+        await asyncio.sleep(0.05)
+        (runner,) = list(group._runners)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, timeout=5)
+        assert [len(b) for b in recorder.batches] == [8]
+        await engine.dispose()
+
+    asyncio.run(scenario())
