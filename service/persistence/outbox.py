@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import msgspec
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.tables import outbox_events
@@ -68,6 +68,13 @@ class OutboxRepository:
     ) -> None:
         """Mark what was acknowledged delivered, and put what failed back for its retry; either
         way the attempt is counted."""
+        if self._conn.dialect.name == "postgresql" and len(delivered) + len(failed) > 1:
+            # The rows locked first, in id order as an erasure takes them: in the updates' own
+            # order an erasure of their account could hold one and wait for another (a deadlock,
+            # and a failed erasure). SQLite's one writer serialises.
+            await self._conn.execute(
+                _in_id_order(outbox_events.c.id.in_([*delivered, *(f.id for f in failed)]))
+            )
         if delivered:
             await self._conn.execute(
                 update(outbox_events)
@@ -102,7 +109,15 @@ class OutboxRepository:
         still goes out: its settlement then finds no row."""
         removed = await self._conn.execute(
             delete(outbox_events)
-            .where(outbox_events.c.subject == subject)
+            .where(outbox_events.c.id.in_(_in_id_order(outbox_events.c.subject == subject)))
             .returning(outbox_events.c.delivered_at)
         )
         return sum(1 for (delivered_at,) in removed if delivered_at is None)
+
+
+def _in_id_order(condition: ColumnElement[bool]) -> Select[tuple[str]]:
+    """The ids of the events that meet ``condition``, locked in id order (PostgreSQL; SQLite
+    has no row locks): writers that change several events lock them in one order."""
+    return (
+        select(outbox_events.c.id).where(condition).order_by(outbox_events.c.id).with_for_update()
+    )

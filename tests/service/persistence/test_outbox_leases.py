@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Row, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence.outbox import FailedAttempt, OutboxRepository
 from service.persistence.tables import outbox_events
@@ -129,3 +130,64 @@ def test_settling_marks_the_delivered_and_reschedules_the_failed(api: Api) -> No
     assert error is not None
     assert len(error) == 200
     assert _lease(api, retry_at, 10) == [ids[2]]
+
+
+class _PausingAfterFirst:
+    """A connection that stops after its first statement until released: a transaction caught
+    between its statements."""
+
+    def __init__(self, conn: AsyncConnection, paused: asyncio.Event, go: asyncio.Event) -> None:
+        self._conn = conn
+        self._paused = paused
+        self._go = go
+
+    @property
+    def dialect(self) -> Any:
+        return self._conn.dialect
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._conn.execute(*args, **kwargs)
+        if not self._paused.is_set():
+            self._paused.set()
+            await self._go.wait()
+        return result
+
+
+def test_a_settlement_and_an_erasure_of_the_same_events_both_finish(api: Api) -> None:
+    """A deliverer settles two events of an account (one delivered, one failed) while the
+    account is erased: the settlement locks both rows before it changes either, in the order an
+    erasure locks them, so the erasure waits for it and then removes both. Row by row, each
+    could hold one and wait for the other (PostgreSQL: a deadlock, and the erasure failed)."""
+    now = datetime.now(UTC)
+    ids = _events(api, 2, now)
+    _lease(api, now, 2)
+    subject = "s" * 64
+
+    async def race() -> tuple[bool, int]:
+        engine = api.app.state.engine
+        paused, go = asyncio.Event(), asyncio.Event()
+
+        async def settle() -> None:
+            async with engine.begin() as conn:
+                pausing = cast(AsyncConnection, _PausingAfterFirst(conn, paused, go))
+                await OutboxRepository(pausing).settle(
+                    [ids[1]], [FailedAttempt(ids[0], now + timedelta(seconds=5), "sms: down")], now
+                )
+
+        async def erase() -> int:
+            async with engine.begin() as conn:
+                return await OutboxRepository(conn).forget_subject(subject)
+
+        settling = asyncio.create_task(settle())
+        await asyncio.wait_for(paused.wait(), 5)
+        erasing = asyncio.create_task(erase())
+        await asyncio.sleep(0.3)  # the erasure takes what it can and waits
+        waited = not erasing.done()
+        go.set()
+        await asyncio.wait_for(settling, 10)
+        return waited, await asyncio.wait_for(erasing, 10)
+
+    waited, cancelled = api.run(race)
+    assert waited, "the erasure waits for the settlement in flight"
+    assert cancelled == 1  # the failed one was still to be delivered
+    assert outbox_rows(api) == []
