@@ -109,7 +109,8 @@ class GroupCommit(Generic[T, A]):
         future: asyncio.Future[A] = loop.create_future()
         self._pending.append(_Pending(key, item, future))
         for want, wake in self._waiting:
-            if len(self._pending) >= want and not wake.done():
+            # A waiter of another (closed) loop is skipped, as its runner is below.
+            if len(self._pending) >= want and not wake.done() and wake.get_loop() is loop:
                 wake.set_result(None)
         # A runner of another (closed) loop never finishes: tests reuse an app across loops.
         self._runners = {
@@ -156,11 +157,10 @@ class GroupCommit(Generic[T, A]):
                     try:
                         await self._wait_for(want)
                     except BaseException as stopped:
-                        # Cancelled while waiting (shutdown): with no other runner, what waits
-                        # would never be taken; its callers learn it.
-                        if not any(t is not me and not t.done() for t in self._runners):
-                            self._fail(self._pending, stopped)
-                            self._pending = []
+                        # Cancelled while waiting (shutdown): what waits may have no runner left
+                        # to take it; its callers learn it rather than wait for ever.
+                        self._fail(self._pending, stopped)
+                        self._pending = []
                         raise
                 ran = await self._run_batch(take)
                 if not ran:

@@ -286,8 +286,9 @@ async def snapshot(ctx: ServiceContext, account_id: str) -> AccountSnapshot:
 @dataclass(frozen=True, slots=True)
 class Erasure:
     key_destroyed: bool
-    # Deliveries that had not gone out (an approval's webhook, a notice): cancelled with the
-    # account id they carried, and counted in the erasure's audit entry.
+    # Deliveries not acknowledged yet (an approval's webhook, a notice): removed with the account
+    # id they carried and never attempted again (one in flight at that moment may still arrive);
+    # counted in the erasure's audit entry.
     deliveries_cancelled: int
     inbox_id: int
 

@@ -105,8 +105,9 @@ class OutboxRepository:
 
     async def forget_subject(self, subject: str) -> int:
         """Erasure: remove every event of the account, as each carries its sealed account id;
-        returns how many were not delivered yet (cancelled). One being delivered right now
-        still goes out: its settlement then finds no row."""
+        returns how many were not acknowledged yet: none of them is attempted again. One being
+        delivered at this moment may still arrive (its settlement then finds no row), so the
+        count is of deliveries stopped, not of deliveries that never happened."""
         removed = await self._conn.execute(
             delete(outbox_events)
             .where(outbox_events.c.id.in_(_in_id_order(outbox_events.c.subject == subject)))

@@ -180,8 +180,9 @@ class AccountController(Controller):
         account_id: str = AccountIdParam,
     ) -> dto.ErasureOut:
         """Erasure: crypto-shred the account's data key; its audit entries still verify.
-        Notices and approval webhooks not delivered yet are cancelled (`deliveries_cancelled`):
-        they carry the account id."""
+        Notices and approval webhooks not acknowledged yet carry the account id: they are
+        removed and not attempted again (`deliveries_cancelled`; one being delivered at that
+        moment may still arrive)."""
         erasure = await enrolment.erase(ctx, principal.name, account_id)
         return dto.ErasureOut(
             account_id=account_id,

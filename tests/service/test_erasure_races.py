@@ -124,6 +124,7 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     writes the enrolment the erasure deletes: on PostgreSQL the batch holds the account (shared)
     before any row, as the erasure does (exclusive), or the two deadlocked."""
     account = f"acct-erase-proof-race-{method}"
+    api.run(api.app.state.outbox.stop)  # nothing is delivered before the erasure counts it
     if method == "sms":
         _verified_phone(api, account)
     else:
@@ -158,8 +159,10 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     assert after.status_code == 200, after.text
     assert after.json()["account_id"] == unlock.ERASED
     # A TOTP proof approves (an SMS code alone leads to review): the approval's events carry
-    # the sealed account id and are cleared with the rest.
+    # the sealed account id and are cleared with the rest, both still undelivered (the outbox
+    # loop is stopped below).
     assert answer.json()["status"] == ("approved" if method == "totp" else "review_required")
+    assert erasure.deliveries_cancelled == (2 if method == "totp" else 0)
     assert api.run(_outbox_request_ids, api) == []
 
 

@@ -157,7 +157,9 @@ def test_a_settlement_and_an_erasure_of_the_same_events_both_finish(api: Api) ->
     """A deliverer settles two events of an account (one delivered, one failed) while the
     account is erased: the settlement locks both rows before it changes either, in the order an
     erasure locks them, so the erasure waits for it and then removes both. Row by row, each
-    could hold one and wait for the other (PostgreSQL: a deadlock, and the erasure failed)."""
+    could hold one and wait for the other (PostgreSQL: a deadlock, and the erasure failed). On
+    SQLite one writer at a time makes the erasure wait either way; the PostgreSQL run is the one
+    that fails without the ordering."""
     now = datetime.now(UTC)
     ids = _events(api, 2, now)
     _lease(api, now, 2)
