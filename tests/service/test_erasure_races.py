@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pytest
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import dto
 from service.flows import challenges, enrolment, unlock
 from service.persistence.accounts import AccountRepository
-from service.persistence.tables import outbox_events
 from service.persistence.unlock_requests import UnlockRequestRepository
 from tests.service.conftest import PERSONA_REQUEST, Api
+from tests.service.persistence.test_outbox_leases import outbox_payloads
 from tests.service.test_challenges_api import (
     PARAMS,
     _enrol_totp,
@@ -160,13 +158,7 @@ def test_a_proof_judged_across_an_erasure_never_lands_on_the_erased_account(
     assert after.json()["account_id"] == unlock.ERASED
     # A TOTP proof approves (an SMS code alone leads to review): the approval's events carry
     # the sealed account id and are cleared with the rest, both still undelivered (the outbox
-    # loop is stopped below).
+    # loop was stopped above).
     assert answer.json()["status"] == ("approved" if method == "totp" else "review_required")
     assert erasure.deliveries_cancelled == (2 if method == "totp" else 0)
-    assert api.run(_outbox_request_ids, api) == []
-
-
-async def _outbox_request_ids(api: Api) -> list[str]:
-    async with api.app.state.engine.connect() as conn:
-        payloads = await conn.execute(select(outbox_events.c.payload))
-        return [json.loads(payload)["unlock_request_id"] for (payload,) in payloads]
+    assert outbox_payloads(api) == []

@@ -30,7 +30,8 @@ from service.methods.totp import TotpParameters, code_at
 from service.persistence.api_keys import ApiKeyRepository, Role
 from service.persistence.tables import outbox_events
 from tests.service.conftest import PERSONA_REQUEST, Api, fake_adapters, make_settings
-from tests.service.persistence.test_outbox_leases import outbox_rows
+from tests.service.persistence.test_outbox_leases import outbox_payloads, outbox_rows
+from tests.service.test_review_api import _audit_events
 
 SECRET = "webhook-secret-0123456789abcdef"
 BIN = Path(sys.executable).parent
@@ -328,16 +329,6 @@ def test_a_fault_in_one_delivery_still_settles_the_rest_of_its_batch(
     assert notice.next_attempt_at > datetime.now(UTC) + timedelta(seconds=30)  # still leased
 
 
-def _payloads(api: Api) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        async with api.app.state.engine.connect() as conn:
-            found = await conn.execute(select(outbox_events.c.payload))
-            return [json.loads(payload) for (payload,) in found]
-
-    result: list[dict[str, Any]] = api.run(read)
-    return result
-
-
 def test_erasure_removes_the_accounts_events_and_cancels_what_was_not_delivered(
     webhook_api: Api, receiver_port: int
 ) -> None:
@@ -364,7 +355,7 @@ def test_erasure_removes_the_accounts_events_and_cancels_what_was_not_delivered(
     erased = api.client.delete("/v1/accounts/acct-delivered", headers=admin)
     assert erased.json()["deliveries_cancelled"] == 0
 
-    left = {p["unlock_request_id"] for p in _payloads(api)}
+    left = {p["unlock_request_id"] for p in outbox_payloads(api)}
     assert left == {other_request}, "only the account not erased keeps its events"
     assert {pending_request, delivered_request}.isdisjoint(left)
 
@@ -378,19 +369,7 @@ def test_erasure_removes_the_accounts_events_and_cancels_what_was_not_delivered(
         "acct-other",
     ], "a cancelled delivery never goes out"
 
-    async def erasure_payloads() -> list[dict[str, Any]]:
-        from audit.entry import EntryKind, payload_to_event
-        from audit.store import audit_inbox, audit_log
-
-        async with api.app.state.engine.connect() as conn:
-            events = [
-                payload_to_event(payload)
-                for (payload,) in await conn.execute(select(audit_inbox.c.payload))
-            ]
-            leaves = [json.loads(leaf) for (leaf,) in await conn.execute(select(audit_log.c.leaf))]
-        return [dict(e.data) for e in events if e.kind is EntryKind.ERASURE] + [
-            leaf["data"] for leaf in leaves if leaf["kind"] == EntryKind.ERASURE.value
-        ]
-
-    counts = sorted(p["deliveries_cancelled"] for p in api.run(erasure_payloads))
+    counts = sorted(
+        e["data"]["deliveries_cancelled"] for e in _audit_events(api) if e["kind"] == "erasure"
+    )
     assert counts == [0, 2]

@@ -5,6 +5,7 @@ acknowledged delivered and puts the failed back for their retry."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -63,6 +64,18 @@ def outbox_rows(api: Api) -> list[Row[Any]]:
 
     rows: list[Row[Any]] = api.run(read)
     return rows
+
+
+def outbox_payloads(api: Api) -> list[dict[str, Any]]:
+    """Every outbox event's payload, decoded."""
+
+    async def read() -> list[dict[str, Any]]:
+        async with api.app.state.engine.connect() as conn:
+            found = await conn.execute(select(outbox_events.c.payload))
+            return [json.loads(payload) for (payload,) in found]
+
+    payloads: list[dict[str, Any]] = api.run(read)
+    return payloads
 
 
 def _lease(api: Api, now: datetime, limit: int) -> list[str]:
