@@ -120,8 +120,10 @@ class GroupCommit(Generic[T, A]):
         }
         if len(self._runners) < self._concurrency:
             self._runners[asyncio.create_task(self._run())] = set()
-        # shield: a caller that goes away (client disconnect) must not cancel others' batch.
-        return await asyncio.shield(future)
+        # A caller that goes away (client disconnect) cancels only its own future: the batch is
+        # the runner's task and answers only futures not done yet. (asyncio.shield here cost an
+        # extra future and loop callback per request, ~5 % of a decision's instructions.)
+        return await future
 
     def _take_batch(self, busy: set[str]) -> list[_Pending[T, A]]:
         batch: list[_Pending[T, A]] = []

@@ -382,3 +382,37 @@ def test_a_runner_cancelled_while_lingering_fails_what_waits_for_it(tmp_path: Pa
         await engine.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_caller_that_goes_away_does_not_cancel_its_batch_or_the_others_in_it(
+    tmp_path: Path,
+) -> None:
+    """A client disconnect cancels the request's handler while its batch runs: the others in that
+    batch are still answered, and the batch commits (the gone caller's row too: it was decided)."""
+
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        started, release = asyncio.Event(), asyncio.Event()
+        process = recorder.process
+
+        async def slow(conn: AsyncConnection, items: Sequence[str]) -> list[str | Exception]:
+            started.set()
+            await release.wait()
+            return await process(conn, items)
+
+        group._process = slow
+        gone = asyncio.ensure_future(group.submit("a", "a"))
+        stays = asyncio.ensure_future(group.submit("b", "b"))
+        await asyncio.wait_for(started.wait(), timeout=5)
+        gone.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        assert await asyncio.wait_for(stays, timeout=5) == "b:0"
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert recorder.batches == [["a", "b"]]
+        async with engine.connect() as conn:
+            assert await _count(conn) == 2
+        await engine.dispose()
+
+    asyncio.run(scenario())
