@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -151,3 +155,25 @@ def test_pseudonyms_are_keyed_stable_and_distinct() -> None:
     assert len(keys.pseudonymize("acct-1")) == 64
     assert keys.blind_index("phone", "+86138") != keys.blind_index("email", "+86138")
     assert "keys hidden" in repr(keys)
+
+
+PSEUDONYM_KEY = bytes(range(32))
+
+
+@given(account_id=st.text(max_size=80), purpose=st.text(max_size=20), value=st.text(max_size=40))
+def test_pseudonyms_and_blind_indexes_are_hmac_sha256_of_their_context(
+    account_id: str, purpose: str, value: str
+) -> None:
+    """The stored pseudonyms and blind indexes must never change under an account: each is
+    HMAC-SHA256 under the pseudonym key of its context, computed here by the standard library
+    afresh, whatever the implementation keeps between calls."""
+    keys = DataKeys(secrets.token_bytes(32), PSEUDONYM_KEY)
+    subject = b"fairunlock/subject/v1\x00" + account_id.encode()
+    blind = b"fairunlock/blind/" + purpose.encode() + b"\x00" + value.encode()
+    assert keys.pseudonymize(account_id) == hmac.new(PSEUDONYM_KEY, subject, "sha256").hexdigest()
+    assert (
+        keys.blind_index(purpose, value)
+        == hmac.new(PSEUDONYM_KEY, blind, hashlib.sha256).hexdigest()
+    )
+    # Interleaved calls do not leak into each other (each starts from the keyed state).
+    assert keys.pseudonymize(account_id) == keys.pseudonymize(account_id)
