@@ -387,6 +387,71 @@ def test_redaction_leaves_ordinary_values_alone() -> None:
     assert redact(ordinary) == ordinary
 
 
+_HEX = "0123456789abcdef"
+
+
+@settings(max_examples=3000)
+@given(st.text(alphabet=_HEX, min_size=31, max_size=31))
+def test_the_shape_of_the_services_own_request_ids_is_one_redaction_leaves_unchanged(
+    rest: str,
+) -> None:
+    request_id = "0" + rest
+    assert redact(request_id) == request_id
+    assert observability.redact_request_id(request_id) == request_id
+
+
+@given(st.text(max_size=40))
+def test_a_request_id_of_any_other_shape_is_redacted_as_any_value(request_id: str) -> None:
+    assert observability.redact_request_id(request_id) == redact(request_id)
+    for secret in ("fu_abcdefghijkl", "JBSWY3DPEHPK3PXP", "12345678"):
+        assert observability.redact_request_id(secret) == REDACTED
+
+
+def test_the_request_ids_the_service_makes_have_that_shape() -> None:
+    from service.ids import new_request_id
+
+    assert all(observability._PLAIN_REQUEST_ID.fullmatch(new_request_id()) for _ in range(1000))
+
+
+_ACCESS_VALUES = st.one_of(
+    st.text(),
+    st.none(),
+    st.integers(),
+    st.just(0.0),
+    st.floats(*observability._PLAIN_FLOATS, exclude_max=True),
+    st.floats(min_value=0.0, max_value=1e6).map(lambda ms: round(ms, 3)),
+)
+
+
+@settings(max_examples=3000)
+@given(st.dictionaries(st.text(max_size=12), _ACCESS_VALUES, max_size=12))
+def test_the_access_line_encoder_writes_what_the_json_formatter_writes(
+    line: dict[str, object],
+) -> None:
+    try:
+        fast = observability._ACCESS_LINE.encode(line).decode()
+    except UnicodeEncodeError:
+        # A lone surrogate: _write_access_line then leaves the line to logging.
+        assert any(
+            isinstance(s, str) and any("\ud800" <= c <= "\udfff" for c in s)
+            for s in [*line, *line.values()]
+        )
+        return
+    assert fast == observability._JSON_LINE.encode(line)
+
+
+def test_a_line_msgspec_cannot_write_goes_through_logging(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if getattr(h, "stream", None) is running.logs]
+    fields = ("GET", "/a\udcff", "/a\udcff", 404, 1.5, None)
+    assert not observability._write_access_line("0" * 32, fields)
+    for odd in (1e16, 5e-5, float("nan")):
+        assert not observability._write_access_line("0" * 32, ("GET", "/", "/", 200, odd, None))
+    assert observability._write_access_line("0" * 32, ("GET", "/", "/", 200, 1.5, None))
+
+
 def test_an_error_is_type_and_message_without_traceback_above_debug(running: Running) -> None:
     response = running.client.get("/boom")
     assert response.status_code == 500
