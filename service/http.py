@@ -1,11 +1,26 @@
-"""Edge checks that apply to every route before its handler runs."""
+"""Edge checks that apply to every route before its handler runs, and the app's response class."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from litestar import Request
+import msgspec
+from litestar import Request, Response
+from litestar.datastructures import Cookie, MutableScopeHeaders
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException
+from litestar.response.base import ASGIResponse
+from litestar.status_codes import HTTP_200_OK
+from litestar.types import TypeEncodersMap
+from litestar.types.empty import Empty
+from litestar.utils.helpers import get_enum_string_value
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.background_tasks import BackgroundTask, BackgroundTasks
+
+T = TypeVar("T")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -34,3 +49,94 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
     media_type = (header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(status_code=415, detail="Send the request body as application/json.")
+
+
+class EncodedJson(ASGIResponse):
+    """Litestar's ASGIResponse for JSON already encoded, built as its constructor would build it
+    for these arguments (a content-type and a content-length header) without the general case's
+    header merging: it sends the same messages."""
+
+    __slots__ = ()
+
+    def __init__(self, body: bytes, status: int) -> None:
+        self.headers = MutableScopeHeaders(
+            {
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode("latin-1")),
+                ]
+            }
+        )
+        self.background = None
+        self.body = body
+        self.content_length = len(body)
+        self._encoded_cookies = ()
+        self.encoding = "utf-8"
+        self.is_head_response = False
+        self.status_code = status
+
+
+# msgspec calls Litestar's serializer (the type encoders of the app and the route: the pydantic
+# plugin adds some to every route) only for what it cannot encode itself. Content it encodes
+# without one is therefore written as Litestar writes it; content that needs one raises here and
+# takes Litestar's way.
+_JSON: Final = msgspec.json.Encoder()
+_BODY_STATUSES: Final = frozenset({200, 201, 202})
+
+
+class JsonResponse(Response[T]):
+    """Litestar's Response (the app's response class) answering a route's JSON data with less
+    machinery: Response.to_asgi_response merges headers, cookies and type encoders, renders, and
+    builds an ASGIResponse. With no headers, cookies or background task to add, JSON content
+    msgspec encodes by itself is the same messages (tests/service/test_http.py compares them);
+    anything else takes Litestar's way."""
+
+    def to_asgi_response(
+        self,
+        app: Litestar | None,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        status = self.status_code or status_code or HTTP_200_OK
+        plain = not (
+            app is not None
+            or background is not None
+            or self.background is not None
+            or cookies
+            or self.cookies
+            or encoded_headers
+            or headers
+            or self.headers
+            or is_head_response
+            or self.encoding != "utf-8"
+            or status not in _BODY_STATUSES
+            or get_enum_string_value(self.media_type or media_type or MediaType.JSON)
+            != MediaType.JSON
+            or isinstance(self.content, bytes | str)
+            or self.content is Empty
+        )
+        if plain:
+            try:
+                return EncodedJson(_JSON.encode(self.content), status)
+            except (TypeError, msgspec.EncodeError):
+                pass  # a type only a type encoder knows: Litestar's way below
+        return super().to_asgi_response(
+            app,
+            request,
+            background=background,
+            cookies=cookies,
+            encoded_headers=encoded_headers,
+            headers=headers,
+            is_head_response=is_head_response,
+            media_type=media_type,
+            status_code=status_code,
+            type_encoders=type_encoders,
+        )
