@@ -126,8 +126,8 @@ class JsonResponse(Response[T]):
         if plain:
             try:
                 return EncodedJson(_JSON.encode(self.content), status)
-            except (TypeError, msgspec.EncodeError):
-                pass  # a type only a type encoder knows: Litestar's way below
+            except (TypeError, ValueError, msgspec.EncodeError):
+                pass  # a type only a type encoder knows, or text UTF-8 cannot hold: Litestar's way
         return super().to_asgi_response(
             app,
             request,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,11 +15,14 @@ from hypothesis import strategies as st
 from litestar import Request, Response
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import Cookie
-from litestar.exceptions import SerializationException
+from litestar.exceptions import ImproperlyConfiguredException, SerializationException
 from litestar.response.base import ASGIResponse
+from litestar.testing import TestClient
 
 from service import dto
+from service.app import create_app
 from service.http import EncodedJson, JsonResponse
+from service.settings import Settings
 
 
 class Colour(enum.Enum):
@@ -133,3 +137,36 @@ def test_content_msgspec_cannot_encode_fails_as_litestar_fails() -> None:
     for response_class in (JsonResponse, Response):
         with pytest.raises(SerializationException, match="Unsupported type"):
             response_class({"x": Opaque()}).to_asgi_response(None, _request())
+        # A lone surrogate cannot be UTF-8: Litestar's 500, not a UnicodeEncodeError.
+        with pytest.raises(ImproperlyConfiguredException, match="Unable to serialize"):
+            response_class({"x": "a\ud800"}).to_asgi_response(None, _request())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"headers": {"x-route": "1"}}, {"cookies": [Cookie(key="k", value="v")]}],
+    ids=["headers", "cookies"],
+)
+def test_a_routes_own_headers_and_cookies_take_litestars_way(kwargs: dict[str, Any]) -> None:
+    # What a route's response_headers / response_cookies reach to_asgi_response as.
+    ours = JsonResponse({"a": 1}).to_asgi_response(None, _request(), **kwargs)
+    litestars = Response({"a": 1}).to_asgi_response(None, _request(), **kwargs)
+    assert not isinstance(ours, EncodedJson)
+    assert _messages(ours) == _messages(litestars)
+
+
+def test_the_service_answers_through_this_class(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path))
+    assert app.response_class is JsonResponse
+    built: list[EncodedJson] = []
+    original = EncodedJson.__init__
+
+    def spy(self: EncodedJson, body: bytes, status: int) -> None:
+        built.append(self)
+        original(self, body, status)
+
+    with pytest.MonkeyPatch.context() as patch, TestClient(app) as client:
+        patch.setattr(EncodedJson, "__init__", spy)
+        response = client.get("/health/live")
+    assert response.status_code == 200
+    assert [e.body for e in built] == [response.content]
