@@ -118,11 +118,11 @@ class Run:
     loadavg_before: float
 
 
-def _clean_env() -> dict[str, str]:
+def _clean_env(root: Path = ROOT) -> dict[str, str]:
     # Servers start from this environment, never from FAIRUNLOCK_* settings of the caller's shell.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRUNLOCK_")}
     # The checkout first; a caller's PYTHONPATH stays (e.g. to try uvloop/httptools builds).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -221,12 +221,12 @@ def _postgres_database(admin_url: str) -> Iterator[str]:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', admin_url))
 
 
-def _fairunlock(env: dict[str, str], *argv: str) -> str:
+def _fairunlock(env: dict[str, str], *argv: str, root: Path = ROOT) -> str:
     executable = shutil.which("fairunlock", path=str(Path(sys.executable).parent)) or "fairunlock"
     completed = subprocess.run(
         [executable, *argv],
         env=env,
-        cwd=ROOT,
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=120,
@@ -241,10 +241,13 @@ def _fairunlock(env: dict[str, str], *argv: str) -> str:
 
 
 @contextmanager
-def _unlock_environment(args: argparse.Namespace) -> Iterator[tuple[dict[str, str], str]]:
-    """A fresh data directory (and database), migrated, with a frontend key: (env, key)."""
+def _unlock_environment(
+    args: argparse.Namespace, root: Path = ROOT
+) -> Iterator[tuple[dict[str, str], str]]:
+    """A fresh data directory (and database), migrated, with a frontend key: (env, key). The
+    code is ``root``'s (another checkout's, for an A/B), whatever this process imported."""
     with tempfile.TemporaryDirectory(prefix="fu-bench-") as data_dir:
-        env = _clean_env()
+        env = _clean_env(root)
         env["FAIRUNLOCK_DATA_DIR"] = data_dir
         if args.log_level:
             env["FAIRUNLOCK_LOG_LEVEL"] = args.log_level
@@ -253,8 +256,10 @@ def _unlock_environment(args: argparse.Namespace) -> Iterator[tuple[dict[str, st
         ) as database_url:
             if database_url is not None:
                 env["FAIRUNLOCK_DATABASE_URL"] = database_url
-            _fairunlock(env, "db", "upgrade")
-            out = _fairunlock(env, "keys", "create", "--role", "frontend", "--name", "bench")
+            _fairunlock(env, "db", "upgrade", root=root)
+            out = _fairunlock(
+                env, "keys", "create", "--role", "frontend", "--name", "bench", root=root
+            )
             key = out.strip().splitlines()[-1].strip()
             yield env, key
 
@@ -281,16 +286,17 @@ def _preflight(endpoint: Endpoint, base_url: str) -> str | None:
 
 @contextmanager
 def fairunlock_server(
-    args: argparse.Namespace, workers: int, log_path: Path
+    args: argparse.Namespace, workers: int, log_path: Path, root: Path = ROOT
 ) -> Iterator[tuple[Server, str]]:
-    """`fairunlock serve` on a fresh, migrated data directory (and database): (server, key)."""
-    with _unlock_environment(args) as (env, key):
+    """`fairunlock serve` of ``root``'s code on a fresh, migrated data directory (and
+    database): (server, key)."""
+    with _unlock_environment(args, root) as (env, key):
         port = free_port()
         executable = str(Path(sys.executable).parent / "fairunlock")
         command = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers)]
         with serve(
-            command, port=port, env=env, cwd=ROOT, ready_path="/health/live", log_path=log_path
+            command, port=port, env=env, cwd=root, ready_path="/health/live", log_path=log_path
         ) as server:
             yield server, key
 
