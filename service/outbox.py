@@ -14,7 +14,6 @@ is at least once; every event carries its id so the receiver keeps exactly one (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -34,6 +33,7 @@ from service.flows.enrolment import phone_on_file
 from service.flows.unlock import ACCOUNT_ID_PURPOSE
 from service.persistence.outbox import FailedAttempt, LeasedEvent, OutboxRepository
 from service.settings import SettingsError
+from service.worker_loop import WorkerLoop
 
 log = logging.getLogger("fairunlock.outbox")
 
@@ -108,15 +108,14 @@ class DeliveryError(Exception):
     """This attempt failed; the event stays in the outbox for the next one."""
 
 
-class OutboxDispatcher:
+class OutboxDispatcher(WorkerLoop):
     def __init__(
         self, ctx: ServiceContext, webhook: WebhookConfig, client: httpx.AsyncClient | None = None
     ) -> None:
+        super().__init__("fairunlock-outbox", log)
         self._ctx = ctx
         self._webhook = webhook
         self._client = client or httpx.AsyncClient(timeout=webhook.timeout_s)
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
 
     async def aclose(self) -> None:
         await self.stop()
@@ -236,23 +235,7 @@ class OutboxDispatcher:
     # --- in the service -------------------------------------------------------------------------
 
     def start(self, interval: float = 0.5) -> None:
-        self._stop.clear()
-        self._task = asyncio.create_task(self._run(interval), name="fairunlock-outbox")
+        self.start_loop(interval)
 
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.deliver_due()
-            except Exception:
-                # The database may be down for a while: keep the loop alive and say so.
-                log.exception("outbox pass failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+    async def run_pass(self) -> None:
+        await self.deliver_due()
