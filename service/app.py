@@ -32,6 +32,7 @@ from service.observability import (
 )
 from service.outbox import OutboxDispatcher, WebhookConfig
 from service.policy_source import load_configured_policy
+from service.retention import RetentionJob, RetentionPeriods
 from service.routes.accounts import AccountController, FaceNoticeController
 from service.routes.audit import AuditController
 from service.routes.deps import DEPENDENCIES
@@ -72,7 +73,9 @@ async def _refresh_gauges(metrics: Metrics, app: Litestar) -> None:
         metrics.set_audit_backlog(await AuditStore(conn).backlog())
 
 
-def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar:
+def create_app(  # noqa: PLR0915 - the composition root: it builds and starts every part
+    settings: Settings, adapters: Adapters | None = None
+) -> Litestar:
     """Build the app. ``adapters`` replaces the real SMS, OIDC and face adapters (tests)."""
     configure_logging(settings.log_level)
     metrics = Metrics()
@@ -103,6 +106,12 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         ),
     )
 
+    retention = RetentionJob(
+        engine,
+        RetentionPeriods.of(settings, ctx.policy),
+        ctx.clock,
+        interval=float(settings.retention_interval_s),
+    )
     outbox = OutboxDispatcher(
         ctx, WebhookConfig.from_env(settings.adapter_env, production=settings.is_production)
     )
@@ -133,11 +142,13 @@ def create_app(settings: Settings, adapters: Adapters | None = None) -> Litestar
         if settings.audit_integrator:
             integrator.start()
         outbox.start()
+        retention.start()
         try:
             with startup_heap_frozen():  # gc: see service/gc_tuning.py
                 yield
         finally:
             try:
+                await retention.stop()
                 await outbox.aclose()
                 await integrator.stop()
             finally:

@@ -107,6 +107,12 @@ class Settings:
     audit_integrator: bool = True
     audit_batch_size: int = 1000
     audit_interval_ms: int = 100
+    # Retention of operational records (service/retention.py), in days, and how often each
+    # worker's job deletes what is past it.
+    retention_attempts_days: int = 180
+    retention_sms_sends_days: int = 30
+    retention_outbox_days: int = 30
+    retention_interval_s: int = 3600
     # FAIRUNLOCK_OIDC_PROVIDERS: the allow-list of linked real-name identity providers (JSON).
     oidc_providers_json: str | None = field(default=None, repr=False)
     # The adapters' own variables (FAIRUNLOCK_SMS_*, FAIRUNLOCK_FACE_*, FAIRUNLOCK_WEBHOOK_*), read
@@ -181,6 +187,14 @@ class Settings:
             kwargs["audit_batch_size"] = _int("AUDIT_BATCH_SIZE", raw, minimum=1, maximum=50_000)
         if (raw := get("AUDIT_INTERVAL_MS")) is not None:
             kwargs["audit_interval_ms"] = _int("AUDIT_INTERVAL_MS", raw, minimum=5, maximum=60_000)
+        for name, attr, minimum, maximum in (
+            ("RETENTION_ATTEMPTS_DAYS", "retention_attempts_days", 2, 36_500),
+            ("RETENTION_SMS_SENDS_DAYS", "retention_sms_sends_days", 2, 36_500),
+            ("RETENTION_OUTBOX_DAYS", "retention_outbox_days", 1, 36_500),
+            ("RETENTION_INTERVAL_S", "retention_interval_s", 60, 86_400),
+        ):
+            if (raw := get(name)) is not None:
+                kwargs[attr] = _int(name, raw, minimum=minimum, maximum=maximum)
         if (raw := get("OIDC_PROVIDERS")) is not None:
             kwargs["oidc_providers_json"] = raw
         kwargs["adapter_env"] = {

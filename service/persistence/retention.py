@@ -1,0 +1,70 @@
+"""Deleting operational records once their retention period ends (PIPL-19, ASVS5-14.2.7).
+
+Each purge deletes at most ``limit`` rows, oldest first (ids are UUIDv7, so id order is creation
+order and the scan stops at the first young row), in the caller's transaction. On PostgreSQL the
+rows are locked with SKIP LOCKED: two workers purging at once, or a purge meeting an erasure or an
+outbox settlement, skip each other's rows instead of waiting (or deadlocking) on them; SQLite
+renders no row locks (its one writer holds the database).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, exists, not_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.persistence import UtcDateTime
+from service.persistence.review_cases import review_cases
+from service.persistence.tables import outbox_events, sms_sends, verification_attempts
+
+CLOSED = "closed"
+
+
+class RetentionRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def purge_sms_sends(self, before: datetime, limit: int) -> int:
+        """Records of text messages sent (a keyed digest of the number, when) from before
+        ``before``: they only count towards the per-number send limits."""
+        return await self._purge(sms_sends, sms_sends.c.created_at < _before(), before, limit)
+
+    async def purge_delivered_events(self, before: datetime, limit: int) -> int:
+        """Outbox events delivered before ``before``; undelivered ones stay until delivered."""
+        delivered = outbox_events.c.delivered_at
+        return await self._purge(
+            outbox_events, and_(delivered.is_not(None), delivered < _before()), before, limit
+        )
+
+    async def purge_attempts(self, before: datetime, limit: int) -> int:
+        """Verification attempts from before ``before``, except those of a request whose review
+        case is not closed: the reviewer sees them."""
+        attempts = verification_attempts.c
+        under_review = exists().where(
+            review_cases.c.unlock_request_id == attempts.unlock_request_id,
+            review_cases.c.status != CLOSED,
+        )
+        condition = and_(attempts.created_at < _before(), not_(under_review))
+        return await self._purge(verification_attempts, condition, before, limit)
+
+    async def _purge(
+        self, table: Table, condition: ColumnElement[bool], before: datetime, limit: int
+    ) -> int:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        oldest = (
+            select(table.c.id)
+            .where(condition)
+            .order_by(table.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self._conn.execute(
+            delete(table).where(table.c.id.in_(oldest.scalar_subquery())), {"p_before": before}
+        )
+        return int(result.rowcount or 0)
+
+
+def _before() -> ColumnElement[datetime]:
+    return bindparam("p_before", type_=UtcDateTime())
