@@ -10,6 +10,10 @@ What it deletes, each after its configured period (settings: FAIRUNLOCK_RETENTIO
 - records of text messages sent (a keyed digest of the number, when): the send limits count a day;
 - outbox events once delivered (an undelivered one is never deleted: it is still owed).
 
+A consequence of the attempts' period: a denied request may be appealed at any time, and a case
+opened after the period shows the reviewer the decision and its audit entries but no longer the
+attempts (set FAIRUNLOCK_RETENTION_ATTEMPTS_DAYS to the appeal horizon the platform promises).
+
 What it does not delete: the audit log (tamper-evident; processing records are kept at least
 three years, PIPL-56), decisions and review cases (the records a person's appeal and an auditor
 rely on), and an account's data, which goes by erasure. Every worker runs the job; the deletes
@@ -19,6 +23,7 @@ are idempotent and skip rows another worker is deleting.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -97,8 +102,9 @@ async def purge_expired(
 
 
 class RetentionJob(WorkerLoop):
-    """``purge_expired`` every ``interval`` seconds inside a service worker, from one interval
-    after its start (starting workers stay quick and do not all purge at once)."""
+    """``purge_expired`` every ``interval`` seconds inside a service worker. The first pass comes
+    half to one interval after the start, at random: a starting worker stays quick, and workers
+    started together do not all purge at the same moment."""
 
     def __init__(
         self,
@@ -114,7 +120,8 @@ class RetentionJob(WorkerLoop):
         self._interval = interval
 
     def start(self) -> None:
-        self.start_loop(self._interval, delay_first=True)
+        spread = random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+        self.start_loop(self._interval, first_after=self._interval * spread)
 
     async def run_pass(self) -> None:
         counts = await purge_expired(self._engine, self._periods, self._clock())

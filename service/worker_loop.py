@@ -9,8 +9,8 @@ import logging
 
 
 class WorkerLoop:
-    """Runs ``run_pass`` every ``interval`` seconds (the first at once, or after one interval
-    with ``delay_first``) from ``start`` until ``stop``."""
+    """Runs ``run_pass`` every ``interval`` seconds (the first at once, or ``first_after``
+    seconds after the start) from ``start_loop`` until ``stop``."""
 
     def __init__(self, name: str, log: logging.Logger) -> None:
         self._name = name
@@ -21,9 +21,9 @@ class WorkerLoop:
     async def run_pass(self) -> None:
         raise NotImplementedError
 
-    def start_loop(self, interval: float, *, delay_first: bool = False) -> None:
+    def start_loop(self, interval: float, *, first_after: float = 0.0) -> None:
         self._stop.clear()
-        self._task = asyncio.create_task(self._loop(interval, delay_first), name=self._name)
+        self._task = asyncio.create_task(self._loop(interval, first_after), name=self._name)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -33,8 +33,8 @@ class WorkerLoop:
                 await self._task
             self._task = None
 
-    async def _loop(self, interval: float, delay_first: bool) -> None:
-        if delay_first and await self._stopped_within(interval):
+    async def _loop(self, interval: float, first_after: float) -> None:
+        if first_after > 0 and await self._stopped_within(first_after):
             return
         while not self._stop.is_set():
             try:

@@ -1,10 +1,13 @@
 """Deleting operational records once their retention period ends (PIPL-19, ASVS5-14.2.7).
 
-Each purge deletes at most ``limit`` rows, oldest first (ids are UUIDv7, so id order is creation
-order and the scan stops at the first young row), in the caller's transaction. On PostgreSQL the
-rows are locked with SKIP LOCKED: two workers purging at once, or a purge meeting an erasure or an
-outbox settlement, skip each other's rows instead of waiting (or deadlocking) on them; SQLite
-renders no row locks (its one writer holds the database).
+Each purge deletes at most ``limit`` rows, oldest first, in the caller's transaction. Ids are
+UUIDv7 (service/ids.py), so id order is creation order: a purge first finds the oldest row still
+young (created at or after the cut-off), one probe from the start of the primary key, and only
+looks at the ids below it. A pass that finds nothing to delete therefore reads a few rows, not the
+table (on SQLite it holds the write lock meanwhile). On PostgreSQL the rows are locked with SKIP
+LOCKED: two workers purging at once, or a purge meeting an erasure or an outbox settlement, skip
+each other's rows instead of waiting (or deadlocking) on them; SQLite renders no row locks (its
+one writer holds the database).
 """
 
 from __future__ import annotations
@@ -53,6 +56,18 @@ class RetentionRepository:
     ) -> int:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        first_young = (
+            await self._conn.execute(
+                select(table.c.id)
+                .where(table.c.created_at >= _before())
+                .order_by(table.c.id)
+                .limit(1),
+                {"p_before": before},
+            )
+        ).scalar()
+        if first_young is not None:
+            # Anything past its period was created before the cut-off, so its id is lower.
+            condition = and_(table.c.id < first_young, condition)
         oldest = (
             select(table.c.id)
             .where(condition)

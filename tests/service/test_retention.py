@@ -4,11 +4,13 @@ deleted by a job; younger ones, undelivered events and what an open review case 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uuid_utils
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,11 +29,30 @@ PERIODS = RetentionPeriods(
     attempts=timedelta(days=180), sms_sends=timedelta(days=30), delivered_events=timedelta(days=30)
 )
 OLD, YOUNG = NOW - timedelta(days=200), NOW - timedelta(days=10)
+ALMOST_OLD = NOW - timedelta(days=179)
+UNFINISHED = ("open", "claimed", "awaiting_person", "awaiting_confirmation")
 
 
-def _attempt(at: datetime, request_id: str | None = None, ident: str | None = None) -> Any:
+class Ids:
+    """Row ids as the service makes them (UUIDv7 of the row's time), by a name for the test."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, str] = {}
+        self._step = 0
+
+    def at(self, name: str, at: datetime) -> str:
+        self._step += 1  # distinct ids for rows of the same millisecond
+        nanoseconds = int(at.timestamp()) * 10**9 + at.microsecond * 1000 + self._step
+        self.by_name[name] = str(uuid_utils.uuid7(nanoseconds=nanoseconds))
+        return self.by_name[name]
+
+    def names(self, ids: set[str]) -> set[str]:
+        return {name for name, ident in self.by_name.items() if ident in ids}
+
+
+def _attempt(ident: str, at: datetime, request_id: str | None = None) -> Any:
     return {
-        "id": ident or new_id(),
+        "id": ident,
         "subject": "s" * 64,
         "unlock_request_id": request_id,
         "method": "totp",
@@ -41,7 +62,7 @@ def _attempt(at: datetime, request_id: str | None = None, ident: str | None = No
     }
 
 
-def _send(at: datetime, ident: str) -> Any:
+def _send(ident: str, at: datetime) -> Any:
     return {
         "id": ident,
         "destination_index": "d" * 64,
@@ -51,7 +72,7 @@ def _send(at: datetime, ident: str) -> Any:
     }
 
 
-def _event(at: datetime, ident: str, delivered: datetime | None) -> Any:
+def _event(ident: str, at: datetime, delivered: datetime | None) -> Any:
     return {
         "id": ident,
         "kind": "notify_person",
@@ -73,53 +94,62 @@ async def _ids(engine: AsyncEngine) -> dict[str, set[str]]:
 
 def test_records_past_their_period_go_and_the_rest_stay(api: Api) -> None:
     engine: AsyncEngine = api.app.state.engine
-    # A request whose review case is open, and one whose case is closed (critical risk opens one).
-    open_request = _create(api, "acct-ret-open", level="critical")["id"]
-    closed_request = _create(api, "acct-ret-closed", level="critical")["id"]
+    ids = Ids()
+    # Requests whose review case is in each unfinished state, and one whose case is closed
+    # (critical risk opens a case at once).
+    requests = {
+        status: _create(api, f"acct-ret-{status}", level="critical")["id"]
+        for status in (*UNFINISHED, "closed")
+    }
 
     async def seed() -> None:
         async with engine.begin() as conn:
-            await conn.execute(
-                update(review_cases)
-                .where(review_cases.c.unlock_request_id == closed_request)
-                .values(status="closed", active_request_id=None, closed_at=OLD)
-            )
+            for status, request_id in requests.items():
+                closed = status == "closed"
+                await conn.execute(
+                    update(review_cases)
+                    .where(review_cases.c.unlock_request_id == request_id)
+                    .values(
+                        status=status,
+                        active_request_id=None if closed else request_id,
+                        closed_at=OLD if closed else None,
+                    )
+                )
             await conn.execute(
                 insert(verification_attempts),
                 [
-                    _attempt(OLD, ident="att-old"),
-                    _attempt(OLD, open_request, ident="att-old-open-case"),
-                    _attempt(OLD, closed_request, ident="att-old-closed-case"),
-                    _attempt(NOW - timedelta(days=179), ident="att-young"),
+                    _attempt(ids.at("att-old", OLD), OLD),
+                    *(
+                        _attempt(ids.at(f"att-old-{status}", OLD), OLD, request_id)
+                        for status, request_id in requests.items()
+                    ),
+                    _attempt(ids.at("att-young", ALMOST_OLD), ALMOST_OLD),
                 ],
             )
             await conn.execute(
                 insert(sms_sends),
-                [_send(NOW - timedelta(days=31), "sms-old"), _send(YOUNG, "sms-young")],
+                [
+                    _send(ids.at("sms-old", NOW - timedelta(days=31)), NOW - timedelta(days=31)),
+                    _send(ids.at("sms-young", YOUNG), YOUNG),
+                ],
             )
             await conn.execute(
                 insert(outbox_events),
                 [
-                    _event(OLD, "evt-old-delivered", OLD),
-                    _event(OLD, "evt-old-undelivered", None),
-                    _event(OLD, "evt-recently-delivered", YOUNG),
+                    _event(ids.at("evt-old-delivered", OLD), OLD, OLD),
+                    _event(ids.at("evt-old-undelivered", OLD), OLD, None),
+                    # Created long ago, delivered only lately (after retries): it stays.
+                    _event(ids.at("evt-recently-delivered", OLD), OLD, YOUNG),
+                    _event(ids.at("evt-young", YOUNG), YOUNG, YOUNG),
                 ],
             )
 
     api.run(seed)
-    before: dict[str, set[str]] = api.run(_ids, engine)
     counts = api.run(purge_expired, engine, PERIODS, NOW)
     assert counts == {"verification_attempts": 2, "sms_sends": 1, "delivered_outbox_events": 1}
     after: dict[str, set[str]] = api.run(_ids, engine)
-    assert before["verification_attempts"] - after["verification_attempts"] == {
-        "att-old",
-        "att-old-closed-case",
-    }
-    assert {"att-old-open-case", "att-young"} <= after["verification_attempts"]
-    assert before["sms_sends"] - after["sms_sends"] == {"sms-old"}
-    assert "sms-young" in after["sms_sends"]
-    assert before["outbox_events"] - after["outbox_events"] == {"evt-old-delivered"}
-    assert {"evt-old-undelivered", "evt-recently-delivered"} <= after["outbox_events"]
+    left = set().union(*(ids.names(kept) for kept in after.values()))
+    assert left == set(ids.by_name) - {"att-old", "att-old-closed", "sms-old", "evt-old-delivered"}
     # Nothing left to delete: a second pass deletes nothing.
     assert set(api.run(purge_expired, engine, PERIODS, NOW).values()) == {0}
 
@@ -129,7 +159,9 @@ def test_a_backlog_larger_than_a_batch_is_deleted_in_batches(api: Api) -> None:
 
     async def seed() -> None:
         async with engine.begin() as conn:
-            await conn.execute(insert(sms_sends), [_send(OLD, f"sms-{i:02d}") for i in range(11)])
+            ids = Ids()
+            rows = [_send(ids.at(f"sms-{i:02d}", OLD), OLD) for i in range(11)]
+            await conn.execute(insert(sms_sends), rows)
 
     async def left() -> int:
         async with engine.connect() as conn:
@@ -144,35 +176,50 @@ def test_a_backlog_larger_than_a_batch_is_deleted_in_batches(api: Api) -> None:
 def test_the_job_in_a_worker_deletes_on_its_interval_and_stops(api: Api) -> None:
     engine: AsyncEngine = api.app.state.engine
 
+    job_row = Ids().at("sms-job", OLD)
+
     async def scenario() -> set[str]:
         async with engine.begin() as conn:
-            await conn.execute(insert(sms_sends), [_send(OLD, "sms-job")])
+            await conn.execute(insert(sms_sends), [_send(job_row, OLD)])
         job = RetentionJob(engine, PERIODS, lambda: NOW, interval=0.05)
         job.start()
         try:
             for _ in range(100):
-                if "sms-job" not in (await _ids(engine))["sms_sends"]:
+                if job_row not in (await _ids(engine))["sms_sends"]:
                     break
                 await asyncio.sleep(0.05)
         finally:
             await job.stop()
         return (await _ids(engine))["sms_sends"]
 
-    assert "sms-job" not in api.run(scenario)
+    assert job_row not in api.run(scenario)
 
 
 def test_a_period_no_longer_than_what_is_counted_is_refused(tmp_path: Path) -> None:
     policy = load_default_policy()
-    window_days = policy.thresholds.failed_verifications_window_hours / 24
-    too_short = max(1, int(window_days))
+    # Against a day (the throttles' window) and against a policy that counts failures longer.
     with pytest.raises(SettingsError, match="RETENTION_ATTEMPTS_DAYS"):
-        RetentionPeriods.of(Settings(retention_attempts_days=too_short), policy)
+        RetentionPeriods.of(Settings(retention_attempts_days=1), policy)
+    four_days = dataclasses.replace(
+        policy,
+        thresholds=dataclasses.replace(policy.thresholds, failed_verifications_window_hours=96),
+    )
+    assert RetentionPeriods.of(Settings(retention_attempts_days=5), four_days)
+    with pytest.raises(SettingsError, match="RETENTION_ATTEMPTS_DAYS"):
+        RetentionPeriods.of(Settings(retention_attempts_days=4), four_days)
     with pytest.raises(SettingsError, match="RETENTION_SMS_SENDS_DAYS"):
         RetentionPeriods.of(Settings(retention_sms_sends_days=1), policy)
     with pytest.raises(SettingsError):
         create_app(make_settings(tmp_path, retention_sms_sends_days=1))
     # The defaults are the periods the tests above use.
     assert RetentionPeriods.of(Settings(), policy) == PERIODS
+
+
+def test_every_worker_runs_the_job(api: Api) -> None:
+    async def names() -> set[str]:
+        return {task.get_name() for task in asyncio.all_tasks()}
+
+    assert "fairunlock-retention" in api.run(names)
 
 
 def test_periods_come_from_the_environment_within_bounds() -> None:

@@ -1,5 +1,5 @@
 """The worker loop (service/worker_loop.py) the outbox and the retention job run on: a failed
-pass is logged and the next one still runs; the first pass waits an interval only if asked;
+pass is logged and the next one still runs; the first pass waits only if asked;
 stop ends the loop."""
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ def test_a_failed_pass_is_logged_and_the_next_one_runs(caplog: pytest.LogCapture
     assert all(r.exc_info is not None for r in failed)
 
 
-def test_the_first_pass_waits_an_interval_only_when_asked_and_stop_ends_the_loop() -> None:
+def test_the_first_pass_waits_only_when_asked_and_stop_ends_the_loop() -> None:
     async def scenario() -> tuple[int, int, int]:
         at_once, delayed = Counting(failures=0), Counting(failures=0)
         at_once.start_loop(10.0)
-        delayed.start_loop(10.0, delay_first=True)
+        delayed.start_loop(10.0, first_after=10.0)
         await asyncio.sleep(0.1)
         counts = (at_once.passes, delayed.passes)
         await at_once.stop()
