@@ -31,6 +31,11 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from policy.config import Policy
+from service.flows.challenges import (
+    METHOD_FAILURES_WINDOW,
+    SMS_SENDS_WINDOWS,
+    SOURCE_FAILURES_WINDOW,
+)
 from service.persistence.retention import RetentionRepository
 from service.settings import Settings, SettingsError
 from service.worker_loop import WorkerLoop
@@ -38,10 +43,6 @@ from service.worker_loop import WorkerLoop
 log = logging.getLogger("fairunlock.retention")
 
 PURGE_BATCH = 1000
-# The longest window anything counts verification attempts over, besides the policy's own
-# (service/flows/challenges.py: a day per method, an hour per source).
-ATTEMPT_WINDOW = timedelta(hours=24)
-SMS_SEND_WINDOW = timedelta(hours=24)
 
 Purge = Callable[[RetentionRepository, datetime, int], Awaitable[int]]
 
@@ -61,7 +62,8 @@ class RetentionPeriods:
             delivered_events=timedelta(days=settings.retention_outbox_days),
         )
         counted = max(
-            ATTEMPT_WINDOW,
+            METHOD_FAILURES_WINDOW,
+            SOURCE_FAILURES_WINDOW,
             timedelta(hours=policy.thresholds.failed_verifications_window_hours),
         )
         if periods.attempts <= counted:
@@ -69,9 +71,10 @@ class RetentionPeriods:
                 "FAIRUNLOCK_RETENTION_ATTEMPTS_DAYS must be longer than the longest window "
                 f"verification attempts are counted over ({counted})"
             )
-        if periods.sms_sends <= SMS_SEND_WINDOW:
+        if periods.sms_sends <= max(SMS_SENDS_WINDOWS):
             raise SettingsError(
-                "FAIRUNLOCK_RETENTION_SMS_SENDS_DAYS must be longer than the send limits' day"
+                "FAIRUNLOCK_RETENTION_SMS_SENDS_DAYS must be longer than the send limits' "
+                f"longest window ({max(SMS_SENDS_WINDOWS)})"
             )
         return periods
 

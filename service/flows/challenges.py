@@ -143,7 +143,11 @@ def _retry_after(oldest: datetime, window: timedelta, now: datetime) -> int:
     return max(1, int((oldest + window - now).total_seconds()) + 1)
 
 
-_DAY, _HOUR = timedelta(hours=24), timedelta(hours=1)
+# The throttles' windows: a method's failures count over a day, a source's over an hour, texts to
+# a number over an hour and a day. service/retention.py keeps what they count for longer.
+METHOD_FAILURES_WINDOW = timedelta(hours=24)
+SOURCE_FAILURES_WINDOW = timedelta(hours=1)
+SMS_SENDS_WINDOWS = (timedelta(hours=1), timedelta(hours=24))
 
 
 async def _check_throttles(
@@ -151,11 +155,17 @@ async def _check_throttles(
 ) -> None:
     subject, source = loaded.request.subject, loaded.request.source_index
     if source is None:
-        failures = await repo.method_failures_since(now - _DAY, subject, method.value)
+        failures = await repo.method_failures_since(
+            now - METHOD_FAILURES_WINDOW, subject, method.value
+        )
         from_source: list[datetime] = []
     else:
         failures, from_source = await repo.failures_since(
-            now - _DAY, subject, method.value, now - _HOUR, source
+            now - METHOD_FAILURES_WINDOW,
+            subject,
+            method.value,
+            now - SOURCE_FAILURES_WINDOW,
+            source,
         )
     _throttle(ctx, loaded, method, now, failures, from_source)
 
@@ -165,8 +175,8 @@ def _check_throttles_in(
 ) -> None:
     """``_check_throttles`` from a batch's failures, read once for all its proofs."""
     source = loaded.request.source_index
-    failures = book.of_method(loaded.request.subject, method.value, now - _DAY)
-    from_source = [] if source is None else book.from_source(source, now - _HOUR)
+    failures = book.of_method(loaded.request.subject, method.value, now - METHOD_FAILURES_WINDOW)
+    from_source = [] if source is None else book.from_source(source, now - SOURCE_FAILURES_WINDOW)
     _throttle(ctx, loaded, method, now, failures, from_source)
 
 
@@ -185,13 +195,17 @@ def _throttle(
         raise Throttled(
             f"Too many failed {method.value} attempts today; "
             "other methods and human review stay open.",
-            retry_after=_retry_after(failures[-limits.method_failures_per_day], _DAY, now),
+            retry_after=_retry_after(
+                failures[-limits.method_failures_per_day], METHOD_FAILURES_WINDOW, now
+            ),
             appeal_path=loaded.decision.review.appeal_path,
         )
     if len(from_source) >= limits.source_failures_per_hour:
         raise Throttled(
             "Too many failed attempts from this network; try later or ask for human review.",
-            retry_after=_retry_after(from_source[-limits.source_failures_per_hour], _HOUR, now),
+            retry_after=_retry_after(
+                from_source[-limits.source_failures_per_hour], SOURCE_FAILURES_WINDOW, now
+            ),
             appeal_path=loaded.decision.review.appeal_path,
         )
 
@@ -320,8 +334,8 @@ async def _check_sms_sends(
     repo: ChallengeRepository, ctx: ServiceContext, loaded: Loaded, destination: str, now: datetime
 ) -> None:
     limits = ctx.policy.limits
-    for hours, limit in ((1, limits.sms_sends_per_hour), (24, limits.sms_sends_per_day)):
-        window = timedelta(hours=hours)
+    per_window = (limits.sms_sends_per_hour, limits.sms_sends_per_day)
+    for window, limit in zip(SMS_SENDS_WINDOWS, per_window, strict=True):
         sends = await repo.sms_sends_since(destination, now - window)
         if len(sends) >= limit:
             raise Throttled(
@@ -672,7 +686,9 @@ async def _read_for(conn: AsyncConnection, batch: Sequence[ProofRequest]) -> Pro
     ]
     if throttled:
         earliest = min(p.now for p in batch)
-        failures = await repo.failure_book(throttled, earliest - _DAY, earliest - _HOUR)
+        failures = await repo.failure_book(
+            throttled, earliest - METHOD_FAILURES_WINDOW, earliest - SOURCE_FAILURES_WINDOW
+        )
     else:
         failures = FailureBook({}, {})
     return ProofReads(requests, found, totp_found, failures)
@@ -921,7 +937,7 @@ async def _fail_in(
     review_reason = checked.review_reason
     if review_reason is None:
         failures = await repo.method_failures_since(
-            now - timedelta(hours=24), ch.subject, ch.method
+            now - METHOD_FAILURES_WINDOW, ch.subject, ch.method
         )
         if len(failures) >= limits.method_failures_per_day:
             review_reason = ReviewReason.REPEATED_FAILURES
