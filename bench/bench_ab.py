@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_http import (
+    ECHO,
     PG_ADMIN_URL,
-    REQUEST_TEMPLATE,
     ROOT,
-    UNLOCK_PATH,
-    VARY,
-    _clean_env,
+    Endpoint,
     fairunlock_server,
+    trivial_server,
+    unlock_endpoint,
 )
-from bench.http_load import LoadSpec, free_port, run_load, serve, uvicorn_command
+from bench.http_load import LoadResult, run_load
 
 NAMES = ("echo", "base", "head")
 
@@ -68,52 +68,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = ROOT / "bench" / "results"
     logs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        specs: dict[str, LoadSpec] = {}
+        # What each name loads: its endpoint and its server's base URL.
+        targets: dict[str, tuple[Endpoint, str]] = {}
         for name, root in (("base", args.base.resolve()), ("head", ROOT)):
             server, key = stack.enter_context(
                 fairunlock_server(args, args.workers, logs / f"ab-{name}.log", root)
             )
-            specs[name] = LoadSpec(
-                url=server.base_url + UNLOCK_PATH,
-                method="POST",
-                body_template=REQUEST_TEMPLATE,
-                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-                vary=VARY,
-                connections=args.connections,
-            )
-        port = free_port()
-        trivial = stack.enter_context(
-            serve(
-                uvicorn_command("bench.trivial_app:create_app", workers=args.workers, port=port),
-                port=port,
-                env=_clean_env(),
-                cwd=ROOT,
-                ready_path="/hello",
-                log_path=logs / "ab-trivial.log",
-            )
-        )
-        specs["echo"] = LoadSpec(
-            url=trivial.base_url + "/echo",
-            method="POST",
-            body_template=REQUEST_TEMPLATE,
-            headers={"Content-Type": "application/json"},
-            vary=VARY,
-            connections=args.connections,
-        )
+            targets[name] = (unlock_endpoint(key), server.base_url)
+        trivial = stack.enter_context(trivial_server(args.workers, logs / "ab-trivial.log"))
+        targets["echo"] = (ECHO, trivial.base_url)
 
-        def load(name: str, seconds: float) -> Any:
-            spec = specs[name]
-            return run_load(
-                LoadSpec(
-                    url=spec.url,
-                    method=spec.method,
-                    body_template=spec.body_template,
-                    headers=spec.headers,
-                    vary=spec.vary,
-                    connections=spec.connections,
-                    duration_s=seconds,
-                )
-            )
+        def load(name: str, seconds: float) -> LoadResult:
+            endpoint, base_url = targets[name]
+            return run_load(endpoint.spec(base_url, args, seconds, args.connections))
 
         for name in NAMES:
             if args.warmup > 0:

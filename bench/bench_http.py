@@ -175,22 +175,28 @@ def _warm_up(endpoint: Endpoint, base_url: str, args: argparse.Namespace) -> Non
         run_load(spec, tool=args.tool)
 
 
-def bench_trivial(args: argparse.Namespace, workers: int, log_dir: Path) -> list[Run]:
+ECHO = Endpoint("trivial", "POST /echo", "POST", "/echo", body=True)
+
+
+@contextmanager
+def trivial_server(workers: int, log_path: Path) -> Iterator[Server]:
+    """bench/trivial_app.py under uvicorn with ``workers`` workers, for the block."""
     port = free_port()
-    endpoints = [
-        Endpoint("trivial", "GET /hello", "GET", "/hello"),
-        Endpoint("trivial", "POST /echo", "POST", "/echo", body=True),
-    ]
-    command = uvicorn_command("bench.trivial_app:create_app", workers=workers, port=port)
-    runs: list[Run] = []
     with serve(
-        command,
+        uvicorn_command("bench.trivial_app:create_app", workers=workers, port=port),
         port=port,
         env=_clean_env(),
         cwd=ROOT,
         ready_path="/hello",
-        log_path=log_dir / f"trivial-w{workers}.log",
+        log_path=log_path,
     ) as server:
+        yield server
+
+
+def bench_trivial(args: argparse.Namespace, workers: int, log_dir: Path) -> list[Run]:
+    endpoints = [Endpoint("trivial", "GET /hello", "GET", "/hello"), ECHO]
+    runs: list[Run] = []
+    with trivial_server(workers, log_dir / f"trivial-w{workers}.log") as server:
         for endpoint in endpoints:
             _warm_up(endpoint, server.base_url, args)
             runs += _measure(endpoint, server.base_url, args, workers)
@@ -301,17 +307,18 @@ def fairunlock_server(
             yield server, key
 
 
+def unlock_endpoint(key: str) -> Endpoint:
+    """POST /v1/unlock-requests with the bench's body, as the ``frontend`` key ``key``."""
+    headers = {"Authorization": f"Bearer {key}"}
+    return Endpoint(
+        "unlock", f"POST {UNLOCK_PATH}", "POST", UNLOCK_PATH, body=True, headers=headers
+    )
+
+
 def bench_unlock(args: argparse.Namespace, workers: int, log_dir: Path) -> tuple[list[Run], str]:
     log_path = log_dir / f"unlock-{args.database}-w{workers}.log"
     with fairunlock_server(args, workers, log_path) as (server, key):
-        endpoint = Endpoint(
-            "unlock",
-            f"POST {UNLOCK_PATH}",
-            "POST",
-            UNLOCK_PATH,
-            body=True,
-            headers={"Authorization": f"Bearer {key}"},
-        )
+        endpoint = unlock_endpoint(key)
         problem = _preflight(endpoint, server.base_url)
         if problem is not None:
             return [], problem

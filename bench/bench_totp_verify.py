@@ -41,16 +41,14 @@ from bench.bench_http import (
     fairunlock_server,
     parse_connections,
     parse_workers,
+    trivial_server,
 )
 from bench.http_load import (
     Call,
     LoadResult,
     LoadSpec,
     call_all,
-    free_port,
     run_load,
-    serve,
-    uvicorn_command,
 )
 from service.methods.totp import TotpParameters, code_at
 
@@ -286,15 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, int, int, list[LoadResult]]] = []
     for workers in args.workers:
-        port = free_port()
-        with serve(
-            uvicorn_command("bench.trivial_app:create_app", workers=workers, port=port),
-            port=port,
-            env=None,
-            cwd=ROOT,
-            ready_path="/hello",
-            log_path=log_dir / f"trivial-totp-w{workers}.log",
-        ) as trivial:
+        with trivial_server(workers, log_dir / f"trivial-totp-w{workers}.log") as trivial:
             run_load(_echo_spec(trivial.base_url, args.connections[0], 2))  # warm-up
             for c in args.connections:
                 echo = [
