@@ -1,6 +1,7 @@
 """outbox_events by subject: erasure removes an account's events, which carry its account id
 
-Without the index an erasure read the whole outbox, which keeps every delivered event.
+Without the index an erasure read the whole outbox, which keeps delivered events (for 30 days
+by default since the retention job).
 On PostgreSQL it is built CONCURRENTLY; such a build, interrupted, leaves an invalid index of
 that name behind, which the upgrade run again drops first.
 
@@ -27,7 +28,7 @@ def _postgresql() -> bool:
 
 def upgrade() -> None:
     if _postgresql():
-        # The outbox keeps every delivered event, and every approval writes to it: built
+        # The outbox keeps delivered events, and every approval writes to it: built
         # CONCURRENTLY, the index does not hold approvals up (outside the migration's
         # transaction, as PostgreSQL requires).
         with op.get_context().autocommit_block():
