@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,14 @@ import pytest
 from sqlalchemy import text
 
 from service.db import create_engine
-from service.sqlite_inline import WRITER_TURN_SUFFIX, WriterTurn
+from service.sqlite_inline import (
+    COMMITS_REMEMBERED,
+    INLINE_COMMIT_MAX_S,
+    WRITER_TURN_SUFFIX,
+    CommitPlacement,
+    InlineConnection,
+    WriterTurn,
+)
 
 
 def test_a_writer_waits_for_another_connections_write_lock_without_blocking_the_loop(
@@ -198,3 +206,61 @@ def test_a_killed_workers_turn_is_released_by_the_kernel(tmp_path: Path) -> None
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_commits_run_in_place_while_the_disk_is_fast_and_in_a_thread_when_it_is_not() -> None:
+    placement = CommitPlacement()
+    assert placement.inline  # nothing known yet: a fast disk is the usual case
+    fast, slow = INLINE_COMMIT_MAX_S / 4, INLINE_COMMIT_MAX_S * 5
+    for _ in range(COMMITS_REMEMBERED):
+        placement.record(fast)
+    for _ in range(COMMITS_REMEMBERED // 2 - 1):  # checkpoints now and then: still in place
+        placement.record(slow)
+        assert placement.inline
+    for _ in range(2):  # most of the recent commits slow: the disk is slow
+        placement.record(slow)
+    assert not placement.inline
+    for _ in range(COMMITS_REMEMBERED // 2):  # fast again: back in place
+        placement.record(fast)
+    assert placement.inline
+
+
+class _ThreadRecordingConnection(sqlite3.Connection):
+    commit_threads: list[int]
+
+    def commit(self) -> None:
+        self.commit_threads.append(threading.get_ident())
+        super().commit()
+
+
+def test_a_writing_commit_runs_where_its_placement_says_and_is_durable_either_way(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "placed.sqlite3"
+    raw = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, factory=_ThreadRecordingConnection
+    )
+    raw.commit_threads = []
+    raw.execute("CREATE TABLE t (v INTEGER)")
+    connection = InlineConnection(raw, 1000, WriterTurn(str(path)))
+
+    async def write(value: int) -> None:
+        await connection.begin_immediate()
+        await connection.execute("INSERT INTO t VALUES (?)", (value,))
+        await connection.commit()
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        await write(1)
+        assert raw.commit_threads == [loop_thread]
+        for _ in range(COMMITS_REMEMBERED):
+            connection.commit_placement.record(INLINE_COMMIT_MAX_S * 5)
+        await write(2)
+        assert len(raw.commit_threads) == 2
+        assert raw.commit_threads[1] != loop_thread
+        assert not connection.commit_placement.inline  # its own time in the thread was fast,
+        # but one fast commit among slow ones does not yet move the median
+
+    asyncio.run(scenario())
+    connection.stop()
+    assert sqlite3.connect(path).execute("SELECT v FROM t ORDER BY v").fetchall() == [(1,), (2,)]
