@@ -22,7 +22,17 @@ class WorkerLoop:
         raise NotImplementedError
 
     def start_loop(self, interval: float, *, first_after: float = 0.0) -> None:
-        self._stop.clear()
+        running = self._task
+        # A second loop would run beside the first, which stop() could no longer reach. One
+        # left on an event loop that is gone (an app served again, as tests do) never runs
+        # again: it is dropped, not awaited.
+        if (
+            running is not None
+            and not running.done()
+            and running.get_loop() is asyncio.get_running_loop()
+        ):
+            raise RuntimeError(f"{self._name} is running already")
+        self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._loop(interval, first_after), name=self._name)
 
     async def stop(self) -> None:

@@ -59,3 +59,49 @@ def test_the_first_pass_waits_only_when_asked_and_stop_ends_the_loop() -> None:
         return (*counts, delayed.passes)
 
     assert asyncio.run(scenario()) == (1, 0, 0)
+
+
+def test_a_second_start_while_running_is_refused_and_the_first_loop_still_stops() -> None:
+    async def scenario() -> None:
+        loop = Counting(failures=0)
+        loop.start_loop(0.01)
+        with pytest.raises(RuntimeError, match="running already"):
+            loop.start_loop(0.01)
+        await asyncio.sleep(0.05)
+        await loop.stop()
+        passes = loop.passes
+        await asyncio.sleep(0.05)
+        assert passes >= 1
+        assert loop.passes == passes  # the one loop there was is stopped
+        loop.start_loop(0.01)  # after stop, it starts again
+        await asyncio.sleep(0.05)
+        await loop.stop()
+        assert loop.passes > passes
+
+    asyncio.run(scenario())
+
+
+def test_a_loop_left_on_a_closed_event_loop_starts_again_on_a_new_one() -> None:
+    worker = Counting(failures=0)
+
+    async def start_and_leave() -> None:
+        worker.start_loop(10.0, first_after=10.0)
+        await asyncio.sleep(0.01)  # the loop's task waits on its stop event
+
+    # An app served on an event loop that is closed without the app being stopped: its loop's
+    # task is left pending there for ever.
+    old = asyncio.new_event_loop()
+    old.run_until_complete(start_and_leave())
+    old.close()
+
+    async def start_again() -> int:
+        worker.start_loop(0.01)
+        for _ in range(100):
+            if worker.passes:
+                break
+            await asyncio.sleep(0.01)
+        await worker.stop()
+        return worker.passes
+
+    asyncio.run(start_and_leave())
+    assert asyncio.run(start_again()) >= 1
