@@ -8,7 +8,10 @@ What it deletes, each after its configured period (settings: FAIRUNLOCK_RETENTIO
   window, so the period must be longer than both (checked when the app is built); attempts of a
   request whose review case is open stay, the reviewer sees them;
 - records of text messages sent (a keyed digest of the number, when): the send limits count a day;
-- outbox events once delivered (an undelivered one is never deleted: it is still owed).
+- outbox events once delivered (an undelivered one is never deleted: it is still owed);
+- the secret of a challenge (an SMS code's keyed hash, an OIDC or face session's sealed state)
+  an hour after the challenge expired (``CHALLENGE_SECRET_GRACE``; not configurable: nothing can
+  be proven with it once expired); the challenge's record stays with its request.
 
 A consequence of the attempts' period: a denied request may be appealed at any time, and a case
 opened after the period shows the reviewer the decision and its audit entries but no longer the
@@ -43,6 +46,9 @@ from service.worker_loop import WorkerLoop
 log = logging.getLogger("fairunlock.retention")
 
 PURGE_BATCH = 1000
+# How long after its expiry a challenge's secret is wiped: a proof sent just before the expiry
+# is answered as it would have been, by the expiry, never by a secret gone missing.
+CHALLENGE_SECRET_GRACE = timedelta(hours=1)
 
 Purge = Callable[[RetentionRepository, datetime, int], Awaitable[int]]
 
@@ -82,8 +88,9 @@ class RetentionPeriods:
 async def purge_expired(
     engine: AsyncEngine, periods: RetentionPeriods, now: datetime, batch: int = PURGE_BATCH
 ) -> dict[str, int]:
-    """Delete what is past its period at ``now``: how many rows of each kind. Each batch is its
-    own short transaction, so writers wait for at most one batch."""
+    """Delete (for challenges: wipe the secret of) what is past its period at ``now``: how many
+    rows of each kind. Each batch is its own short transaction, so writers wait for at most one
+    batch."""
     purges: dict[str, tuple[timedelta, Purge]] = {
         "verification_attempts": (periods.attempts, RetentionRepository.purge_attempts),
         "sms_sends": (periods.sms_sends, RetentionRepository.purge_sms_sends),
@@ -91,6 +98,7 @@ async def purge_expired(
             periods.delivered_events,
             RetentionRepository.purge_delivered_events,
         ),
+        "challenge_secrets": (CHALLENGE_SECRET_GRACE, RetentionRepository.wipe_challenge_secrets),
     }
     counts: dict[str, int] = {}
     for kind, (period, purge) in purges.items():

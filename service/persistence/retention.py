@@ -14,12 +14,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, exists, not_, select
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, exists, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence import UtcDateTime
 from service.persistence.review_cases import review_cases
-from service.persistence.tables import outbox_events, sms_sends, verification_attempts
+from service.persistence.tables import (
+    CHALLENGE_SECRET_HELD,
+    challenges,
+    outbox_events,
+    sms_sends,
+    verification_attempts,
+)
 
 CLOSED = "closed"
 
@@ -50,6 +56,29 @@ class RetentionRepository:
         )
         condition = and_(attempts.created_at < _before(), not_(under_review))
         return await self._purge(verification_attempts, condition, before, limit)
+
+    async def wipe_challenge_secrets(self, before: datetime, limit: int) -> int:
+        """The secrets of challenges that expired before ``before`` (an SMS code's keyed hash, an
+        OIDC or face session's sealed state): nothing can be proven with an expired challenge,
+        so they are of no more use. The challenge itself (method, status, times) stays with its
+        request. Read through the partial index of challenges still holding one, oldest first."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        c = challenges.c
+        oldest = (
+            select(c.id)
+            .where(CHALLENGE_SECRET_HELD, c.expires_at < _before())
+            .order_by(c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self._conn.execute(
+            update(challenges)
+            .where(c.id.in_(oldest.scalar_subquery()))
+            .values(secret_hash=None, secret_sealed=None),
+            {"p_before": before},
+        )
+        return int(result.rowcount or 0)
 
     async def _purge(
         self, table: Table, condition: ColumnElement[bool], before: datetime, limit: int

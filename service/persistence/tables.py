@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    or_,
 )
 
 from service.persistence import UtcDateTime, metadata
@@ -163,6 +164,16 @@ challenges = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("completed_at", UtcDateTime(), nullable=True),
+)
+# The challenges whose secret the retention job has not wiped yet (migration 0005).
+CHALLENGE_SECRET_HELD = or_(
+    challenges.c.secret_hash.is_not(None), challenges.c.secret_sealed.is_not(None)
+)
+Index(
+    "ix_challenges_secret_held",
+    challenges.c.id,
+    sqlite_where=CHALLENGE_SECRET_HELD,
+    postgresql_where=CHALLENGE_SECRET_HELD,
 )
 
 sms_sends = Table(

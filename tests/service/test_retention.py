@@ -11,15 +11,20 @@ from typing import Any
 
 import pytest
 import uuid_utils
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.ids import new_id
 from service.persistence.review_cases import review_cases
-from service.persistence.tables import outbox_events, sms_sends, verification_attempts
+from service.persistence.tables import (
+    challenges,
+    outbox_events,
+    sms_sends,
+    verification_attempts,
+)
 from service.policy_source import load_default_policy
-from service.retention import RetentionJob, RetentionPeriods, purge_expired
+from service.retention import CHALLENGE_SECRET_GRACE, RetentionJob, RetentionPeriods, purge_expired
 from service.settings import Settings, SettingsError
 from tests.service.conftest import Api, make_settings
 from tests.service.test_review_api import _create
@@ -84,6 +89,33 @@ def _event(ident: str, at: datetime, delivered: datetime | None) -> Any:
     }
 
 
+def _challenge(
+    ident: str, request_id: str, expires: datetime, secret: str | None, sealed: str | None
+) -> Any:
+    return {
+        "id": ident,
+        "unlock_request_id": request_id,
+        "subject": "s" * 64,
+        "method": "sms" if sealed is None else "oidc",
+        "provider": None,
+        "status": "open",
+        "attempts": 0,
+        "secret_hash": secret,
+        "secret_sealed": sealed,
+        "delivery_id": None,
+        "sends": 1,
+        "created_at": expires - timedelta(minutes=5),
+        "expires_at": expires,
+        "completed_at": None,
+    }
+
+
+async def _secrets_held(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        held = challenges.c.secret_hash.is_not(None) | challenges.c.secret_sealed.is_not(None)
+        return {row[0] for row in await conn.execute(select(challenges.c.id).where(held))}
+
+
 async def _ids(engine: AsyncEngine) -> dict[str, set[str]]:
     async with engine.connect() as conn:
         return {
@@ -143,15 +175,72 @@ def test_records_past_their_period_go_and_the_rest_stay(api: Api) -> None:
                     _event(ids.at("evt-young", YOUNG), YOUNG, YOUNG),
                 ],
             )
+            request_id = requests["closed"]
+            lately = NOW - CHALLENGE_SECRET_GRACE + timedelta(minutes=1)
+            await conn.execute(
+                insert(challenges),
+                [
+                    _challenge(ids.at("ch-expired-sms", OLD), request_id, OLD, "h" * 64, None),
+                    _challenge(ids.at("ch-expired-oidc", YOUNG), request_id, YOUNG, None, "x"),
+                    _challenge(ids.at("ch-wiped", OLD), request_id, OLD, None, None),
+                    # Expired within the grace, and still open: their secrets stay.
+                    _challenge(ids.at("ch-lately", lately), request_id, lately, "h" * 64, None),
+                    _challenge(
+                        ids.at("ch-open", NOW), request_id, NOW + timedelta(minutes=5), None, "y"
+                    ),
+                ],
+            )
 
     api.run(seed)
     counts = api.run(purge_expired, engine, PERIODS, NOW)
-    assert counts == {"verification_attempts": 2, "sms_sends": 1, "delivered_outbox_events": 1}
+    assert counts == {
+        "verification_attempts": 2,
+        "sms_sends": 1,
+        "delivered_outbox_events": 1,
+        "challenge_secrets": 2,
+    }
+    assert ids.names(api.run(_secrets_held, engine)) == {"ch-lately", "ch-open"}
     after: dict[str, set[str]] = api.run(_ids, engine)
     left = set().union(*(ids.names(kept) for kept in after.values()))
-    assert left == set(ids.by_name) - {"att-old", "att-old-closed", "sms-old", "evt-old-delivered"}
+    assert left == {n for n in ids.by_name if not n.startswith("ch-")} - {
+        "att-old",
+        "att-old-closed",
+        "sms-old",
+        "evt-old-delivered",
+    }
     # Nothing left to delete: a second pass deletes nothing.
     assert set(api.run(purge_expired, engine, PERIODS, NOW).values()) == {0}
+
+
+def test_expired_challenges_secrets_are_found_through_the_partial_index(api: Api) -> None:
+    """The wipe can read the index of challenges still holding a secret, not every challenge:
+    its condition implies the index's. (PostgreSQL's planner weighs an almost empty table's
+    statistics, so there the plan is asked for with sequential scans ruled out.)"""
+    engine: AsyncEngine = api.app.state.engine
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        if sql.lstrip().upper().startswith("UPDATE CHALLENGES"):
+            statements.append((sql, params))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        api.run(purge_expired, engine, PERIODS, NOW)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert len(statements) == 1
+
+    async def plan() -> str:
+        sql, params = statements[0]
+        async with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                raw = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+                return " | ".join(str(row[-1]) for row in raw)
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            raw = await conn.exec_driver_sql("EXPLAIN " + sql, params)
+            return " | ".join(str(row[0]) for row in raw)
+
+    assert "ix_challenges_secret_held" in api.run(plan)
 
 
 def test_a_backlog_larger_than_a_batch_is_deleted_in_batches(api: Api) -> None:
