@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from policy.config import Policy
-from service.flows.challenges import (
+from service.flows.throttle_windows import (
     METHOD_FAILURES_WINDOW,
     SMS_SENDS_WINDOWS,
     SOURCE_FAILURES_WINDOW,

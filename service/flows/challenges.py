@@ -47,6 +47,11 @@ from service.domain import (
 from service.flows import unlock
 from service.flows.audit_trail import DirectEntries, record, record_in
 from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, phone_on_file
+from service.flows.throttle_windows import (
+    METHOD_FAILURES_WINDOW,
+    SMS_SENDS_WINDOWS,
+    SOURCE_FAILURES_WINDOW,
+)
 from service.group_commit import GroupCommit
 from service.ids import new_id
 from service.methods import recovery_codes, totp
@@ -141,13 +146,6 @@ def _loaded(ctx: ServiceContext, row: UnlockRequestRow | None, now: datetime) ->
 
 def _retry_after(oldest: datetime, window: timedelta, now: datetime) -> int:
     return max(1, int((oldest + window - now).total_seconds()) + 1)
-
-
-# The throttles' windows: a method's failures count over a day, a source's over an hour, texts to
-# a number over an hour and a day. service/retention.py keeps what they count for longer.
-METHOD_FAILURES_WINDOW = timedelta(hours=24)
-SOURCE_FAILURES_WINDOW = timedelta(hours=1)
-SMS_SENDS_WINDOWS = (timedelta(hours=1), timedelta(hours=24))
 
 
 async def _check_throttles(

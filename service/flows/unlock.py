@@ -41,6 +41,7 @@ from service.db import deadlocked
 from service.domain import InvalidRequestContext, UnlockRequestNotFound
 from service.flows.audit_trail import index_of, integrate_direct_in
 from service.flows.enrolment import consent_state
+from service.flows.throttle_windows import METHOD_FAILURES_WINDOW
 from service.group_commit import GroupCommit
 from service.ids import new_id
 from service.persistence.accounts import AccountRepository, AccountSnapshot
@@ -398,7 +399,7 @@ async def decide_batch(
         velocity_window=timedelta(hours=thresholds.velocity_window_hours),
         failures_window=timedelta(hours=thresholds.failed_verifications_window_hours),
         # Methods paused by failures stay visible as THROTTLED, never silently missing.
-        throttle_window=timedelta(hours=24),
+        throttle_window=METHOD_FAILURES_WINDOW,
         throttle_limit=policy.limits.method_failures_per_day,
     )
     outcomes: list[PreparedDecision | Exception] = []
