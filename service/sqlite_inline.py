@@ -36,10 +36,14 @@ from typing import Any
 
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
 WRITER_TURN_SUFFIX = "-writer"
-# A commit runs in place while the median of the last COMMITS_REMEMBERED commits took at most
-# INLINE_COMMIT_MAX_S (see CommitPlacement).
+# Where a writing COMMIT runs (see CommitPlacement): in place while the lower median of the last
+# COMMITS_REMEMBERED commits timed in place is at most INLINE_COMMIT_MAX_S, and in a thread at
+# once after one in place took more than COMMIT_STALL_S; in a thread, every PROBE_EVERY-th
+# commit runs in place to time the disk again.
 INLINE_COMMIT_MAX_S = 0.002
+COMMIT_STALL_S = 0.020
 COMMITS_REMEMBERED = 16
+PROBE_EVERY = 32
 
 
 class InlineCursor:
@@ -195,21 +199,38 @@ class CommitPlacement:
     In a thread, the fsync leaves the loop free, but the hand-off costs more than a fast fsync
     blocks: on the development VM (WAL fsync p50 0.8 ms, p99 9 ms when a checkpoint ran),
     decisions at 32 clients took 12 % less CPU with the commit in place, and over HTTP (bench_ab,
-    one worker, 6 rounds) served 1.16x the requests. On a disk whose fsync takes milliseconds a
-    commit in place would stall the worker's every request as long, so the placement follows
-    the disk: in place while the lower median of the last ``COMMITS_REMEMBERED`` commits is at
-    most ``INLINE_COMMIT_MAX_S`` (a checkpoint's slow commit now and then does not move it), in a
-    thread otherwise. A commit in a thread is timed there, without the hand-off, so a disk that
-    is fast again brings the commits back in place.
+    one worker) served 1.04-1.16x the requests. On a disk whose fsync takes milliseconds a
+    commit in place stalls the worker's every request as long, so the placement follows the
+    disk, timed by the commits that run in place (a commit in a thread also waits for the GIL
+    after its fsync, up to the 5 ms switch interval when the loop is busy, so its time says
+    little about the disk): in place while the lower median of the last ``COMMITS_REMEMBERED``
+    is at most ``INLINE_COMMIT_MAX_S`` (a checkpoint's slow commit now and then does not move
+    it); in a thread once that median is higher, or at once after one commit took more than
+    ``COMMIT_STALL_S``. In a thread, every ``PROBE_EVERY``-th commit runs in place, so a disk
+    that is fast again brings the commits back.
     """
 
-    __slots__ = ("_recent", "inline")
+    __slots__ = ("_recent", "_since_probe", "inline")
 
     def __init__(self) -> None:
         self._recent: deque[float] = deque(maxlen=COMMITS_REMEMBERED)
+        self._since_probe = 0
         self.inline = True
 
+    def next_in_place(self) -> bool:
+        """Whether the next commit runs in place (then ``record`` its time)."""
+        if self.inline:
+            return True
+        self._since_probe += 1
+        if self._since_probe < PROBE_EVERY:
+            return False
+        self._since_probe = 0
+        return True
+
     def record(self, seconds: float) -> None:
+        """The time of a commit that ran in place."""
+        if seconds > COMMIT_STALL_S:
+            self._recent.clear()  # only commits after the stall can bring the next one back
         self._recent.append(seconds)
         self.inline = statistics.median_low(self._recent) <= INLINE_COMMIT_MAX_S
 
@@ -298,10 +319,10 @@ class InlineConnection:
             # are parsed and decided meanwhile; the connection stays checked out by this
             # transaction until the commit returns, so nothing else uses it concurrently.
             placement = self.commit_placement
-            if placement.inline:
+            if placement.next_in_place():
                 _timed_commit(self._conn, placement)
             else:
-                await asyncio.to_thread(_timed_commit, self._conn, placement)
+                await asyncio.to_thread(self._conn.commit)
         finally:
             self._turn.give_back()
 

@@ -18,8 +18,10 @@ from sqlalchemy import text
 
 from service.db import create_engine
 from service.sqlite_inline import (
+    COMMIT_STALL_S,
     COMMITS_REMEMBERED,
     INLINE_COMMIT_MAX_S,
+    PROBE_EVERY,
     WRITER_TURN_SUFFIX,
     CommitPlacement,
     InlineConnection,
@@ -208,10 +210,15 @@ def test_a_killed_workers_turn_is_released_by_the_kernel(tmp_path: Path) -> None
             holder.stdout.close()
 
 
+def _placements(placement: CommitPlacement, commits: int) -> list[bool]:
+    return [placement.next_in_place() for _ in range(commits)]
+
+
 def test_commits_run_in_place_while_the_disk_is_fast_and_in_a_thread_when_it_is_not() -> None:
     placement = CommitPlacement()
     assert placement.inline  # nothing known yet: a fast disk is the usual case
     fast, slow = INLINE_COMMIT_MAX_S / 4, INLINE_COMMIT_MAX_S * 5
+    assert slow < COMMIT_STALL_S
     for _ in range(COMMITS_REMEMBERED):
         placement.record(fast)
     for _ in range(COMMITS_REMEMBERED // 2 - 1):  # checkpoints now and then: still in place
@@ -220,8 +227,22 @@ def test_commits_run_in_place_while_the_disk_is_fast_and_in_a_thread_when_it_is_
     for _ in range(2):  # most of the recent commits slow: the disk is slow
         placement.record(slow)
     assert not placement.inline
-    for _ in range(COMMITS_REMEMBERED // 2):  # fast again: back in place
+    # In a thread, only every PROBE_EVERY-th commit runs in place, to time the disk again.
+    assert _placements(placement, 2 * PROBE_EVERY).count(True) == 2
+    for _ in range(COMMITS_REMEMBERED // 2):  # the probes find it fast again: back in place
         placement.record(fast)
+    assert placement.inline
+    assert all(_placements(placement, PROBE_EVERY))
+
+
+def test_one_stalled_commit_moves_the_next_ones_to_a_thread_until_a_probe_is_fast() -> None:
+    placement = CommitPlacement()
+    for _ in range(COMMITS_REMEMBERED):
+        placement.record(INLINE_COMMIT_MAX_S / 4)
+    placement.record(COMMIT_STALL_S * 2)
+    assert not placement.inline
+    assert _placements(placement, PROBE_EVERY) == [False] * (PROBE_EVERY - 1) + [True]
+    placement.record(INLINE_COMMIT_MAX_S / 4)  # the probe
     assert placement.inline
 
 
@@ -233,34 +254,62 @@ class _ThreadRecordingConnection(sqlite3.Connection):
         super().commit()
 
 
-def test_a_writing_commit_runs_where_its_placement_says_and_is_durable_either_way(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "placed.sqlite3"
+def _recording_connection(path: Path) -> tuple[_ThreadRecordingConnection, InlineConnection]:
     raw = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, factory=_ThreadRecordingConnection
     )
     raw.commit_threads = []
-    raw.execute("CREATE TABLE t (v INTEGER)")
-    connection = InlineConnection(raw, 1000, WriterTurn(str(path)))
+    raw.execute("PRAGMA foreign_keys=ON")
+    raw.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    raw.execute("CREATE TABLE t (v INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+    raw.executemany("INSERT INTO parent VALUES (?)", [(1,), (2,)])
+    return raw, InlineConnection(raw, 1000, WriterTurn(str(path)))
 
-    async def write(value: int) -> None:
-        await connection.begin_immediate()
-        await connection.execute("INSERT INTO t VALUES (?)", (value,))
-        await connection.commit()
+
+async def _write(connection: InlineConnection, value: int) -> None:
+    await connection.begin_immediate()
+    await connection.execute("INSERT INTO t VALUES (?)", (value,))
+    await connection.commit()
+
+
+def test_a_writing_commit_runs_where_its_placement_says_and_is_durable_either_way(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "placed.sqlite3"
+    raw, connection = _recording_connection(path)
 
     async def scenario() -> None:
         loop_thread = threading.get_ident()
-        await write(1)
+        await _write(connection, 1)
         assert raw.commit_threads == [loop_thread]
-        for _ in range(COMMITS_REMEMBERED):
-            connection.commit_placement.record(INLINE_COMMIT_MAX_S * 5)
-        await write(2)
+        connection.commit_placement.record(COMMIT_STALL_S * 2)
+        await _write(connection, 2)
         assert len(raw.commit_threads) == 2
         assert raw.commit_threads[1] != loop_thread
-        assert not connection.commit_placement.inline  # its own time in the thread was fast,
-        # but one fast commit among slow ones does not yet move the median
 
     asyncio.run(scenario())
     connection.stop()
     assert sqlite3.connect(path).execute("SELECT v FROM t ORDER BY v").fetchall() == [(1,), (2,)]
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in place", "in a thread"])
+def test_a_failing_commit_raises_gives_the_turn_back_and_times_nothing(
+    tmp_path: Path, in_place: bool
+) -> None:
+    raw, connection = _recording_connection(tmp_path / "failing.sqlite3")
+    placement = connection.commit_placement
+    if not in_place:
+        placement.record(COMMIT_STALL_S * 2)
+    timed_before = list(placement._recent)
+
+    async def scenario() -> None:
+        # A deferred foreign key fails at COMMIT: the parent 9 does not exist.
+        with pytest.raises(sqlite3.IntegrityError):
+            await _write(connection, 9)
+        assert not connection._turn.held
+        assert list(placement._recent) == timed_before
+        await connection.rollback()
+
+    asyncio.run(scenario())
+    assert len(raw.commit_threads) == 1
+    connection.stop()
