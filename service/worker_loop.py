@@ -24,13 +24,9 @@ class WorkerLoop:
     def start_loop(self, interval: float, *, first_after: float = 0.0) -> None:
         running = self._task
         # A second loop would run beside the first, which stop() could no longer reach. One
-        # left on an event loop that is gone (an app served again, as tests do) never runs
+        # left on an event loop that is closed (an app served again, as tests do) never runs
         # again: it is dropped, not awaited.
-        if (
-            running is not None
-            and not running.done()
-            and running.get_loop() is asyncio.get_running_loop()
-        ):
+        if running is not None and not running.done() and not running.get_loop().is_closed():
             raise RuntimeError(f"{self._name} is running already")
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._loop(interval, first_after), name=self._name)
