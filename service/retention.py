@@ -137,4 +137,4 @@ class RetentionJob(WorkerLoop):
     async def run_pass(self) -> None:
         counts = await purge_expired(self._engine, self._periods, self._clock())
         if any(counts.values()):
-            log.info("retention: expired records deleted", extra={"deleted": counts})
+            log.info("retention: expired records deleted or wiped", extra={"deleted": counts})

@@ -1,9 +1,10 @@
 """Deleting operational records once their retention period ends (PIPL-19, ASVS5-14.2.7).
 
 Each purge deletes at most ``limit`` rows, oldest first, in the caller's transaction. Ids are
-UUIDv7 (service/ids.py), so id order is creation order: a purge first finds the oldest row still
-young (created at or after the cut-off), one probe from the start of the primary key, and only
-looks at the ids below it. A pass that finds nothing to delete therefore reads a few rows, not the
+UUIDv7 (service/ids.py), so id order is creation order: a purge of rows first finds the oldest
+row still young (created at or after the cut-off), one probe from the start of the primary key,
+and only looks at the ids below it (the wipe of challenges' secrets reads a partial index
+instead). A pass that finds nothing to delete therefore reads a few rows, not the
 table (on SQLite it holds the write lock meanwhile). On PostgreSQL the rows are locked with SKIP
 LOCKED: two workers purging at once, or a purge meeting an erasure or an outbox settlement, skip
 each other's rows instead of waiting (or deadlocking) on them; SQLite renders no row locks (its
@@ -61,7 +62,9 @@ class RetentionRepository:
         """The secrets of challenges that expired before ``before`` (an SMS code's keyed hash, an
         OIDC or face session's sealed state): nothing can be proven with an expired challenge,
         so they are of no more use. The challenge itself (method, status, times) stays with its
-        request. Read through the partial index of challenges still holding one, oldest first."""
+        request. The oldest are found through the partial index of challenges still holding a
+        secret; joining them back to their rows, PostgreSQL chose a hash join over the table at
+        100,000 challenges (38 ms for 1,000; ``UPDATE ... FROM`` planned the same), once an hour."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         c = challenges.c
