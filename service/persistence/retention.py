@@ -14,8 +14,20 @@ one writer holds the database).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, exists, not_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    not_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.persistence import UtcDateTime
@@ -65,19 +77,10 @@ class RetentionRepository:
         request. The oldest are found through the partial index of challenges still holding a
         secret; joining them back to their rows, PostgreSQL chose a hash join over the table at
         100,000 challenges (38 ms for 1,000; ``UPDATE ... FROM`` planned the same), once an hour."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        c = challenges.c
-        oldest = (
-            select(c.id)
-            .where(CHALLENGE_SECRET_HELD, c.expires_at < _before())
-            .order_by(c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        held = and_(CHALLENGE_SECRET_HELD, challenges.c.expires_at < _before())
         result = await self._conn.execute(
             update(challenges)
-            .where(c.id.in_(oldest.scalar_subquery()))
+            .where(challenges.c.id.in_(_oldest_ids(challenges, held, limit)))
             .values(secret_hash=None, secret_sealed=None),
             {"p_before": before},
         )
@@ -86,8 +89,6 @@ class RetentionRepository:
     async def _purge(
         self, table: Table, condition: ColumnElement[bool], before: datetime, limit: int
     ) -> int:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
         first_young = (
             await self._conn.execute(
                 select(table.c.id)
@@ -100,17 +101,26 @@ class RetentionRepository:
         if first_young is not None:
             # Anything past its period was created before the cut-off, so its id is lower.
             condition = and_(table.c.id < first_young, condition)
-        oldest = (
-            select(table.c.id)
-            .where(condition)
-            .order_by(table.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         result = await self._conn.execute(
-            delete(table).where(table.c.id.in_(oldest.scalar_subquery())), {"p_before": before}
+            delete(table).where(table.c.id.in_(_oldest_ids(table, condition, limit))),
+            {"p_before": before},
         )
         return int(result.rowcount or 0)
+
+
+def _oldest_ids(table: Table, condition: ColumnElement[bool], limit: int) -> ScalarSelect[Any]:
+    """The ids of at most ``limit`` rows meeting ``condition``, oldest first; on PostgreSQL
+    locked, skipping rows another transaction holds."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return (
+        select(table.c.id)
+        .where(condition)
+        .order_by(table.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
 
 
 def _before() -> ColumnElement[datetime]:
