@@ -38,7 +38,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, Delete, Update
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Params = Mapping[str, Any]
@@ -326,6 +326,39 @@ class HotStatement:
         except Exception as err:
             raise await _as_sqlalchemy_error(conn, adapted, compiled.sql, params, err) from err
         return Rows(rows, rowcount)
+
+    async def count_changed(self, conn: AsyncConnection, params: Sequence[Params]) -> int:
+        """Run this UPDATE or DELETE once for each parameter set, as ``run`` does, and return how
+        many rows the executions changed in all: what a caller checks its expectations against.
+        (``run`` reports -1 for several sets on PostgreSQL, asyncpg's executemany keeping no
+        status; here they go through its fetchmany with ``RETURNING 1``, one pipelined round
+        trip as executemany is, counting the rows that come back.)"""
+        statement: Any = self.statement
+        if not isinstance(statement, Update | Delete) or statement._returning:
+            raise ValueError(f"{self.name}: count_changed is for an UPDATE or a DELETE")
+        if not params:
+            return 0
+        db = in_place(conn)
+        try:
+            compiled: _Compiled | None = self.compiled(conn.dialect, params)
+        except NotHot:
+            compiled = None
+        if compiled is None or db is None or len(params) == 1:
+            # SQLAlchemy's execution (whose executemany row count a dialect may not sum): one by
+            # one.
+            return sum([(await self.run(conn, p)).rowcount for p in params])
+        if isinstance(db, sqlite3.Connection):
+            return self.run_sqlite(db, conn.dialect, params).rowcount  # sqlite3 sums them
+        driver: Any = db  # SQLAlchemy's adapter is untyped inside
+        sql = f"{compiled.sql} RETURNING 1"
+        try:
+            async with driver._execute_mutex:
+                returned = await driver._connection.fetchmany(
+                    sql, [compiled.parameters(p) for p in params]
+                )
+        except Exception as err:
+            raise await _as_sqlalchemy_error(conn, db, sql, params, err) from err
+        return len(returned)
 
 
 def _one_execution(params: Params | Sequence[Params] | None) -> Params | Sequence[Params] | None:
