@@ -248,6 +248,27 @@ _CONSUME_TOTP_STEP = HotStatement(
 )
 
 
+class AttemptRecord(NamedTuple):
+    """A verification attempt to insert (record_attempts), as record_attempt takes one."""
+
+    subject: str
+    unlock_request_id: str
+    method: str
+    outcome: str
+    source_index: str | None
+    now: datetime
+
+
+class RequestUpdate(NamedTuple):
+    """A request's new state (update_requests), as update_request takes it."""
+
+    id: str
+    status: str
+    factors: list[str]
+    review_reason: str | None
+    now: datetime
+
+
 class RequestState(NamedTuple):
     """An unlock request's state as a writer of it sees it under its lock."""
 
@@ -417,6 +438,60 @@ class ChallengeRepository:
 
     async def settle_attempt(self, attempt_id: str, outcome: str) -> None:
         await _SETTLE_ATTEMPT.run(self._conn, {"p_id": attempt_id, "p_outcome": outcome})
+
+    # --- a batch of proofs' writes, one statement per kind (flows.challenges._write_planned) -----
+    # Each does what the single-row method of its name does for every item, in order, and
+    # returns how many rows it changed: the caller checks that against what it expected.
+
+    async def reserve_attempts(self, challenge_ids: Sequence[str], max_attempts: int) -> int:
+        params = [{"p_id": c, "p_max": max_attempts} for c in challenge_ids]
+        return await _RESERVE.count_changed(self._conn, params)
+
+    async def reserve_and_complete_many(
+        self, completions: Sequence[tuple[str, datetime]], max_attempts: int
+    ) -> int:
+        """(challenge id, now) each."""
+        params = [{"p_id": c, "p_max": max_attempts, "p_now": now} for c, now in completions]
+        return await _RESERVE_AND_COMPLETE.count_changed(self._conn, params)
+
+    async def close_failed_many(self, closings: Sequence[tuple[str, datetime]]) -> int:
+        """(challenge id, now) each: open -> failed, as close_if_exhausted does at the limit."""
+        params = [{"p_id": c, "p_now": now} for c, now in closings]
+        return await _CLOSE_FAILED.count_changed(self._conn, params)
+
+    async def record_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
+        rows = [
+            {
+                "id": new_id(),
+                "subject": a.subject,
+                "unlock_request_id": a.unlock_request_id,
+                "method": a.method,
+                "outcome": a.outcome,
+                "source_index": a.source_index,
+                "created_at": a.now,
+            }
+            for a in attempts
+        ]
+        if rows:
+            await _INSERT_ATTEMPT.run(self._conn, rows)
+
+    async def consume_totp_steps(self, steps: Sequence[tuple[str, int]]) -> int:
+        """(subject, step) each, in order."""
+        params = [{"p_subject": subject, "p_step": step} for subject, step in steps]
+        return await _CONSUME_TOTP_STEP.count_changed(self._conn, params)
+
+    async def update_requests(self, updates: Sequence[RequestUpdate]) -> int:
+        params = [
+            {
+                "p_id": u.id,
+                "p_status": u.status,
+                "p_factors": json.dumps(sorted(u.factors)),
+                "p_review_reason": u.review_reason,
+                "p_now": u.now,
+            }
+            for u in updates
+        ]
+        return await _UPDATE_REQUEST.count_changed(self._conn, params)
 
     async def serialise(self, scope: str, key: str) -> None:
         """Serialise the transactions that check and then record against one limit (``scope``,
@@ -589,9 +664,17 @@ class ChallengeRepository:
         self, events: list[tuple[str, str, dict[str, object]]], now: datetime
     ) -> list[str]:
         """Outbox events (kind, subject, payload), in one statement; their ids."""
+        return await self.enqueue_at(
+            [(kind, subject, payload, now) for kind, subject, payload in events]
+        )
+
+    async def enqueue_at(
+        self, events: Sequence[tuple[str, str, dict[str, object], datetime]]
+    ) -> list[str]:
+        """Outbox events (kind, subject, payload, created at), in one statement; their ids."""
         ids: list[str] = []
         rows: list[dict[str, object]] = []
-        for kind, subject, payload in events:
+        for kind, subject, payload, now in events:
             event_id = new_id()
             ids.append(event_id)
             rows.append(
@@ -604,5 +687,6 @@ class ChallengeRepository:
                     "next_attempt_at": now,
                 }
             )
-        await _INSERT_OUTBOX.run(self._conn, rows)
+        if rows:
+            await _INSERT_OUTBOX.run(self._conn, rows)
         return ids

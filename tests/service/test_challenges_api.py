@@ -671,15 +671,16 @@ def test_a_proof_that_fails_after_writing_its_entry_leaves_no_entry(
     api_without_integrator: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A proof whose savepoint rolls back drops the entries it had added to the batch's, and
-    the other proofs of the batch keep theirs."""
+    the other proofs of the batch keep theirs. (The batch's planned writes fail first, at the
+    outbox: the plan is taken back whole and the proofs are judged one at a time.)"""
     api = api_without_integrator
     ready = {name: _open_totp_challenge(api, f"acct-drop-{name}") for name in ("fails", "rejected")}
 
-    async def broken_outbox(self: Any, events: Any, now: Any) -> None:
+    async def broken_outbox(self: Any, events: Any) -> None:
         # After the accepted attempt's entry was added (approve_in writes the outbox first).
         raise RuntimeError("outbox unavailable")
 
-    monkeypatch.setattr(challenges.ChallengeRepository, "enqueue_many", broken_outbox)
+    monkeypatch.setattr(challenges.ChallengeRepository, "enqueue_at", broken_outbox)
     right = code_at(ready["fails"][0], datetime.now(UTC), PARAMS)
     wrong = f"{(int(code_at(ready['rejected'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
     (failed, rejected), batches = _prove_together(
