@@ -786,20 +786,20 @@ class _Plan:
 
     def __init__(self) -> None:
         self.consumed: dict[str, int] = {}  # subject -> the TOTP step its last proof used
-        self.completions: list[tuple[str, datetime]] = []
-        self.reserved: list[str] = []
+        self.completions: list[tuple[str, int, datetime]] = []  # (challenge, attempt limit, now)
+        self.reserved: list[tuple[str, int]] = []  # (challenge, attempt limit)
         self.closings: list[tuple[str, datetime]] = []
         self.requests: list[RequestUpdate] = []
         self.attempts: list[AttemptRecord] = []
         self.outbox: list[tuple[str, str, dict[str, object], datetime]] = []
 
-    async def write(self, conn: AsyncConnection, max_attempts: int) -> None:
+    async def write(self, conn: AsyncConnection) -> None:
         repo = ChallengeRepository(conn)
         steps = list(self.consumed.items())
         _expect(await repo.consume_totp_steps(steps), steps, "TOTP steps")
-        completed = await repo.reserve_and_complete_many(self.completions, max_attempts)
+        completed = await repo.reserve_and_complete_many(self.completions)
         _expect(completed, self.completions, "completed challenges")
-        _expect(await repo.reserve_attempts(self.reserved, max_attempts), self.reserved, "attempts")
+        _expect(await repo.reserve_attempts(self.reserved), self.reserved, "attempts")
         _expect(await repo.close_failed_many(self.closings), self.closings, "closed challenges")
         _expect(await repo.update_requests(self.requests), self.requests, "requests")
         await repo.record_attempts(self.attempts)
@@ -852,7 +852,7 @@ async def _prove_planned(
                 False,  # an erased request's proofs are refused by _loaded
             )
             accepted = _acceptance(loaded, ch, method, now, checked, state)
-            plan.completions.append((ch.id, now))
+            plan.completions.append((ch.id, limits.challenge_attempts, now))
             plan.requests.append(accepted.update)
             plan.attempts.append(_attempt(loaded, ch, "success", now))
             entries.add(
@@ -869,7 +869,7 @@ async def _prove_planned(
         if len(failures) + 1 >= limits.method_failures_per_day:
             break  # this failure opens a review case (_fail_in): _prove_in's to handle
         attempts = ch.attempts + 1  # the challenge is this proof's alone in the batch
-        plan.reserved.append(ch.id)
+        plan.reserved.append((ch.id, limits.challenge_attempts))
         if attempts >= limits.challenge_attempts:
             plan.closings.append((ch.id, now))
         attempts_left = max(0, limits.challenge_attempts - attempts)
@@ -879,7 +879,7 @@ async def _prove_planned(
         reads.failures.add(loaded.request.subject, ch.method, loaded.request.source_index, now)
         outcomes.append(_rejection(loaded, checked, attempts_left))
     if outcomes:
-        await plan.write(conn, batch[0].ctx.policy.limits.challenge_attempts)
+        await plan.write(conn)
     return outcomes
 
 
@@ -1082,6 +1082,12 @@ async def _fail(
     attempt_id: str | None = None,
 ) -> None:
     async with ctx.engine.begin() as conn:
+        if attempt_id is None:
+            # A failure counted here, not reserved before (an expired challenge's): under the
+            # serialisation every other writer of the account's failures at the method holds,
+            # so a batch of proofs' count of them, read under it, stays exact until it commits
+            # (_prove_planned decides a review case from that count).
+            await ChallengeRepository(conn).serialise(f"attempts:{ch.method}", ch.subject)
         failure = await _fail_in(
             conn, ctx, actor, loaded, ch, now, checked, expire=expire, attempt_id=attempt_id
         )

@@ -443,15 +443,16 @@ class ChallengeRepository:
     # Each does what the single-row method of its name does for every item, in order, and
     # returns how many rows it changed: the caller checks that against what it expected.
 
-    async def reserve_attempts(self, challenge_ids: Sequence[str], max_attempts: int) -> int:
-        params = [{"p_id": c, "p_max": max_attempts} for c in challenge_ids]
+    async def reserve_attempts(self, reservations: Sequence[tuple[str, int]]) -> int:
+        """(challenge id, attempt limit) each."""
+        params = [{"p_id": c, "p_max": limit} for c, limit in reservations]
         return await _RESERVE.count_changed(self._conn, params)
 
     async def reserve_and_complete_many(
-        self, completions: Sequence[tuple[str, datetime]], max_attempts: int
+        self, completions: Sequence[tuple[str, int, datetime]]
     ) -> int:
-        """(challenge id, now) each."""
-        params = [{"p_id": c, "p_max": max_attempts, "p_now": now} for c, now in completions]
+        """(challenge id, attempt limit, now) each."""
+        params = [{"p_id": c, "p_max": limit, "p_now": now} for c, limit, now in completions]
         return await _RESERVE_AND_COMPLETE.count_changed(self._conn, params)
 
     async def close_failed_many(self, closings: Sequence[tuple[str, datetime]]) -> int:
