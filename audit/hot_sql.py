@@ -30,7 +30,7 @@ import sqlite3
 import weakref
 from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -426,21 +426,37 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
         db.execute(_SAVEPOINT)
         try:
             yield
-        except BaseException:
-            db.execute(_ROLLBACK_TO_SAVEPOINT)
-            db.execute(_RELEASE_SAVEPOINT)
+        except BaseException as exc:
+            with _undoing(exc):
+                db.execute(_ROLLBACK_TO_SAVEPOINT)
+                db.execute(_RELEASE_SAVEPOINT)
             raise
         db.execute(_RELEASE_SAVEPOINT)
         return
     await _simple_query(conn, db, _owed_releases(conn) + _SAVEPOINT)
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         # One round trip (the simple query protocol takes several statements): the block's
         # writes undone and the transaction usable again, also after a statement that failed.
-        await _simple_query(conn, db, _owed_releases(conn, undo=True) + _UNDO_SAVEPOINT)
+        with _undoing(exc):
+            await _simple_query(conn, db, _owed_releases(conn, undo=True) + _UNDO_SAVEPOINT)
         raise
     _owe_release(conn)
+
+
+@contextmanager
+def _undoing(cause: BaseException) -> Iterator[None]:
+    """Around a savepoint's undo after its block raised ``cause``: an undo that fails (the
+    connection lost) raises its own error, unless ``cause`` is a cancellation or an exit — that
+    stays what the caller sees (a flow catching Exception would otherwise swallow it); the
+    transaction is unusable either way."""
+    try:
+        yield
+    except Exception:
+        if isinstance(cause, Exception):
+            raise
+        raise cause
 
 
 # A kept block's RELEASE is sent with the next savepoint statement of its transaction instead of

@@ -695,6 +695,46 @@ def test_a_savepoint_undoes_what_its_block_wrote_and_keeps_it_otherwise(database
     assert payloads == [*kept, b"next", b"next kept"]
 
 
+@pytest.mark.parametrize("raised", [asyncio.CancelledError, RuntimeError])
+def test_a_cancellation_stays_one_when_the_savepoint_cannot_be_undone(
+    database_url: str, raised: type[BaseException]
+) -> None:
+    """A block cancelled while its savepoint can no longer be rolled back (here: released
+    behind the helper's back; in service, a lost connection) raises the cancellation, not the
+    undo's database error, which a flow catching Exception would take for the unit's outcome
+    and go on; an ordinary error is replaced by the undo's, as before."""
+    from audit.store import _INSERT_INBOX, create_schema
+    from service.db import create_engine
+
+    now = datetime.now(UTC)
+
+    async def main() -> type[BaseException]:
+        engine = create_engine(database_url)
+        try:
+            await create_schema(engine)
+            async with engine.connect() as conn:
+                await conn.begin()
+                await _INSERT_INBOX.run(conn, {"payload": b"first", "created_at": now})
+                assert in_place(conn) is not None
+                try:
+                    async with savepoint(conn):
+                        await conn.execute(text("RELEASE hot_savepoint"))
+                        raise raised()
+                except BaseException as exc:  # what came out is the finding
+                    seen: type[BaseException] = type(exc)
+                await conn.rollback()
+            return seen
+        finally:
+            await engine.dispose()
+
+    seen = asyncio.run(main())
+    if raised is asyncio.CancelledError:
+        assert seen is asyncio.CancelledError
+    else:
+        # The undo's error (in place on SQLite the driver's own, as SAVEPOINT's errors are).
+        assert issubclass(seen, DBAPIError | sqlite3.Error), seen
+
+
 def test_a_kept_savepoint_is_released_with_the_next_one_on_postgresql(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
