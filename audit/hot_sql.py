@@ -453,10 +453,10 @@ def _undoing(cause: BaseException) -> Iterator[None]:
     transaction is unusable either way."""
     try:
         yield
-    except Exception:
+    except Exception as undo_failed:
         if isinstance(cause, Exception):
             raise
-        raise cause
+        raise cause from undo_failed  # the undo's failure stays in the traceback
 
 
 # A kept block's RELEASE is sent with the next savepoint statement of its transaction instead of
