@@ -65,6 +65,7 @@ from service.persistence.challenges import (
     FailureBook,
     RequestState,
     RequestUpdate,
+    request_state,
 )
 from service.persistence.unlock_requests import UnlockRequestRepository, UnlockRequestRow
 
@@ -845,13 +846,8 @@ async def _prove_planned(
         if checked.ok:
             if step is not None:
                 plan.consumed[ch.subject] = step
-            state = RequestState(
-                loaded.request.status,
-                list(json.loads(loaded.request.factors_satisfied)),
-                loaded.request.review_reason,
-                False,  # an erased request's proofs are refused by _loaded
-            )
-            accepted = _acceptance(loaded, ch, method, now, checked, state)
+            # As _succeed_in's lock_request(read_here=...) has it: read locked, unchanged since.
+            accepted = _acceptance(loaded, ch, method, now, checked, request_state(loaded.request))
             plan.completions.append((ch.id, limits.challenge_attempts, now))
             plan.requests.append(accepted.update)
             plan.attempts.append(_attempt(loaded, ch, "success", now))

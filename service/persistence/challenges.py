@@ -248,6 +248,17 @@ _CONSUME_TOTP_STEP = HotStatement(
 )
 
 
+def request_state(row: UnlockRequestRow) -> RequestState:
+    """The state of a request row this transaction read locked and has not changed since
+    (``ChallengeRepository.lock_request``'s ``read_here``)."""
+    return RequestState(
+        row.status,
+        list(json.loads(row.factors_satisfied)),
+        row.review_reason,
+        row.account_id_sealed is None,
+    )
+
+
 class AttemptRecord(NamedTuple):
     """A verification attempt to insert (record_attempts), as record_attempt takes one."""
 
@@ -267,6 +278,28 @@ class RequestUpdate(NamedTuple):
     factors: list[str]
     review_reason: str | None
     now: datetime
+
+
+def _attempt_row(attempt_id: str, a: AttemptRecord) -> dict[str, object]:
+    return {
+        "id": attempt_id,
+        "subject": a.subject,
+        "unlock_request_id": a.unlock_request_id,
+        "method": a.method,
+        "outcome": a.outcome,
+        "source_index": a.source_index,
+        "created_at": a.now,
+    }
+
+
+def _update_params(u: RequestUpdate) -> dict[str, object]:
+    return {
+        "p_id": u.id,
+        "p_status": u.status,
+        "p_factors": json.dumps(sorted(u.factors)),
+        "p_review_reason": u.review_reason,
+        "p_now": u.now,
+    }
 
 
 class RequestState(NamedTuple):
@@ -421,25 +454,15 @@ class ChallengeRepository:
         now: datetime,
     ) -> str:
         """Insert an attempt; outcome ``pending`` counts as a failure until it is settled."""
+        attempt = AttemptRecord(subject, unlock_request_id, method, outcome, source_index, now)
         attempt_id = new_id()
-        await _INSERT_ATTEMPT.run(
-            self._conn,
-            {
-                "id": attempt_id,
-                "subject": subject,
-                "unlock_request_id": unlock_request_id,
-                "method": method,
-                "outcome": outcome,
-                "source_index": source_index,
-                "created_at": now,
-            },
-        )
+        await _INSERT_ATTEMPT.run(self._conn, _attempt_row(attempt_id, attempt))
         return attempt_id
 
     async def settle_attempt(self, attempt_id: str, outcome: str) -> None:
         await _SETTLE_ATTEMPT.run(self._conn, {"p_id": attempt_id, "p_outcome": outcome})
 
-    # --- a batch of proofs' writes, one statement per kind (flows.challenges._write_planned) -----
+    # --- a batch of proofs' writes, one statement per kind (flows.challenges._Plan.write) -----
     # Each does what the single-row method of its name does for every item, in order, and
     # returns how many rows it changed: the caller checks that against what it expected.
 
@@ -461,18 +484,7 @@ class ChallengeRepository:
         return await _CLOSE_FAILED.count_changed(self._conn, params)
 
     async def record_attempts(self, attempts: Sequence[AttemptRecord]) -> None:
-        rows = [
-            {
-                "id": new_id(),
-                "subject": a.subject,
-                "unlock_request_id": a.unlock_request_id,
-                "method": a.method,
-                "outcome": a.outcome,
-                "source_index": a.source_index,
-                "created_at": a.now,
-            }
-            for a in attempts
-        ]
+        rows = [_attempt_row(new_id(), a) for a in attempts]
         if rows:
             await _INSERT_ATTEMPT.run(self._conn, rows)
 
@@ -482,16 +494,7 @@ class ChallengeRepository:
         return await _CONSUME_TOTP_STEP.count_changed(self._conn, params)
 
     async def update_requests(self, updates: Sequence[RequestUpdate]) -> int:
-        params = [
-            {
-                "p_id": u.id,
-                "p_status": u.status,
-                "p_factors": json.dumps(sorted(u.factors)),
-                "p_review_reason": u.review_reason,
-                "p_now": u.now,
-            }
-            for u in updates
-        ]
+        params = [_update_params(u) for u in updates]
         return await _UPDATE_REQUEST.count_changed(self._conn, params)
 
     async def serialise(self, scope: str, key: str) -> None:
@@ -621,12 +624,7 @@ class ChallengeRepository:
         if read_here is not None:
             if read_here.id != unlock_request_id:
                 raise ValueError("read_here is another request's row")
-            return RequestState(
-                read_here.status,
-                list(json.loads(read_here.factors_satisfied)),
-                read_here.review_reason,
-                read_here.account_id_sealed is None,
-            )
+            return request_state(read_here)
         postgres = self._conn.dialect.name == "postgresql"
         stmt = _REQUEST_STATE_FOR_UPDATE if postgres else _REQUEST_STATE
         row = (await stmt.run(self._conn, {"p_id": unlock_request_id})).first()
@@ -645,16 +643,8 @@ class ChallengeRepository:
         review_reason: str | None,
         now: datetime,
     ) -> None:
-        await _UPDATE_REQUEST.run(
-            self._conn,
-            {
-                "p_id": unlock_request_id,
-                "p_status": status,
-                "p_factors": json.dumps(sorted(factors)),
-                "p_review_reason": review_reason,
-                "p_now": now,
-            },
-        )
+        update = RequestUpdate(unlock_request_id, status, factors, review_reason, now)
+        await _UPDATE_REQUEST.run(self._conn, _update_params(update))
 
     async def enqueue(
         self, kind: str, subject: str, payload: dict[str, object], now: datetime
