@@ -28,7 +28,7 @@ def register(groups: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from service import serving
 
     try:
         settings = Settings.from_env()
@@ -51,13 +51,11 @@ def _serve(args: argparse.Namespace) -> int:
             "throughput; set FAIRUNLOCK_DATABASE_URL to PostgreSQL to scale out",
             extra={"workers": workers},
         )
-    uvicorn.run(
+    serving.serve(
         "service.asgi:app_factory",
-        factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level=settings.log_level.lower(),
-        access_log=False,
     )
     return 0
