@@ -189,6 +189,7 @@ def trivial_server(workers: int, log_path: Path) -> Iterator[Server]:
         cwd=ROOT,
         ready_path="/hello",
         log_path=log_path,
+        listeners=workers,
     ) as server:
         yield server
 
@@ -302,7 +303,14 @@ def fairunlock_server(
         command = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers)]
         with serve(
-            command, port=port, env=env, cwd=root, ready_path="/health/live", log_path=log_path
+            command,
+            port=port,
+            env=env,
+            cwd=root,
+            ready_path="/health/live",
+            log_path=log_path,
+            # A checkout from before service.serving (an A/B's base) shares one socket.
+            listeners=workers if (root / "service" / "serving.py").exists() else 1,
         ) as server:
             yield server, key
 

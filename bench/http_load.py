@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from service.serving import listening_sockets
+
 LOOPBACK = "127.0.0.1"
 MAX_REQUESTS = 2_000_000  # the fallback client's hard bound, whatever the duration
 STOP_GRACE_S = 10.0
@@ -115,7 +117,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _wait_ready(server: Server, path: str, timeout_s: float) -> None:
+def _wait_ready(server: Server, path: str, timeout_s: float, listeners: int) -> None:
+    """Until the server answers ``path`` and ``listeners`` sockets listen on its port (with
+    service.serving, every worker its own: a load started before the last one listens would
+    open all its connections on the others)."""
     deadline = time.monotonic() + timeout_s
     url = server.base_url + path
     while time.monotonic() < deadline:
@@ -129,8 +134,15 @@ def _wait_ready(server: Server, path: str, timeout_s: float) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
             continue
-        return  # any HTTP answer means the server is up
-    raise ServerFailed(f"no answer from {url} within {timeout_s:g} s:\n" + server.log_tail())
+        # Any HTTP answer means the server is up; every worker is, once each listens.
+        listening = listening_sockets(server.port)
+        if listening is None or len(listening) >= listeners:
+            return
+        time.sleep(0.1)
+    raise ServerFailed(
+        f"no answer from {url} on {listeners} listening socket(s) within {timeout_s:g} s:\n"
+        + server.log_tail()
+    )
 
 
 @contextmanager
@@ -143,8 +155,10 @@ def serve(
     ready_path: str = "/",
     log_path: Path | None = None,
     start_timeout_s: float = 60.0,
+    listeners: int = 1,
 ) -> Iterator[Server]:
-    """Run ``command`` (which must listen on 127.0.0.1:``port``) for the ``with`` block."""
+    """Run ``command`` (which must listen on 127.0.0.1:``port``, on ``listeners`` sockets once
+    ready) for the ``with`` block."""
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
     with log_path.open("wb") as log:
@@ -159,7 +173,7 @@ def serve(
         )
         try:
             server = Server(process, port, log_path)
-            _wait_ready(server, ready_path, start_timeout_s)
+            _wait_ready(server, ready_path, start_timeout_s, listeners)
             yield server
         finally:
             _stop(process)

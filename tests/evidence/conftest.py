@@ -24,6 +24,7 @@ from service.db import create_engine
 from service.keystore import KeyStore
 from service.persistence.api_keys import ApiKeyRepository, Role
 from service.schema import upgrade
+from service.serving import listening_sockets
 from service.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -103,7 +104,11 @@ class ServedService:
             assert self.process is not None
             assert self.process.poll() is None, self.log_tail()
             with suppress(httpx.TransportError):
-                if httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200:
+                live = httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200
+                # Every worker listens on a socket of its own (service.serving) once its app
+                # has started: a load begun before the last one would reach only the others.
+                listening = listening_sockets(self.port)
+                if live and (listening is None or len(listening) >= self.workers):
                     return
             assert time.monotonic() < deadline, f"no answer in {timeout_s} s\n{self.log_tail()}"
             time.sleep(0.1)

@@ -1,4 +1,4 @@
-"""`fairunlock serve`: what it tells the operator before uvicorn starts."""
+"""`fairunlock serve`: what it tells the operator before the server starts (service.serving)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _serve(
     if database_url is not None:
         monkeypatch.setenv("FAIRUNLOCK_DATABASE_URL", database_url)
     started: dict[str, Any] = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: started.update(kwargs))
+    monkeypatch.setattr("service.serving.serve", lambda app, **kwargs: started.update(kwargs))
     args = argparse.Namespace(host=None, port=None, workers=workers)
     assert cli_serve._serve(args) == 0
     return started
