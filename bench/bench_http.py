@@ -1,5 +1,6 @@
 """HTTP benchmark (issue 4): FairUnlock's POST /v1/unlock-requests against a trivial Litestar
-JSON endpoint served the same way (uvicorn, same worker count, 127.0.0.1) in the same run.
+JSON endpoint served the same way (service.serving: uvicorn, same worker count, 127.0.0.1) in the
+same run.
 
     python -m bench.bench_http [--duration S] [--connections 32,64] [--workers 1,2]
                                [--target trivial|unlock] [--database sqlite|postgres]
@@ -131,8 +132,9 @@ def server_stack(env: dict[str, str]) -> dict[str, bool]:
 
     Without uvloop, uvicorn with --workers >= 2 answers each request about 40 ms late (measured
     here: p50 46 ms at one connection, against 0.2 ms with uvloop): for several workers uvicorn
-    binds the socket itself as ``socket.socket(family=AF_INET)`` (proto 0), and asyncio sets
-    TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, so Nagle meets delayed ACKs.
+    bound the socket itself as ``socket.socket(family=AF_INET)`` (proto 0), and asyncio sets
+    TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, so Nagle met delayed ACKs
+    (service.serving's own sockets now name the protocol).
     """
     probe = (
         "import importlib.util as u; "

@@ -3,7 +3,7 @@
 ``GET /hello`` is PERF.md §2's hello-world; ``POST /echo`` decodes and re-encodes a JSON body,
 so an endpoint's ratio to it isolates the work the service does beyond HTTP and JSON.
 
-    python -m uvicorn --factory bench.trivial_app:create_app --port 8001
+    python -m service.serving bench.trivial_app:create_app --port 8001 [--workers N]
 """
 
 from __future__ import annotations

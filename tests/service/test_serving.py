@@ -251,6 +251,8 @@ def test_the_stand_in_unpickles_as_a_bound_reuseport_socket_of_its_own() -> None
             assert isinstance(sock, socket.socket)
             assert sock.getsockname() == ("127.0.0.1", port)
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            # Named, so asyncio's own loop sets TCP_NODELAY on its connections (see bind_own).
+            assert sock.proto == socket.IPPROTO_TCP
         assert first.fileno() != second.fileno()
 
 
