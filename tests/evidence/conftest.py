@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,10 @@ from service.persistence.api_keys import ApiKeyRepository, Role
 from service.schema import upgrade
 from service.serving import listening_sockets
 from service.settings import Settings
+from tests.service.conftest import free_port
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def fairunlock(env: dict[str, str], *args: str, timeout: float = 120) -> str:

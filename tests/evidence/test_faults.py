@@ -55,8 +55,8 @@ from service.errors import database_unavailable
 from service.keystore import KeyStore
 from service.persistence.api_keys import Role
 from service.settings import Settings
-from tests.evidence.conftest import ServedService, ServeFactory, free_port
-from tests.service.conftest import PERSONA_REQUEST
+from tests.evidence.conftest import ServedService, ServeFactory
+from tests.service.conftest import PERSONA_REQUEST, free_port
 
 PROBLEM_JSON = "application/problem+json"
 UNAVAILABLE = "database_unavailable"

@@ -9,7 +9,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,13 @@ from service.app import create_app
 from service.methods.totp import TotpParameters, code_at
 from service.persistence.api_keys import ApiKeyRepository, Role
 from service.persistence.tables import outbox_events
-from tests.service.conftest import PERSONA_REQUEST, Api, fake_adapters, make_settings
+from tests.service.conftest import (
+    PERSONA_REQUEST,
+    Api,
+    fake_adapters,
+    free_port,
+    make_settings,
+)
 from tests.service.persistence.test_outbox_leases import outbox_payloads, outbox_rows
 from tests.service.test_review_api import _audit_events
 
@@ -70,18 +75,11 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def receiver_port() -> int:
     Receiver.deliveries = []
     Receiver.statuses = []
-    return _free_port()
+    return free_port()
 
 
 class Running:
@@ -239,7 +237,7 @@ def test_killed_between_approval_and_delivery_the_webhook_still_arrives_once(
         [BIN / "fairunlock", "keys", "create", "--role", "frontend", "--name", "fe"],
         env=env, check=True, capture_output=True, text=True, timeout=60,
     ).stdout.strip().splitlines()[-1]  # fmt: skip
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     proc = _serve(env, port, log)
     approvals = []

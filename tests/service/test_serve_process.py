@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import PERSONA_REQUEST
+from tests.service.conftest import PERSONA_REQUEST, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _env(tmp_path: Path, database_url: str) -> dict[str, str]:
@@ -52,7 +44,7 @@ def served(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("fu_")
     assert key not in created.stderr
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [BIN / "fairunlock", "serve", "--port", str(port)],

@@ -22,18 +22,12 @@ import pytest
 from uvicorn.config import STARTUP_FAILURE
 
 from service.serving import OwnListener, bind_own, claim, listening_sockets
+from tests.service.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.service.serving_app:create_app"
 CONNECTIONS = 32
 ROUNDS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _command(port: int, workers: int) -> list[str]:
@@ -85,7 +79,7 @@ def _wait_serving(port: int, supervisor: subprocess.Popen[bytes], workers: int) 
 
 @pytest.fixture
 def two_workers() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         _command(port, 2),
         cwd=ROOT,
@@ -201,7 +195,7 @@ def test_a_second_server_on_the_port_is_refused_while_the_first_runs(
 
 
 def test_the_claim_holds_the_address_for_workers_only_and_refuses_a_second_claim() -> None:
-    port = _free_port()
+    port = free_port()
     lock, address = claim("127.0.0.1", port)
     try:
         # Bound, not listening: no connection reaches the supervisor.
@@ -243,7 +237,7 @@ def test_a_port_bound_by_another_socket_is_refused() -> None:
 
 
 def test_the_stand_in_unpickles_as_a_bound_reuseport_socket_of_its_own() -> None:
-    port = _free_port()
+    port = free_port()
     first = pickle.loads(pickle.dumps(OwnListener("127.0.0.1", port)))
     second = pickle.loads(pickle.dumps(OwnListener("127.0.0.1", port)))
     with closing(first), closing(second):

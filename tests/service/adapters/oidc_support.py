@@ -19,7 +19,6 @@ import base64
 import contextlib
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from service.adapters.oidc import (
     sign_id_token,
 )
 from service.providers import OidcProvider
+from tests.service.conftest import free_port
 
 CLIENT_ID = "fairunlock"
 CLIENT_SECRET = "test-client-secret"
@@ -56,12 +56,6 @@ PROCESS_START_TIMEOUT = 20.0
 
 def new_es256_key() -> ECKey:
     return ECKey.generate_key("P-256", parameters={"kid": secrets.token_hex(8), "use": "sig"})
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def provider_config(name: str, issuer: str, *, client_id: str = CLIENT_ID) -> OidcProvider:
