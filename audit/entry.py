@@ -56,6 +56,9 @@ _INVALID, _VALID, _VALID_ASCII_KEYS = 0, 1, 2
 
 
 _SCALAR_TYPES = frozenset({str, bool, type(None)})
+_ENCODE_TIME = msgspec.json.encode
+# msgspec's text of a UTC datetime with microseconds: '"YYYY-MM-DDTHH:MM:SS.ffffffZ"'.
+_TIME_WITH_FRACTION = 29
 
 
 def _json_shape(value: object, depth: int = 0) -> int:
@@ -160,13 +163,16 @@ def _explain_json_value(value: object, path: str, depth: int = 0) -> None:
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and 'Z', fixed width so entries sort and compare as text."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise EntryError("time: naive datetime (must be timezone-aware UTC)")
-    utc = moment.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
-    )
+    if moment.tzinfo is not UTC:
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise EntryError("time: naive datetime (must be timezone-aware UTC)")
+        moment = moment.astimezone(UTC)
+    # msgspec writes this form in C (~0.13 µs; the f-string of the fields ~1.2 µs), leaving
+    # the fraction out when it is zero.
+    text = _ENCODE_TIME(moment)
+    if len(text) == _TIME_WITH_FRACTION:
+        return text[1:-1].decode()
+    return text[1:-2].decode() + ".000000Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec
 from sqlalchemy import DateTime, Dialect, MetaData
 from sqlalchemy.types import TypeDecorator
 
@@ -24,14 +25,26 @@ _SQLITE_DEFAULT_STORAGE = (
 )
 
 
+_ENCODE = msgspec.json.encode
+# msgspec's text of a UTC datetime with microseconds: '"YYYY-MM-DDTHH:MM:SS.ffffffZ"'.
+_WITH_FRACTION = 29
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
-    """UtcDateTime's bind processing on SQLite in one step: UTC, then SQLAlchemy's text."""
+    """UtcDateTime's bind processing on SQLite in one step: UTC, then SQLAlchemy's text
+    (``YYYY-MM-DD HH:MM:SS.ffffff``). Cut from msgspec's RFC 3339 text: datetime.isoformat
+    formats through PyUnicode_FromFormat, ~0.85 against ~0.19 µs."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given for a UTC timestamp column")
-    # In UTC the ISO text ends "+00:00"; cutting it is cheaper than replace(tzinfo=None).
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC timestamp column")
+        value = value.astimezone(UTC)
+    text = _ENCODE(value)
+    if len(text) == _WITH_FRACTION:
+        return text[1:27].decode().replace("T", " ")
+    # msgspec leaves the fraction out when it is zero: '"YYYY-MM-DDTHH:MM:SSZ"'.
+    return text[1:20].decode().replace("T", " ") + ".000000"
 
 
 class UtcDateTime(TypeDecorator[datetime]):

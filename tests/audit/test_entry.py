@@ -29,6 +29,7 @@ from audit.entry import (
     event_to_payload,
     format_time,
     new_event_payload,
+    parse_time,
     payload_to_event,
     struct_event_payload,
 )
@@ -177,6 +178,35 @@ def test_other_timezones_are_normalised_to_utc() -> None:
     assert event.time.tzinfo is UTC
     assert format_time(event.time) == "2026-11-22T03:04:05.000060Z"
     assert encode_entry(0, ORIGIN, event) == encode_entry(0, ORIGIN, _event())
+
+
+_OFFSETS = st.builds(
+    timezone,
+    st.timedeltas(
+        min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+    ),
+)
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),  # noqa: DTZ001 - hypothesis adds the zones
+        max_value=datetime(9998, 12, 31),  # noqa: DTZ001
+        timezones=_OFFSETS | st.just(UTC),
+    )
+    | st.datetimes(min_value=_NAIVE_MIN, max_value=_NAIVE_MAX, timezones=st.just(UTC)).map(
+        lambda moment: moment.replace(microsecond=0)
+    )
+)
+def test_time_text_is_utc_with_six_fraction_digits_whatever_the_zone(moment: datetime) -> None:
+    # The form as the fields spell it (format_time cuts it from msgspec's text instead).
+    utc = moment.astimezone(UTC)
+    expected = (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
+    assert format_time(moment) == expected
+    assert parse_time(expected) == utc
 
 
 @pytest.mark.parametrize(
