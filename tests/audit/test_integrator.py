@@ -76,8 +76,11 @@ origins = st.sampled_from(["fairunlock.local/audit", 'we"ird/ü', "a\\b", ORIGIN
 @settings(max_examples=400, deadline=None)
 @given(event=events, index=st.integers(min_value=0, max_value=2**53 - 1), origin=origins)
 def test_spliced_leaf_equals_encode_entry(event: AuditEvent, index: int, origin: str) -> None:
-    spliced = leaf_from_payload(event_to_payload(event), index, _log_key(origin))
+    payload = event_to_payload(event)
+    spliced = leaf_from_payload(payload, index, _log_key(origin))
     assert spliced == encode_entry(index, origin, event)
+    # A direct entry's payload is this process's own encoding: the same leaf without the parse.
+    assert leaf_from_payload(payload, index, _log_key(origin), parse=False) == spliced
 
 
 @pytest.mark.parametrize(
