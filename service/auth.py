@@ -19,7 +19,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.http import header
+from service.http import header, state_item
 from service.persistence.api_keys import ApiKeyRepository, Principal, Role, key_digest
 
 PUBLIC_OPT = "public"
@@ -86,7 +86,7 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         if scheme.lower() != "bearer" or not presented or len(presented) > MAX_KEY_LENGTH:
             raise NotAuthorizedException("Send an API key as 'Authorization: Bearer <key>'.")
         # create_app installs the cache; an app built without one simply asks the database.
-        cache: KeyCache | None = getattr(connection.app.state, "key_cache", None)
+        cache: KeyCache | None = state_item(connection.app, "key_cache")
         digest = key_digest(presented)
         now = time.monotonic()
         principal = cache.get(digest, now) if cache is not None else None

@@ -36,6 +36,16 @@ def header(scope: Any, name: bytes) -> str | None:
     return None
 
 
+def state_item(app: Litestar, name: str) -> Any:
+    """``getattr(app.state, name, None)`` read as an item. Litestar's State answers an attribute
+    through ``__getattr__`` only after the instance's own look-up has failed and formatted an
+    AttributeError (0.35 against 0.05 µs); the routes every request takes read three."""
+    try:
+        return app.state[name]
+    except KeyError:
+        return None
+
+
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
     """A request with a body must declare it JSON: anything else is 415, not a parse error."""
     if request.method not in _BODY_METHODS:

@@ -9,11 +9,12 @@ from litestar.di import NamedDependency, Provide
 
 from service.auth import principal_of
 from service.context import ServiceContext
+from service.http import state_item
 from service.persistence.api_keys import Principal
 
 
 def _context(request: Request[Any, Any, Any]) -> ServiceContext:
-    ctx: ServiceContext = request.app.state.ctx
+    ctx: ServiceContext = state_item(request.app, "ctx")
     return ctx
 
 

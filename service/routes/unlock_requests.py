@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from service import dto
 from service.auth import principal_of, require_roles
 from service.flows import challenges, unlock
+from service.http import state_item
 from service.persistence.api_keys import Role
 from service.routes.deps import Caller, Ctx
 from service.routes.handlers import get, post
@@ -33,9 +34,9 @@ class UnlockRequestController(Controller):
         """Assess an unlock request; answer with the decision: risk, offer, explanation, review."""
         # The busiest route reads the context and the caller itself, as the `ctx` and
         # `principal` providers would (routes/deps.py): resolving them cost ~5 % of a decision.
-        state = request.app.state
-        created = await unlock.create(state.ctx, principal_of(request).name, data)
-        metrics = getattr(state, "metrics", None)
+        app = request.app
+        created = await unlock.create(state_item(app, "ctx"), principal_of(request).name, data)
+        metrics = state_item(app, "metrics")
         if metrics is not None:
             metrics.record_decision(
                 created.decision.risk.level, created.decision.status, created.offered_face
@@ -84,7 +85,7 @@ class UnlockRequestController(Controller):
         """Submit the proof. Accepted: the updated decision (`factors_satisfied`, `status`).
         Rejected: 422 with `reason` and `attempts_left`; throttled: 429 with Retry-After."""
         # A hot route too: the context and the caller read as in create().
-        ctx = request.app.state.ctx
+        ctx = state_item(request.app, "ctx")
         return await challenges.verify(
             ctx, principal_of(request).name, request_id, challenge_id, data
         )
