@@ -47,6 +47,23 @@ def _sqlite_text(value: datetime | None) -> str | None:
     return text[1:20].decode().replace("T", " ") + ".000000"
 
 
+_FROM_ISO = datetime.fromisoformat
+_SQLITE_TEXT_LENGTH = len("YYYY-MM-DD HH:MM:SS.ffffff")
+
+
+def _sqlite_moment(value: str | None) -> datetime | None:
+    """UtcDateTime's result processing on SQLite in one step: SQLAlchemy's (fromisoformat, then
+    process_result_value's replace(tzinfo=UTC), whose keyword parsing costs ~0.5 µs) for the text
+    _sqlite_text writes ("YYYY-MM-DD HH:MM:SS.ffffff"), read with its zone (~0.13 µs); any other
+    text SQLAlchemy's way."""
+    if value is None:
+        return None
+    if len(value) == _SQLITE_TEXT_LENGTH and value[19] == "." and value[20:].isdigit():
+        return _FROM_ISO(value + "+00:00")
+    moment = _FROM_ISO(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python, on SQLite (which stores no zone)
     as on PostgreSQL; a naive value is refused rather than guessed."""
@@ -63,6 +80,19 @@ class UtcDateTime(TypeDecorator[datetime]):
         if dialect.name == "sqlite" and storage == _SQLITE_DEFAULT_STORAGE:
             return _sqlite_text
         return super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        # On SQLite, with SQLAlchemy's text parsed by fromisoformat (no custom regexp), one
+        # function for its parse and process_result_value; tests/service/persistence/
+        # test_utc_datetime.py proves the two read the same moments.
+        impl = self.impl_instance.dialect_impl(dialect)
+        if (
+            dialect.name == "sqlite"
+            and getattr(impl, "_reg", None) is None
+            and getattr(impl, "_storage_format", None) == _SQLITE_DEFAULT_STORAGE
+        ):
+            return _sqlite_moment
+        return super().result_processor(dialect, coltype)
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
