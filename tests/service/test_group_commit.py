@@ -27,9 +27,12 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.fail_with: Exception | None = None
+        self.delay = 0.0  # seconds each batch takes, for requests to arrive meanwhile
 
     async def process(self, conn: AsyncConnection, items: Sequence[str]) -> list[str | Exception]:
         self.batches.append(list(items))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         outcomes: list[str | Exception] = []
         for v in items:
             if v == "bad":
@@ -329,6 +332,37 @@ def test_after_a_batch_the_runner_waits_for_three_quarters_of_its_size_to_come_b
 
     assert asyncio.run(scenario(0.5)) == [8, 6, 1]
     assert asyncio.run(scenario(0.0))[1] == 1  # without: the first came alone
+
+
+def test_callers_answered_join_those_that_arrived_during_the_batch(tmp_path: Path) -> None:
+    """Eight callers arrive while a batch of eight runs. With a linger, the next batch waits for
+    them plus three quarters of the eight it answered, so the callers do not settle into two
+    groups that take turns, each paying a whole batch."""
+
+    async def scenario(linger: float) -> list[list[str]]:
+        (tmp_path / str(linger)).mkdir()
+        group, recorder, engine = await _setup(tmp_path / str(linger), linger)
+        recorder.delay = 0.2
+
+        async def client(name: str, start: float, rounds: int, back_after: float) -> None:
+            await asyncio.sleep(start)
+            for r in range(rounds):
+                await group.submit(name, f"{name}-{r}")
+                await asyncio.sleep(back_after)  # the answer travels, the next request comes
+
+        await asyncio.gather(
+            *(client(f"a{i}", 0.0, 2, 0.05 * i) for i in range(8)),
+            *(client(f"b{i}", 0.05, 1, 0.0) for i in range(8)),
+        )
+        await engine.dispose()
+        return recorder.batches
+
+    arrived = {f"b{i}-0" for i in range(8)}
+    merged = asyncio.run(scenario(0.5))
+    assert [len(b) for b in merged] == [8, 14, 2]
+    assert set(merged[1]) == arrived | {f"a{i}-1" for i in range(6)}
+    # Without a linger the eight that arrived go alone, the answered ones after them.
+    assert set(asyncio.run(scenario(0.0))[1]) == arrived
 
 
 def test_a_linger_is_bounded_and_an_idle_worker_commits_at_once(tmp_path: Path) -> None:
