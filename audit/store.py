@@ -262,6 +262,32 @@ _MOVE_HEAD = HotStatement(
         updated_at=bindparam("now"),
     ),
 )
+# PostgreSQL: the head moved and its checkpoint inserted in one round trip (inside the
+# integration lock, where each is ~140 µs of the worker's CPU and a wait); the checkpoint row
+# is written only if the head moved, from what the move returned.
+_MOVED = (
+    update(audit_head)
+    .where(audit_head.c.id == HEAD_ID, audit_head.c.size == bindparam("old_size"))
+    .values(
+        size=bindparam("new_size"),
+        root=bindparam("new_root"),
+        compact_range=bindparam("new_compact"),
+        updated_at=bindparam("now"),
+    )
+    .returning(audit_head.c.size, audit_head.c.root, audit_head.c.updated_at)
+    .cte("moved")
+)
+_MOVE_HEAD_AND_CHECKPOINT_PG = HotStatement(
+    "audit_head.move_and_checkpoint_pg",
+    insert(audit_checkpoints)
+    .add_cte(_MOVED)
+    .from_select(
+        ["size", "root", "note", "created_at"],
+        select(_MOVED.c.size, _MOVED.c.root, bindparam("note", type_=Text), _MOVED.c.updated_at),
+    )
+    .returning(audit_checkpoints.c.size),
+    only_on="postgresql",
+)
 # Expanding IN: rendered per execution, so SQLAlchemy runs it (once per batch).
 _DELETE_INBOX = delete(audit_inbox).where(audit_inbox.c.id.in_(bindparam("ids", expanding=True)))
 # Inbox ids for entries handed to the integration directly (reserve_inbox_ids). SQLite: the
@@ -411,22 +437,24 @@ class AuditStore:
                 for r in rows
             ],
         )
-        result = await _MOVE_HEAD.run(
-            self._conn,
-            {
-                "old_size": rows[0].seq,
-                "new_size": head.size,
-                "new_root": head.root,
-                "new_compact": head.compact.to_lines(),
-                "now": now,
-            },
-        )
-        if result.rowcount != 1:
-            raise AuditStoreError("audit_head moved during integration")
-        await _INSERT_CHECKPOINT.run(
-            self._conn,
-            {"size": head.size, "root": head.root, "note": note, "created_at": now},
-        )
+        move = {
+            "old_size": rows[0].seq,
+            "new_size": head.size,
+            "new_root": head.root,
+            "new_compact": head.compact.to_lines(),
+            "now": now,
+        }
+        if self.is_postgres:
+            moved = await _MOVE_HEAD_AND_CHECKPOINT_PG.run(self._conn, {**move, "note": note})
+            if moved.first() is None:
+                raise AuditStoreError("audit_head moved during integration")
+        else:
+            if (await _MOVE_HEAD.run(self._conn, move)).rowcount != 1:
+                raise AuditStoreError("audit_head moved during integration")
+            await _INSERT_CHECKPOINT.run(
+                self._conn,
+                {"size": head.size, "root": head.root, "note": note, "created_at": now},
+            )
         for start in range(0, len(consumed), _IN_CHUNK):
             chunk = consumed[start : start + _IN_CHUNK]
             deleted = await self._conn.execute(_DELETE_INBOX, {"ids": chunk})

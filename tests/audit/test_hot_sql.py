@@ -244,6 +244,24 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "now": now,
             }
         ],
+        "audit_head.move_and_checkpoint_pg": [  # PostgreSQL only (only_on)
+            {
+                "old_size": size,
+                "new_size": size + 1,
+                "new_root": bytes(32),
+                "new_compact": head.compact_range,
+                "now": now,
+                "note": "test",
+            },
+            {  # the head is elsewhere: nothing moves, no checkpoint
+                "old_size": size + 5,
+                "new_size": size + 6,
+                "new_root": bytes(32),
+                "new_compact": head.compact_range,
+                "now": now,
+                "note": "test",
+            },
+        ],
         # PostgreSQL only (only_on); a session may take the same advisory lock again.
         "locks.advisory_xact": [{"p_key": -(2**63)}],
         "locks.advisory_xact_shared": [{"k0": -(2**63), "k1": 0, "k2": 2**63 - 1}],
@@ -414,7 +432,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (61 if postgres else 56)
+    assert len(compared) == (63 if postgres else 56)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:
