@@ -103,12 +103,20 @@ async def integrate_in(
             await _WAIT_LOCK.run(conn)
         elif not (await _TRY_LOCK.run(conn)).scalar_one():
             return None  # another worker is integrating right now
-    # The inbox first: an idle poll then costs one indexed read, not the head's root check.
-    queued = await store.inbox_batch(batch_size)
-    if not queued and not direct:
-        return {}
+    head: Head | None
+    if direct and store.is_postgres:
+        # Direct entries always need the head: it and the queue in one round trip.
+        head, queued = await store.head_and_inbox(batch_size)
+        if head is None:  # the log's first integration: no head row to join the queue to
+            await store.ensure_head()
+            head, queued = await store.head_and_inbox(batch_size)
+    else:
+        # The inbox first: an idle poll then costs one indexed read, not the head's root check.
+        queued = await store.inbox_batch(batch_size)
+        if not queued and not direct:
+            return {}
+        head = await store.head(for_update=True)
     batch = [*queued, *direct]
-    head = await store.head(for_update=True)
     if head is None:
         await store.ensure_head()
         head = await store.head(for_update=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from sqlalchemy import (
@@ -36,6 +37,7 @@ from sqlalchemy import (
     literal,
     select,
     table,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -251,6 +253,31 @@ _INBOX_BATCH = HotStatement(
     .order_by(audit_inbox.c.id)
     .limit(bindparam("limit", type_=Integer)),
 )
+# PostgreSQL, for an integration with direct entries (which always needs the head): the head,
+# locked, and the queued inbox rows in one round trip, a row per inbox row (the head's columns
+# repeated) or one with no inbox columns when the inbox is empty. The lock is taken before the
+# statement (integrate_in), so its snapshot sees the previous integration's commit.
+_QUEUED = (
+    select(audit_inbox.c.id, audit_inbox.c.payload)
+    .order_by(audit_inbox.c.id)
+    .limit(bindparam("limit", type_=Integer))
+    .lateral("queued")
+)
+_HEAD_WITH_INBOX_PG = HotStatement(
+    "audit_head.with_inbox_pg",
+    select(
+        audit_head.c.size,
+        audit_head.c.root,
+        audit_head.c.compact_range,
+        _QUEUED.c.id.label("inbox_id"),
+        _QUEUED.c.payload,
+    )
+    .select_from(audit_head.outerjoin(_QUEUED, true()))
+    .where(audit_head.c.id == HEAD_ID)
+    .order_by(_QUEUED.c.id)
+    .with_for_update(of=audit_head),
+    only_on="postgresql",
+)
 _MOVE_HEAD = HotStatement(
     "audit_head.move",
     update(audit_head)
@@ -315,6 +342,13 @@ _INDEX_OF = HotStatement(
     "audit_log.index_of",
     select(audit_log.c.seq).where(audit_log.c.inbox_id == bindparam("inbox_id")),
 )
+
+
+def _head_of(row: Any) -> Head:
+    compact = CompactRange.from_lines(int(row.size), row.compact_range)
+    if compact.root() != row.root:
+        raise AuditStoreError("audit_head: root does not match its compact range")
+    return Head(int(row.size), bytes(row.root), compact)
 
 
 class AuditStore:
@@ -399,12 +433,17 @@ class AuditStore:
         # fork (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers).
         query = _HEAD_FOR_UPDATE if for_update and self.is_postgres else _HEAD
         row = (await query.run(self._conn)).first()
-        if row is None:
-            return None
-        compact = CompactRange.from_lines(int(row.size), row.compact_range)
-        if compact.root() != row.root:
-            raise AuditStoreError("audit_head: root does not match its compact range")
-        return Head(int(row.size), bytes(row.root), compact)
+        return None if row is None else _head_of(row)
+
+    async def head_and_inbox(self, limit: int) -> tuple[Head | None, list[InboxRow]]:
+        """PostgreSQL: ``head(for_update=True)`` and ``inbox_batch(limit)`` in one statement."""
+        rows = (await _HEAD_WITH_INBOX_PG.run(self._conn, {"limit": limit})).all()
+        if not rows:
+            return None, []
+        queued = [
+            InboxRow(int(r.inbox_id), bytes(r.payload)) for r in rows if r.inbox_id is not None
+        ]
+        return _head_of(rows[0]), queued
 
     async def inbox_batch(self, limit: int) -> list[InboxRow]:
         # All visible rows in id order, never "id > watermark": on PostgreSQL a smaller id can

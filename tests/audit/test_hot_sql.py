@@ -244,6 +244,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "now": now,
             }
         ],
+        "audit_head.with_inbox_pg": [{"limit": 10}, {"limit": 1}],  # PostgreSQL only
         "audit_head.move_and_checkpoint_pg": [  # PostgreSQL only (only_on)
             {
                 "old_size": size,
@@ -432,7 +433,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (63 if postgres else 56)
+    assert len(compared) == (65 if postgres else 56)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:

@@ -22,7 +22,14 @@ from audit.integrator import (
     run,
     wait_integrated,
 )
-from audit.store import AuditStore, AuditStoreError, InboxRow, append_event_now, audit_inbox
+from audit.store import (
+    AuditStore,
+    AuditStoreError,
+    InboxRow,
+    append_event_now,
+    audit_inbox,
+    audit_metadata,
+)
 from service.db import create_engine
 from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
 
@@ -144,6 +151,39 @@ def test_direct_entries_follow_the_queued_ones_and_never_touch_the_inbox(db_url:
             ]
 
     with_engine(db_url, body)
+
+
+def test_the_first_integration_with_direct_entries_takes_the_queued_ones_too(db_url: str) -> None:
+    """No head row yet (migrations create none; the first integration does): the entries that
+    queued before it are integrated with the direct ones, ahead of them."""
+    events = [make_event(n) for n in range(3)]
+
+    async def main() -> None:
+        engine = create_engine(db_url)  # a fresh database per test
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(audit_metadata.create_all)  # tables, no head
+                store = AuditStore(conn)
+                queued = [await store.enqueue(event_to_payload(e)) for e in events[:2]]
+            async with engine.begin() as conn:
+                store = AuditStore(conn)
+                assert await store.head() is None
+                reserved = await store.reserve_inbox_ids(1)
+                direct = [InboxRow(reserved[0], event_to_payload(events[2]))]
+                integrated = await integrate_in(
+                    conn, make_signer(), ORIGIN, wait=True, direct=direct
+                )
+            assert integrated == {queued[0]: 0, queued[1]: 1, reserved[0]: 2}
+            async with engine.connect() as conn:
+                store = AuditStore(conn)
+                assert await store.check_contiguity() == 3
+                assert await store.leaves(0, 3) == [
+                    encode_entry(n, ORIGIN, e) for n, e in enumerate(events)
+                ]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
 
 
 def test_direct_entries_roll_back_with_their_transaction(db_url: str) -> None:
