@@ -278,21 +278,8 @@ _HEAD_WITH_INBOX_PG = HotStatement(
     .with_for_update(of=audit_head),
     only_on="postgresql",
 )
-_MOVE_HEAD = HotStatement(
-    "audit_head.move",
-    update(audit_head)
-    .where(audit_head.c.id == HEAD_ID, audit_head.c.size == bindparam("old_size"))
-    .values(
-        size=bindparam("new_size"),
-        root=bindparam("new_root"),
-        compact_range=bindparam("new_compact"),
-        updated_at=bindparam("now"),
-    ),
-)
-# PostgreSQL: the head moved and its checkpoint inserted in one round trip (inside the
-# integration lock, where each is ~140 µs of the worker's CPU and a wait); the checkpoint row
-# is written only if the head moved, from what the move returned.
-_MOVED = (
+# The head moved from the size the batch read to its new state; nothing if it moved meanwhile.
+_HEAD_MOVE = (
     update(audit_head)
     .where(audit_head.c.id == HEAD_ID, audit_head.c.size == bindparam("old_size"))
     .values(
@@ -301,8 +288,13 @@ _MOVED = (
         compact_range=bindparam("new_compact"),
         updated_at=bindparam("now"),
     )
-    .returning(audit_head.c.size, audit_head.c.root, audit_head.c.updated_at)
-    .cte("moved")
+)
+_MOVE_HEAD = HotStatement("audit_head.move", _HEAD_MOVE)
+# PostgreSQL: the head moved and its checkpoint inserted in one round trip (inside the
+# integration lock, where each is ~140 µs of the worker's CPU and a wait); the checkpoint row
+# is written only if the head moved, from what the move returned.
+_MOVED = _HEAD_MOVE.returning(audit_head.c.size, audit_head.c.root, audit_head.c.updated_at).cte(
+    "moved"
 )
 _MOVE_HEAD_AND_CHECKPOINT_PG = HotStatement(
     "audit_head.move_and_checkpoint_pg",
