@@ -4,9 +4,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import msgspec
 from sqlalchemy import DateTime, Dialect, MetaData
 from sqlalchemy.types import TypeDecorator
+
+from audit.entry import format_time
 
 # A fixed naming convention keeps Alembic autogenerate deterministic across backends.
 NAMING_CONVENTION = {
@@ -25,26 +26,17 @@ _SQLITE_DEFAULT_STORAGE = (
 )
 
 
-_ENCODE = msgspec.json.encode
-# msgspec's text of a UTC datetime with microseconds: '"YYYY-MM-DDTHH:MM:SS.ffffffZ"'.
-_WITH_FRACTION = 29
-
-
 def _sqlite_text(value: datetime | None) -> str | None:
     """UtcDateTime's bind processing on SQLite in one step: UTC, then SQLAlchemy's text
-    (``YYYY-MM-DD HH:MM:SS.ffffff``). Cut from msgspec's RFC 3339 text: datetime.isoformat
-    formats through PyUnicode_FromFormat, ~0.85 against ~0.19 µs."""
+    (``YYYY-MM-DD HH:MM:SS.ffffff``), from the audit log's RFC 3339 text (cut from msgspec's:
+    datetime.isoformat formats through PyUnicode_FromFormat, ~0.85 against ~0.2 µs)."""
     if value is None:
         return None
     if value.tzinfo is not UTC:
         if value.tzinfo is None:
             raise ValueError("naive datetime given for a UTC timestamp column")
         value = value.astimezone(UTC)
-    text = _ENCODE(value)
-    if len(text) == _WITH_FRACTION:
-        return text[1:27].decode().replace("T", " ")
-    # msgspec leaves the fraction out when it is zero: '"YYYY-MM-DDTHH:MM:SSZ"'.
-    return text[1:20].decode().replace("T", " ") + ".000000"
+    return format_time(value)[:-1].replace("T", " ")
 
 
 _FROM_ISO = datetime.fromisoformat

@@ -15,6 +15,7 @@ from service.auth import require_roles
 from service.context import ServiceContext
 from service.dto import SINGLE_LINE
 from service.flows import review
+from service.http import state_item
 from service.persistence.api_keys import Role
 from service.persistence.review_cases import QueueFilter
 from service.routes.deps import Caller, Ctx
@@ -31,7 +32,7 @@ RequestIdParam = Parameter(pattern=_UUID, max_length=36, description="Unlock req
 
 async def _refresh_overdue(ctx: ServiceContext, request: Request[Any, Any, Any]) -> None:
     # The gauge is refreshed whenever the console reads or changes the queue.
-    metrics = getattr(request.app.state, "metrics", None)
+    metrics = state_item(request.app, "metrics")
     if metrics is not None:
         metrics.set_review_cases_overdue(await review.overdue_count(ctx))
 
