@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     ScalarSelect,
+    Select,
     Table,
     and_,
     bindparam,
@@ -37,6 +38,7 @@ from service.persistence.tables import (
     challenges,
     outbox_events,
     sms_sends,
+    unlock_requests,
     verification_attempts,
 )
 
@@ -61,14 +63,51 @@ class RetentionRepository:
 
     async def purge_attempts(self, before: datetime, limit: int) -> int:
         """Verification attempts from before ``before``, except those of a request whose review
-        case is not closed: the reviewer sees them."""
+        case is not closed: the reviewer sees them.
+
+        On PostgreSQL a case can open while a purge runs, and one statement judges "no open case"
+        from its snapshot, taken before that case committed. So there it takes three: the oldest
+        attempts, locked; then their requests' rows, locked (SKIP LOCKED both), and an attempt
+        whose request another transaction holds is left for the next pass; then the delete, with
+        the open-case test read afresh. Every opener of a case locks the request's row first
+        (review.open_case_in, appeal): one under way keeps its attempts, one that committed before
+        the last statement is seen by it, and one that comes later waits for this purge. SQLite's
+        one writer excludes openers meanwhile, so one statement does there."""
         attempts = verification_attempts.c
         under_review = exists().where(
             review_cases.c.unlock_request_id == attempts.unlock_request_id,
             review_cases.c.status != CLOSED,
         )
         condition = and_(attempts.created_at < _before(), not_(under_review))
-        return await self._purge(verification_attempts, condition, before, limit)
+        if self._conn.dialect.name != "postgresql":
+            return await self._purge(verification_attempts, condition, before, limit)
+        condition = await self._below_first_young(verification_attempts, condition, before)
+        picked = (
+            await self._conn.execute(
+                _oldest(verification_attempts, condition, limit, attempts.unlock_request_id),
+                {"p_before": before},
+            )
+        ).all()
+        held = await self.lock_requests({r.unlock_request_id for r in picked} - {None})
+        ids = [r.id for r in picked if r.unlock_request_id is None or r.unlock_request_id in held]
+        if not ids:
+            return 0
+        result = await self._conn.execute(
+            delete(verification_attempts).where(attempts.id.in_(ids), not_(under_review))
+        )
+        return int(result.rowcount or 0)
+
+    async def lock_requests(self, request_ids: set[str]) -> set[str]:
+        """Those of these unlock requests whose rows this transaction could lock (PostgreSQL,
+        SKIP LOCKED): another transaction holds the rest."""
+        if not request_ids:
+            return set()
+        rows = await self._conn.execute(
+            select(unlock_requests.c.id)
+            .where(unlock_requests.c.id.in_(sorted(request_ids)))
+            .with_for_update(skip_locked=True)
+        )
+        return {row[0] for row in rows}
 
     async def wipe_challenge_secrets(self, before: datetime, limit: int) -> int:
         """The secrets of challenges that expired before ``before`` (an SMS code's keyed hash, an
@@ -89,6 +128,17 @@ class RetentionRepository:
     async def _purge(
         self, table: Table, condition: ColumnElement[bool], before: datetime, limit: int
     ) -> int:
+        condition = await self._below_first_young(table, condition, before)
+        result = await self._conn.execute(
+            delete(table).where(table.c.id.in_(_oldest_ids(table, condition, limit))),
+            {"p_before": before},
+        )
+        return int(result.rowcount or 0)
+
+    async def _below_first_young(
+        self, table: Table, condition: ColumnElement[bool], before: datetime
+    ) -> ColumnElement[bool]:
+        """``condition``, for ids below the oldest row still young, when there is one."""
         first_young = (
             await self._conn.execute(
                 select(table.c.id)
@@ -98,28 +148,30 @@ class RetentionRepository:
                 {"p_before": before},
             )
         ).scalar()
-        if first_young is not None:
-            # Anything past its period was created before the cut-off, so its id is lower.
-            condition = and_(table.c.id < first_young, condition)
-        result = await self._conn.execute(
-            delete(table).where(table.c.id.in_(_oldest_ids(table, condition, limit))),
-            {"p_before": before},
-        )
-        return int(result.rowcount or 0)
+        if first_young is None:
+            return condition
+        # Anything past its period was created before the cut-off, so its id is lower.
+        return and_(table.c.id < first_young, condition)
 
 
 def _oldest_ids(table: Table, condition: ColumnElement[bool], limit: int) -> ScalarSelect[Any]:
     """The ids of at most ``limit`` rows meeting ``condition``, oldest first; on PostgreSQL
     locked, skipping rows another transaction holds."""
+    return _oldest(table, condition, limit).scalar_subquery()
+
+
+def _oldest(
+    table: Table, condition: ColumnElement[bool], limit: int, *also: ColumnElement[Any]
+) -> Select[Any]:
+    """``_oldest_ids`` as a statement of its own, with the columns ``also`` beside each id."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     return (
-        select(table.c.id)
+        select(table.c.id, *also)
         .where(condition)
         .order_by(table.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ from typing import Any
 import pytest
 import uuid_utils
 from sqlalchemy import event, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.app import create_app
+from service.flows import review
 from service.ids import new_id
+from service.persistence.challenges import ChallengeRepository
+from service.persistence.retention import RetentionRepository
 from service.persistence.review_cases import review_cases
 from service.persistence.tables import (
     CHALLENGE_SECRET_HELD,
@@ -27,7 +31,7 @@ from service.persistence.tables import (
 from service.policy_source import load_default_policy
 from service.retention import CHALLENGE_SECRET_GRACE, RetentionJob, RetentionPeriods, purge_expired
 from service.settings import Settings, SettingsError
-from tests.service.conftest import Api, make_settings
+from tests.service.conftest import Api, _api, make_settings
 from tests.service.test_challenges_api import _phone, _request, _sms_code, _start, _verify
 from tests.service.test_review_api import _create
 
@@ -384,3 +388,73 @@ def test_periods_come_from_the_environment_within_bounds() -> None:
     ):
         with pytest.raises(SettingsError, match=name.removeprefix("FAIRUNLOCK_")):
             Settings.from_env({name: bad})
+
+
+# -- A case opening while a purge runs (PostgreSQL: SQLite's one writer excludes it) ------------
+
+
+@pytest.fixture
+def pg_api(tmp_path: Path, postgres_url: str) -> Iterator[Api]:
+    yield from _api(tmp_path, postgres_url)
+
+
+def _request_with_an_old_attempt(api: Api, account_id: str, ids: Ids) -> tuple[str, str]:
+    """A request without a review case, with one attempt past its period: (request id, its
+    subject)."""
+    request_id = _create(api, account_id)["id"]
+
+    async def seed() -> None:
+        async with api.app.state.engine.begin() as conn:
+            await conn.execute(
+                insert(verification_attempts), [_attempt(ids.at("att", OLD), OLD, request_id)]
+            )
+
+    api.run(seed)
+    return request_id, api.ctx.data_keys.pseudonymize(account_id)
+
+
+async def _open_case(api: Api, conn: AsyncConnection, request_id: str, subject: str) -> None:
+    await review.open_case_in(conn, api.ctx, request_id, subject, origin="appeal", now=NOW)
+
+
+def test_an_appeal_under_way_keeps_its_requests_old_attempts(pg_api: Api) -> None:
+    # The appeal holds its request's row and has not committed its case when the purge runs:
+    # one statement would judge "no open case" and delete the attempt the reviewer is to see.
+    api, ids = pg_api, Ids()
+    engine: AsyncEngine = api.app.state.engine
+    request_id, subject = _request_with_an_old_attempt(api, "acct-ret-appeal-open", ids)
+
+    async def scenario() -> dict[str, int]:
+        async with engine.begin() as appeal:
+            await ChallengeRepository(appeal).lock_request(request_id)
+            during = await purge_expired(engine, PERIODS, NOW)
+            await _open_case(api, appeal, request_id, subject)
+        return during
+
+    assert api.run(scenario)["verification_attempts"] == 0
+    assert api.run(purge_expired, engine, PERIODS, NOW)["verification_attempts"] == 0
+    assert ids.names(api.run(_ids, engine)["verification_attempts"]) == {"att"}
+
+
+def test_a_case_committed_after_the_purge_chose_its_attempts_keeps_them(
+    pg_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The purge has picked (and locked) the attempt; before it locks the request, an appeal
+    # opens the case and commits: the delete reads afresh and sees it.
+    api, ids = pg_api, Ids()
+    engine: AsyncEngine = api.app.state.engine
+    request_id, subject = _request_with_an_old_attempt(api, "acct-ret-appeal-late", ids)
+    lock_requests = RetentionRepository.lock_requests
+    appealed: list[set[str]] = []
+
+    async def appeal_first(repo: RetentionRepository, request_ids: set[str]) -> set[str]:
+        if not appealed:
+            appealed.append(request_ids)
+            async with engine.begin() as appeal:
+                await _open_case(api, appeal, request_id, subject)
+        return await lock_requests(repo, request_ids)
+
+    monkeypatch.setattr(RetentionRepository, "lock_requests", appeal_first)
+    assert api.run(purge_expired, engine, PERIODS, NOW)["verification_attempts"] == 0
+    assert appealed == [{request_id}]
+    assert ids.names(api.run(_ids, engine)["verification_attempts"]) == {"att"}
