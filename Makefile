@@ -35,7 +35,7 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 typecheck: $(STAMP) ## mypy --strict over the packages
-	$(BIN)/mypy --strict service policy audit
+	$(BIN)/mypy --strict service policy audit bench
 
 pytest: $(STAMP) ## the test suite (SQLite and, when reachable, PostgreSQL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

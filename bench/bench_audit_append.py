@@ -235,7 +235,7 @@ def main() -> None:
         for row in rows:
             print(row, flush=True)
     if not args.skip_postgres:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
 
         name = f"fu_bench_{secrets.token_hex(4)}"
 

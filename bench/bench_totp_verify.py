@@ -302,14 +302,15 @@ def main(argv: list[str] | None = None) -> int:
                         bench.run(c, rep, args.duration, wrong=wrong)
                         for rep in range(1, args.runs + 1)
                     ]
-                    for r in runs:
-                        if r.result.exhausted:
+                    for run in runs:
+                        if run.result.exhausted:
                             print(
-                                f"  run {r.rep}: ran out of {r.prepared} challenges (lower bound)"
+                                f"  run {run.rep}: ran out of {run.prepared} challenges "
+                                "(lower bound)"
                             )
                     name = "POST …/verify (wrong code)" if wrong else "POST …/verify (right code)"
                     rows.append((name, workers, c, [r.result for r in runs]))
-    summary = []
+    summary: list[dict[str, Any]] = []
     for name, workers, c, results in rows:
         summary.append(
             {
