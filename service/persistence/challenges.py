@@ -60,6 +60,8 @@ class ChallengeRow(msgspec.Struct, frozen=True):
     expires_at: datetime
 
 
+# In ChallengeRow's field order: a row read with these columns makes one positionally
+# (ChallengeRow(*row): 0.4 against 2.5 µs through _asdict; tests/service/persistence).
 _CHALLENGE_COLUMNS = (
     challenges.c.id,
     challenges.c.unlock_request_id,
@@ -352,7 +354,7 @@ class ChallengeRepository:
 
     async def get(self, challenge_id: str) -> ChallengeRow | None:
         row = (await _GET_CHALLENGE.run(self._conn, {"p_id": challenge_id})).first()
-        return None if row is None else ChallengeRow(**row._asdict())
+        return None if row is None else ChallengeRow(*row)
 
     async def get_many(
         self, challenge_ids: Sequence[str], *, lock: bool = False
@@ -363,7 +365,7 @@ class ChallengeRepository:
             challenge_ids = padded(challenge_ids)
         statement = get_many_statement(len(challenge_ids), lock)
         rows = await statement.run(self._conn, {f"p{i}": c for i, c in enumerate(challenge_ids)})
-        return {row.id: ChallengeRow(**row._asdict()) for row in rows}
+        return {row.id: ChallengeRow(*row) for row in rows}
 
     async def open_for(
         self, unlock_request_id: str, method: str, now: datetime

@@ -54,6 +54,7 @@ class UnlockRequestRow(msgspec.Struct, frozen=True):
     audit_index: int | None
 
 
+# In UnlockRequestRow's field order: a row read with these columns makes one positionally.
 _COLUMNS = (
     unlock_requests.c.id,
     unlock_requests.c.subject,
@@ -211,7 +212,7 @@ class UnlockRequestRepository:
 
     async def get(self, request_id: str) -> UnlockRequestRow | None:
         row = (await _GET.run(self._conn, {"p_id": request_id})).first()
-        return None if row is None else UnlockRequestRow(**row._asdict())
+        return None if row is None else UnlockRequestRow(*row)
 
     async def get_many(
         self, request_ids: Sequence[str], *, lock: bool = False
@@ -222,7 +223,7 @@ class UnlockRequestRepository:
             request_ids = padded(request_ids)
         statement = get_many_statement(len(request_ids), lock)
         rows = await statement.run(self._conn, {f"p{i}": r for i, r in enumerate(request_ids)})
-        return {row.id: UnlockRequestRow(**row._asdict()) for row in rows}
+        return {row.id: UnlockRequestRow(*row) for row in rows}
 
     async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
         rows = (

@@ -151,3 +151,16 @@ def test_request_state_refuses_another_requests_row(api: Api) -> None:
 
     with pytest.raises(ValueError, match="another request"):
         api.run(mixed)
+
+
+def test_request_and_challenge_columns_are_in_their_rows_field_order() -> None:
+    # The repositories make rows positionally (UnlockRequestRow(*row)): a column added,
+    # removed or moved on one side only would put values into the wrong fields.
+    from service.persistence import challenges, unlock_requests
+
+    pairs = [
+        (unlock_requests._COLUMNS, unlock_requests.UnlockRequestRow),
+        (challenges._CHALLENGE_COLUMNS, challenges.ChallengeRow),
+    ]
+    for columns, row_type in pairs:
+        assert tuple(c.key for c in columns) == row_type.__struct_fields__
