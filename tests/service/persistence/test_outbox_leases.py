@@ -114,7 +114,10 @@ def test_two_deliverers_leasing_at_once_share_the_events_without_overlap(api: Ap
     first, second = api.run(both)
     assert not set(first) & set(second)
     assert sorted(first + second) == ids
-    assert {len(first), len(second)} == {25, 15}
+    # Each takes at most its limit. How the 40 split depends on how the two statements' scans
+    # interleave (SKIP LOCKED passes over rows the other has just locked): 25/15 when one
+    # finishes first, 21/19 when both run at once.
+    assert max(len(first), len(second)) <= 25
 
 
 def test_settling_marks_the_delivered_and_reschedules_the_failed(api: Api) -> None:
