@@ -247,33 +247,22 @@ _HEAD_SELECT = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact
 )
 _HEAD = HotStatement("audit_head.get", _HEAD_SELECT)
 _HEAD_FOR_UPDATE = HotStatement("audit_head.get_for_update", _HEAD_SELECT.with_for_update())
-_INBOX_BATCH = HotStatement(
-    "audit_inbox.batch",
+# The oldest queued inbox rows, up to ``limit``.
+_INBOX_SELECT = (
     select(audit_inbox.c.id, audit_inbox.c.payload)
     .order_by(audit_inbox.c.id)
-    .limit(bindparam("limit", type_=Integer)),
+    .limit(bindparam("limit", type_=Integer))
 )
+_INBOX_BATCH = HotStatement("audit_inbox.batch", _INBOX_SELECT)
 # PostgreSQL, for an integration with direct entries (which always needs the head): the head,
 # locked, and the queued inbox rows in one round trip, a row per inbox row (the head's columns
 # repeated) or one with no inbox columns when the inbox is empty. The lock is taken before the
 # statement (integrate_in), so its snapshot sees the previous integration's commit.
-_QUEUED = (
-    select(audit_inbox.c.id, audit_inbox.c.payload)
-    .order_by(audit_inbox.c.id)
-    .limit(bindparam("limit", type_=Integer))
-    .lateral("queued")
-)
+_QUEUED = _INBOX_SELECT.lateral("queued")
 _HEAD_WITH_INBOX_PG = HotStatement(
     "audit_head.with_inbox_pg",
-    select(
-        audit_head.c.size,
-        audit_head.c.root,
-        audit_head.c.compact_range,
-        _QUEUED.c.id.label("inbox_id"),
-        _QUEUED.c.payload,
-    )
+    _HEAD_SELECT.add_columns(_QUEUED.c.id.label("inbox_id"), _QUEUED.c.payload)
     .select_from(audit_head.outerjoin(_QUEUED, true()))
-    .where(audit_head.c.id == HEAD_ID)
     .order_by(_QUEUED.c.id)
     .with_for_update(of=audit_head),
     only_on="postgresql",
