@@ -21,7 +21,7 @@ from service.db import batches_in_flight, create_engine
 from service.errors import EXCEPTION_HANDLERS, database_unavailable
 from service.flows import challenges, unlock
 from service.gc_tuning import startup_heap_frozen
-from service.http import JsonResponse, require_json_body
+from service.http import JsonResponse, StrictJsonRequest, require_json_body
 from service.keystore import KeyStore
 from service.notice import load_shipped_notice
 from service.observability import (
@@ -178,6 +178,7 @@ def create_app(  # noqa: PLR0915 - the composition root: it builds and starts ev
         logging_config=None,
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,
+        request_class=StrictJsonRequest,
         response_class=JsonResponse,
         debug=False,
     )

@@ -99,6 +99,72 @@ CASES: list[tuple[str, Mutation, str]] = [
 ]
 
 
+# Values a lenient decoder turns into another type: numbers into datetimes, strings of digits into
+# numbers, "true" and 1 into booleans. Each leaf of the request gets every one of a JSON type other
+# than its own; none may pass as a value of the leaf's type.
+COERCIBLE: list[Any] = [5, 1764000000, 1.5, True, "true", "1", "31.2"]
+# The leaves that hold null in PERSONA_REQUEST are optional times: a string is their JSON type.
+NULLABLE_TIME = "2026-11-20T09:12:00Z"
+
+
+def _json_kind(value: Any) -> str:
+    # bool before int: True is an int in Python, not in JSON.
+    for kind, types in (("bool", bool), ("number", int | float), ("string", str)):
+        if isinstance(value, types):
+            return kind
+    raise AssertionError(value)
+
+
+def _leaves(body: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    leaves: list[tuple[str, Any]] = []
+    for name, value in body.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, dict):
+            leaves += _leaves(value, f"{path}.")
+        elif isinstance(value, list):
+            leaves += [(f"{path}[0]", value[0])]
+        else:
+            leaves.append((path, NULLABLE_TIME if value is None else value))
+    return leaves
+
+
+def _set_leaf(path: str, value: Any) -> Mutation:
+    if path.endswith("[0]"):
+        return _set(path.removesuffix("[0]"), [value])
+    return _set(path, value)
+
+
+WRONG_TYPES: list[tuple[str, Mutation, str]] = [
+    (f"{path} = {json.dumps(wrong)}", _set_leaf(path, wrong), path)
+    for path, value in _leaves(PERSONA_REQUEST)
+    for wrong in COERCIBLE
+    if _json_kind(wrong) != _json_kind(value)
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"), [(m, f) for _, m, f in WRONG_TYPES], ids=[c[0] for c in WRONG_TYPES]
+)
+def test_a_value_of_another_json_type_is_refused_not_coerced(
+    sqlite_api: Api, mutate: Mutation, field: str
+) -> None:
+    before = _state(sqlite_api)
+    body = copy.deepcopy(PERSONA_REQUEST)
+    mutate(body)
+    r = sqlite_api.client.post("/v1/unlock-requests", json=body, headers=sqlite_api.headers())
+    assert r.status_code == 400, r.text
+    problem = r.json()
+    assert problem["code"] == "invalid_request"
+    assert [e["field"] for e in problem["errors"]] == [field], problem
+    assert _state(sqlite_api) == before
+
+
+def test_the_wrong_type_table_covers_every_leaf_of_the_request() -> None:
+    covered = {field for _, _, field in WRONG_TYPES}
+    assert covered == {path for path, _ in _leaves(PERSONA_REQUEST)}
+    assert len(WRONG_TYPES) > 60, len(WRONG_TYPES)
+
+
 def _state(api: Api) -> tuple[int, int, int]:
     return api.count("unlock_requests"), api.count("audit_inbox"), api.count("audit_log")
 
@@ -177,7 +243,10 @@ def test_deeply_nested_json_is_refused_cleanly(sqlite_api: Api) -> None:
     )
     assert r.status_code == 400
     assert r.headers["content-type"].startswith("application/problem+json")
-    assert r.json()["code"] == "body_too_deep"
+    # The body is decoded into the route's type (service/http.py, StrictJsonRequest), which
+    # stops at the first "[" where an object belongs: refused long before any depth limit.
+    assert r.json()["code"] == "invalid_request"
+    assert r.json()["errors"] == [{"field": "body", "message": "Expected `object`, got `array`"}]
 
 
 @pytest.mark.parametrize(
@@ -197,6 +266,21 @@ def test_deeply_nested_json_is_refused_cleanly(sqlite_api: Api) -> None:
             "accepted",
         ),
         ("/v1/accounts/acct-1/linked-identities/gov-eid", {"subject": "s"}, "real_name_verified"),
+        # Consent is a JSON true and nothing that a lenient decoder would read as one (FRM-6).
+        *(
+            (
+                "/v1/accounts/acct-1/face-consent",
+                {"notice_version": "v", "purpose": "account_unlock", "accepted": lenient},
+                "accepted",
+            )
+            for lenient in (1, "1", "true")
+        ),
+        ("/v1/accounts/acct-1/phone", {"phone": "+8613800005678", "verified": "true"}, "verified"),
+        (
+            "/v1/accounts/acct-1/linked-identities/gov-eid",
+            {"subject": "s", "real_name_verified": "true"},
+            "real_name_verified",
+        ),
     ],
 )
 def test_malformed_enrolment_bodies_name_the_field(
