@@ -107,10 +107,9 @@ async def _find(engine: AsyncEngine, presented: str) -> Principal | None:
 
 
 def authentication_middleware() -> DefineMiddleware:
-    # The OpenAPI document describes the API to anyone who may call it; it carries no data.
-    return DefineMiddleware(
-        ApiKeyAuthenticationMiddleware, exclude_from_auth_key=PUBLIC_OPT, exclude=["^/schema"]
-    )
+    # Public routes are exempt by their mark alone (the OpenAPI routes carry it too, from their
+    # router in app.openapi_config), so the route table says what is public, not a path list.
+    return DefineMiddleware(ApiKeyAuthenticationMiddleware, exclude_from_auth_key=PUBLIC_OPT)
 
 
 def require_roles(*roles: Role) -> Guard:

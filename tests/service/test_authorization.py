@@ -32,7 +32,7 @@ def _concrete(path: str) -> str:
 def _guarded_routes(app: Litestar) -> list[tuple[str, str, frozenset[Role]]]:
     out = []
     for route in app.routes:
-        if not isinstance(route, HTTPRoute) or route.path.startswith("/schema"):
+        if not isinstance(route, HTTPRoute):
             continue
         for handler in route.route_handlers:
             if handler.http_methods == {"OPTIONS"} or handler.opt.get("public"):
@@ -44,6 +44,55 @@ def _guarded_routes(app: Litestar) -> list[tuple[str, str, frozenset[Role]]]:
             for method in handler.http_methods:
                 out.append((method, _concrete(route.path), frozenset(roles)))
     return sorted(out, key=lambda r: (r[1], r[0]))
+
+
+FRONTEND = frozenset({Role.FRONTEND})
+# DESIGN.md's route table, outside review (test_review_authorization.py pins those): the matrix
+# below proves each route enforces the roles its guard names; this pins which roles those are, so
+# a guard widened or narrowed by mistake (say, erasure opened to the frontend) fails.
+DESIGN_ROLES = {
+    ("PUT", "/v1/accounts/{account_id:str}/phone"): FRONTEND,
+    ("POST", "/v1/accounts/{account_id:str}/totp"): FRONTEND,
+    ("POST", "/v1/accounts/{account_id:str}/totp/confirm"): FRONTEND,
+    ("PUT", "/v1/accounts/{account_id:str}/linked-identities/{provider:str}"): FRONTEND,
+    ("POST", "/v1/accounts/{account_id:str}/recovery-codes"): FRONTEND,
+    ("GET", "/v1/face-consent/notice"): FRONTEND,
+    ("PUT", "/v1/accounts/{account_id:str}/face-consent"): FRONTEND,
+    ("DELETE", "/v1/accounts/{account_id:str}/face-consent"): FRONTEND,
+    ("GET", "/v1/accounts/{account_id:str}/methods"): FRONTEND,
+    ("GET", "/v1/accounts/{account_id:str}/decisions"): FRONTEND,
+    ("DELETE", "/v1/accounts/{account_id:str}"): frozenset({Role.ADMIN}),
+    ("POST", "/v1/unlock-requests"): FRONTEND,
+    ("GET", "/v1/unlock-requests/{request_id:str}"): FRONTEND,
+    ("POST", "/v1/unlock-requests/{request_id:str}/challenges"): FRONTEND,
+    ("POST", "/v1/unlock-requests/{request_id:str}/challenges/{challenge_id:str}/verify"): (
+        FRONTEND
+    ),
+    ("GET", "/v1/audit/checkpoint"): frozenset({Role.AUDITOR}),
+    ("GET", "/v1/audit/entries"): frozenset({Role.AUDITOR}),
+    ("GET", "/v1/audit/proofs/inclusion"): frozenset({Role.AUDITOR}),
+    ("GET", "/v1/audit/proofs/consistency"): frozenset({Role.AUDITOR}),
+    ("GET", "/v1/audit/public-key"): frozenset({Role.AUDITOR}),
+    ("GET", "/v1/policy"): frozenset({Role.ADMIN, Role.AUDITOR}),
+}
+
+
+def test_every_guarded_route_names_the_roles_of_the_design(sqlite_api: Api) -> None:
+    from tests.service.test_review_authorization import EXPECTED as REVIEW_ROLES
+
+    named: dict[tuple[str, str], frozenset[Role]] = {}
+    for route in sqlite_api.app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.http_methods == {"OPTIONS"} or handler.opt.get("public"):
+                continue
+            roles: set[Role] = set()
+            for guard in handler.resolve_guards():
+                roles |= set(getattr(guard, "roles", ()))
+            for method in handler.http_methods:
+                named[(method, route.path)] = frozenset(roles)
+    assert named == DESIGN_ROLES | REVIEW_ROLES
 
 
 def _call(api: Api, method: str, path: str, role: Role | None) -> Any:
@@ -101,12 +150,37 @@ def test_unknown_or_malformed_credentials_are_401(sqlite_api: Api, header: str) 
     assert r.headers["content-type"].startswith("application/problem+json")
 
 
-def test_public_routes_are_only_health_and_metrics(sqlite_api: Api) -> None:
-    public = sorted(
-        route.path
+# Every public route, by name: a route marked public by mistake fails here. The /schema routes
+# are the published OpenAPI document and its viewers (Litestar's, from app.openapi_config).
+PUBLIC_ROUTES = {
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/schema",
+    "/schema/elements",
+    "/schema/oauth2-redirect.html",
+    "/schema/openapi.json",
+    "/schema/openapi.yaml",
+    "/schema/openapi.yml",
+    "/schema/rapidoc",
+    "/schema/redoc",
+    "/schema/swagger",
+    "/schema/{path:str}",
+}
+
+
+def test_public_routes_are_exactly_health_metrics_and_the_openapi_document(
+    sqlite_api: Api,
+) -> None:
+    public = {
+        (method, route.path)
         for route in sqlite_api.app.routes
         if isinstance(route, HTTPRoute)
         for h in route.route_handlers
         if h.opt.get("public")
-    )
-    assert all(p.startswith(("/health", "/metrics")) for p in public), public
+        for method in h.http_methods
+        if method != "OPTIONS"
+    }
+    assert public == {("GET", path) for path in PUBLIC_ROUTES}
+    for path in ("/health/live", "/schema/openapi.json"):
+        assert sqlite_api.client.get(path).status_code == 200, path  # no key needed
