@@ -69,10 +69,15 @@ def set_phone(client: httpx.Client, account: str, phone: str = PHONE) -> None:
 
 def enrol_totp(client: httpx.Client, account: str) -> str:
     """Enrol and confirm TOTP with the previous step's code, so the current step stays unused."""
+    return enrol_totp_with_code(client, account)[0]
+
+
+def enrol_totp_with_code(client: httpx.Client, account: str) -> tuple[str, str]:
+    """``enrol_totp``, also returning the code that confirmed the enrolment."""
     secret: str = ok(client.post(f"/v1/accounts/{account}/totp"), 201)["secret"]
     code = code_at(secret, datetime.now(UTC) - timedelta(seconds=TOTP.period), TOTP)
     ok(client.post(f"/v1/accounts/{account}/totp/confirm", json={"code": code}))
-    return secret
+    return secret, code
 
 
 def current_totp(secret: str) -> str:
@@ -252,6 +257,7 @@ class SecurityStack:
     sms: SmsReceiver
     face_key: Any  # joserfc OKPKey: the face provider's private key
     oidc_provider: str  # its name in FAIRUNLOCK_OIDC_PROVIDERS
+    oidc_tenant: Any  # oidc_support.Tenant: the provider's side (the tokens it issued)
 
 
 @contextmanager
@@ -278,7 +284,8 @@ def security_stack(tmp: Path, backend: str) -> Iterator[SecurityStack]:
     oidc = ScriptedProvider()
     oidc.start()
     try:
-        config = oidc.add_tenant(Tenant(subject=OIDC_SUBJECT))
+        tenant = Tenant(subject=OIDC_SUBJECT)
+        config = oidc.add_tenant(tenant)
         providers = {
             config.name: {
                 "issuer": config.issuer,
@@ -295,6 +302,6 @@ def security_stack(tmp: Path, backend: str) -> Iterator[SecurityStack]:
             }
             with module_service(tmp, backend, workers=2, env=env) as service:
                 assert len(service.worker_pids()) == 2
-                yield SecurityStack(service, receiver, face_key, config.name)
+                yield SecurityStack(service, receiver, face_key, config.name, tenant)
     finally:
         oidc.stop()

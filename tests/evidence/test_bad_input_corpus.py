@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from sqlalchemy import inspect, text
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.persistence.api_keys import Role
@@ -101,35 +102,42 @@ def _db_url(service: ServedService) -> str:
     )
 
 
-def row_counts(database_url: str) -> dict[str, int]:
-    """Rows in every table of the service's database."""
+def table_contents(database_url: str) -> dict[str, tuple[int, str]]:
+    """Every table of the service's database: its row count and a digest of its rows (in a
+    stable order), so a refused request that changed a row in place shows, not only one that
+    added or removed rows."""
 
-    async def count() -> dict[str, int]:
+    async def read() -> dict[str, tuple[int, str]]:
         engine = create_async_engine(database_url)
         try:
             async with engine.connect() as conn:
-                names = await conn.run_sync(lambda c: inspect(c).get_table_names())
-                assert {"audit_log", "audit_inbox", "unlock_requests"} <= set(names), names
-                return {
-                    name: (await conn.execute(text(f'SELECT count(*) FROM "{name}"'))).scalar_one()
-                    for name in sorted(names)
-                }
+                metadata = MetaData()
+                await conn.run_sync(metadata.reflect)
+                assert {"audit_log", "audit_inbox", "unlock_requests"} <= set(metadata.tables)
+                contents = {}
+                for name, table in sorted(metadata.tables.items()):
+                    rows = sorted(repr(tuple(r)) for r in await conn.execute(table.select()))
+                    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+                    contents[name] = (len(rows), digest)
+                return contents
         finally:
             await engine.dispose()
 
-    return asyncio.run(count())
+    return asyncio.run(read())
 
 
-def settled_counts(database_url: str, timeout_s: float = 20) -> dict[str, int]:
-    """Row counts once the background work (audit integration, outbox) has stopped moving."""
+def settled_contents(database_url: str, timeout_s: float = 20) -> dict[str, tuple[int, str]]:
+    """The tables' contents once the background work (audit integration, outbox) has stopped
+    moving them."""
     deadline = time.monotonic() + timeout_s
-    previous = row_counts(database_url)
+    previous = table_contents(database_url)
     while True:
         time.sleep(0.6)
-        current = row_counts(database_url)
-        if current == previous and current.get("audit_inbox", 0) == 0:
+        current = table_contents(database_url)
+        if current == previous and current["audit_inbox"][0] == 0:
             return current
-        assert time.monotonic() < deadline, f"rows still changing: {previous} -> {current}"
+        changed = sorted(name for name in current if current[name] != previous.get(name))
+        assert time.monotonic() < deadline, f"tables still changing: {changed}"
         previous = current
 
 
@@ -276,7 +284,7 @@ def _run_corpus(service: ServedService) -> None:
         f"every body route needs a valid body here: {sorted(body_routes ^ set(VALID_BODIES))}"
     )
     url = _db_url(service)
-    before = settled_counts(url)
+    before = settled_contents(url)
     corpus = Corpus(service)
     max_body = 64 * 1024
     try:
@@ -346,7 +354,9 @@ def _run_corpus(service: ServedService) -> None:
         corpus.failures
     )
     assert corpus.sent > 400, corpus.sent
-    assert settled_counts(url) == before, "a refused request wrote rows"
+    after = settled_contents(url)
+    changed = sorted(name for name in after if after[name] != before.get(name))
+    assert not changed, f"a refused request wrote to {changed}"
     # Still up, and still serving: a normal request, and free text with a line feed in it.
     assert service.process is not None
     assert service.process.poll() is None, service.log_tail()

@@ -317,23 +317,22 @@ def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
 
 
 def _head_and_backlog(database_url: str) -> tuple[int, int]:
-    """(log size, inbox backlog); on SQLite a plain WAL reader, so a busy integrator's
-    BEGIN IMMEDIATE does not make the probe wait."""
+    """(log size, inbox backlog), read in one statement and so from one snapshot: restarted
+    workers integrating between two reads would make the pair add up wrong. On SQLite a plain
+    WAL reader, so a busy integrator's BEGIN IMMEDIATE does not make the probe wait."""
+    both = (
+        "SELECT (SELECT coalesce(max(size), 0) FROM audit_head), (SELECT count(*) FROM audit_inbox)"
+    )
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            head = conn.execute("SELECT size FROM audit_head").fetchone()
-            (backlog,) = conn.execute("SELECT count(*) FROM audit_inbox").fetchone()
-            return (0 if head is None else int(head[0])), int(backlog)
+            size, backlog = conn.execute(both).fetchone()
         finally:
             conn.close()
-    rows = run_sql(
-        database_url,
-        "SELECT (SELECT coalesce(max(size), 0) FROM audit_head), "
-        "(SELECT count(*) FROM audit_inbox)",
-    )
-    return int(rows[0][0]), int(rows[0][1])
+    else:
+        ((size, backlog),) = run_sql(database_url, both)
+    return int(size), int(backlog)
 
 
 def _seed_inbox(database_url: str, total: int) -> None:
@@ -649,8 +648,14 @@ def test_failed_audit_commit_is_an_error_to_the_caller_and_leaves_no_decision_un
         # worker held the integration lock, the decision commits with its entry queued and the
         # caller's wait for the index fails: an error all the same, and the entry is not lost.
         assert rows_without_audit_entry(db) == 0
+        # A refused answer is a problem without the request's id, so the rows are counted: on
+        # SQLite the one writer integrates every batch itself, and a failed commit takes the
+        # decision back; on PostgreSQL at most the refused ones stay (checked in the log below).
         stored_anyway = decision_rows(db) - before
-        assert not {r.json().get("id") for r in refused} & stored_anyway
+        if db.startswith("sqlite"):
+            assert stored_anyway == set(), stored_anyway
+        else:
+            assert len(stored_anyway) <= len(refused), stored_anyway
         undo()
         again = client.post("/v1/unlock-requests", json=PERSONA_REQUEST)
         assert again.status_code == 201

@@ -32,11 +32,12 @@ from tests.evidence.security_support import (
     FACE_AUDIENCE,
     FACE_PROVIDER,
     OIDC_SUBJECT,
+    SMS_TOKEN,
     SecurityStack,
     add_key,
     current_totp,
     database_url_of,
-    enrol_totp,
+    enrol_totp_with_code,
     ok,
     recovery_codes,
     set_phone,
@@ -100,8 +101,9 @@ def _scenario(
     with service.client() as client:
         # Enrolment: every method, and face consent.
         set_phone(client, ACCOUNT, "+86 138 0000 5678")
-        secret = enrol_totp(client, ACCOUNT)
+        secret, enrolment_code = enrol_totp_with_code(client, ACCOUNT)
         found.add("totp secret", secret)
+        found.add("totp enrolment code", enrolment_code)
         found.add("totp secret bytes (hex)", base64.b32decode(secret).hex())
         provider = next(iter(json.loads(service.env["FAIRUNLOCK_OIDC_PROVIDERS"])))  # the one
         ok(
@@ -346,8 +348,14 @@ def test_no_secret_in_tables_files_logs_or_the_export_after_a_full_scenario(
         security_stack.face_key,
     )
     found = Secrets()
+    found.add("sms gateway token", SMS_TOKEN)
     bundle_dir = tmp_path / "bundle"
     cli_output = _scenario(service, receiver, face_key, found, bundle_dir)
+    # The tokens the OIDC provider issued for the linked-identity proof (the service got them).
+    issued = security_stack.oidc_tenant.issued_tokens
+    assert issued, "the linked-identity proof fetched no token"
+    for i, token in enumerate(issued):
+        found.add(f"oidc token {i}", token)
     # The gateway received what the person must get; it is the only place a code may be.
     ours = [r.json() for r in receiver.received if r.json()["to"] == PHONE_FORMS[0]]
     assert any(found.values["sms code"] in m["message"] for m in ours), ours

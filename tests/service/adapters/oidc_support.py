@@ -163,6 +163,8 @@ class Tenant:
     token_requests: int = 0
     jwks_requests: int = 0
     codes: dict[str, _IssuedCode] = field(default_factory=dict)
+    # Every access and ID token the token endpoint handed out: secrets a test can look for.
+    issued_tokens: list[str] = field(default_factory=list)
 
 
 class ScriptedProvider:
@@ -331,10 +333,12 @@ def _handler_for(provider: ScriptedProvider) -> type[BaseHTTPRequestHandler]:
                 self._send_json(HTTPStatus.BAD_REQUEST, {"error": "invalid_grant"})
                 return
             id_token = provider.mint(tenant, f"{provider.base}/{name}", issued)
+            access_token = secrets.token_urlsafe(16)
+            tenant.issued_tokens += [access_token, id_token]
             self._send_json(
                 HTTPStatus.OK,
                 {
-                    "access_token": secrets.token_urlsafe(16),
+                    "access_token": access_token,
                     "token_type": "Bearer",
                     "expires_in": 3600,
                     "id_token": id_token,
