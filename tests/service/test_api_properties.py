@@ -6,10 +6,10 @@ the engine never denies."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.methods.totp import TotpParameters, code_at
@@ -25,13 +25,21 @@ places = st.sampled_from(
         {"country": "US"},
     ]
 )
-times = st.sampled_from(
-    [
-        "2026-11-21T09:00:00Z",
-        "2026-11-01T00:00:00Z",
-        "2016-03-02T08:00:00Z",
-        "2026-11-22T02:00:00+08:00",
-    ]
+# Times relative to the moment of the draw: fixed dates age out of the policy's windows (a SIM
+# swap counts for a week, a credential change for three days) and would leave those signals, and
+# the offers they shape, never tried. Some recent, some long past, one in another time zone.
+AGES = [timedelta(hours=1), timedelta(hours=30), timedelta(days=5), timedelta(days=40)]
+CHINA = timezone(timedelta(hours=8))
+
+
+def _ago(age: timedelta, zone: timezone = UTC) -> str:
+    return (datetime.now(UTC) - age).astimezone(zone).isoformat().replace("+00:00", "Z")
+
+
+times = st.one_of(
+    st.sampled_from(AGES).map(_ago),
+    st.sampled_from(AGES).map(lambda age: _ago(age, CHINA)),
+    st.just("2016-03-02T08:00:00Z"),
 )
 contexts = st.fixed_dictionaries(
     {"ip": st.sampled_from(["203.0.113.7", "2001:db8::1"])},
@@ -88,8 +96,50 @@ def _enrol(api: Api, account_id: str, e: dict[str, Any]) -> None:
             assert api.client.delete(f"{base}/face-consent", headers=h).status_code == 200
 
 
+PHONE_ONLY_WITH_CONSENT = {"phone": True, "totp": False, "linked": None, "consent": "granted"}
+RECENT = _ago(timedelta(hours=1))
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+# The cases where face could end up first or alone, tried on every run: the only other method
+# (SMS) withdrawn by a SIM swap an hour ago; a credential changed an hour ago; a login from the
+# other side of the world an hour ago (impossible travel); all of them together, over Tor.
+@example(
+    enrolment=PHONE_ONLY_WITH_CONSENT,
+    context={"ip": "203.0.113.7", "sim_swap_at": RECENT},
+    lock_reason="suspected_takeover",
+    locale="en",
+)
+@example(
+    enrolment=PHONE_ONLY_WITH_CONSENT,
+    context={"ip": "203.0.113.7", "credential_changed_at": RECENT},
+    lock_reason="unusual_activity",
+    locale="zh-CN",
+)
+@example(
+    enrolment={"phone": True, "totp": True, "linked": None, "consent": "granted"},
+    context={
+        "ip": "203.0.113.7",
+        "geo": {"country": "CN", "lat": 31.23, "lon": 121.47},
+        "last_login": {"at": RECENT, "geo": {"country": "DE", "lat": 52.52, "lon": 13.40}},
+    },
+    lock_reason="suspected_takeover",
+    locale="en",
+)
+@example(
+    enrolment=PHONE_ONLY_WITH_CONSENT,
+    context={
+        "ip": "203.0.113.7",
+        "network": "tor",
+        "sim_swap_at": RECENT,
+        "credential_changed_at": RECENT,
+        "geo": {"country": "CN", "lat": 31.23, "lon": 121.47},
+        "last_login": {"at": RECENT, "geo": {"country": "DE", "lat": 52.52, "lon": 13.40}},
+    },
+    lock_reason="suspected_takeover",
+    locale="zh-CN",
 )
 @given(
     enrolment=enrolments,
@@ -106,13 +156,12 @@ def _enrol(api: Api, account_id: str, e: dict[str, Any]) -> None:
     locale=st.sampled_from(["zh-CN", "en"]),
 )
 def test_every_decision_keeps_the_principles(
-    sqlite_api: Api,
+    api: Api,
     enrolment: dict[str, Any],
     context: dict[str, Any],
     lock_reason: str,
     locale: str,
 ) -> None:
-    api = sqlite_api
     account_id = f"acct-{uuid.uuid4().hex[:12]}"
     _enrol(api, account_id, enrolment)
     body = {
@@ -150,3 +199,27 @@ def test_every_decision_keeps_the_principles(
     assert len(d["policy"]["sha256"]) == 64
     assert isinstance(d["audit"]["index"], int)
     assert d["explanation"]
+
+
+def test_a_sim_swap_that_withdraws_the_only_other_method_leaves_face_neither_first_nor_alone(
+    api: Api,
+) -> None:
+    """FRM-10 at its edge: SMS was the person's one non-biometric method and a SIM swap an hour
+    ago withdraws it. Face, consented, must not become the way back: not offered, review."""
+    account_id = f"acct-{uuid.uuid4().hex[:12]}"
+    _enrol(api, account_id, PHONE_ONLY_WITH_CONSENT)
+    body = {
+        "account_id": account_id,
+        "lock_reason": "suspected_takeover",
+        "locale": "en",
+        "context": {"ip": "203.0.113.7", "sim_swap_at": _ago(timedelta(hours=1))},
+    }
+    r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
+    assert r.status_code == 201, r.text
+    d = r.json()
+    reasons = {n["method"]: n["reason"] for n in d["offer"]["not_offered"]}
+    assert reasons["sms"] == "SIM_SWAP_RECENT"
+    assert reasons["face"] == "FACE_WITHOUT_NON_BIOMETRIC_PATH"
+    assert d["offer"]["methods"] == []
+    assert d["status"] == "review_required"
+    assert d["review"]["available"] is True

@@ -80,13 +80,35 @@ def test_design_persona_decision_has_every_field_of_the_contract(api: Api) -> No
     assert d["review"]["available"] is True
     assert d["review"]["appeal_path"] == f"/v1/unlock-requests/{d['id']}/appeals"
     assert d["policy"]["version"] == api.ctx.policy.version
-    assert re.fullmatch(r"[0-9a-f]{64}", d["policy"]["sha256"])
+    assert d["policy"]["sha256"] == api.ctx.policy.sha256
     assert isinstance(d["audit"]["index"], int)
     assert d["audit"]["index"] >= 0
 
     again = api.client.get(f"/v1/unlock-requests/{d['id']}", headers=api.headers())
     assert again.status_code == 200
     assert again.json() == d
+
+
+@pytest.mark.parametrize("locale", ["en", "zh-CN"])
+def test_every_message_of_a_decision_is_in_the_requests_locale(api: Api, locale: str) -> None:
+    """Reasons, methods not offered and the offer's labels read from the policy's catalog for
+    the request's locale, and from no other (PIPL-24: an explanation the person can read)."""
+    from policy.model import Locale, NotOfferedReason, SignalCode
+
+    _enrol_persona(api)
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["locale"] = locale
+    d = _post(api, body)
+    catalogs = api.ctx.policy.catalogs
+    mine, other = catalogs[Locale(locale)], catalogs[Locale("en" if locale == "zh-CN" else "zh-CN")]
+    assert d["risk"]["reasons"]
+    for reason in d["risk"]["reasons"]:
+        assert reason["message"] == mine.reasons[SignalCode(reason["code"])]
+        assert reason["message"] != other.reasons[SignalCode(reason["code"])]
+    assert d["offer"]["not_offered"]
+    for item in d["offer"]["not_offered"]:
+        assert item["message"] == mine.not_offered[NotOfferedReason(item["reason"])]
+    assert d["explanation"] != _post(api, body | {"locale": other.locale.value})["explanation"]
 
 
 def test_critical_request_goes_to_review_and_is_never_denied(api: Api) -> None:
@@ -115,12 +137,32 @@ def test_sim_swap_yesterday_withdraws_sms_over_http(api: Api) -> None:
 def test_decision_expires_when_its_time_passes(api: Api) -> None:
     _enrol_persona(api)
     d = _post(api, PERSONA_REQUEST)
+    started = api.client.post(
+        f"/v1/unlock-requests/{d['id']}/challenges", json={"method": "sms"}, headers=api.headers()
+    )
+    assert started.status_code == 201, started.text
     later = datetime.fromisoformat(d["expires_at"]) + timedelta(seconds=1)
     api.set_clock(lambda: later)
     assert (
         api.client.get(f"/v1/unlock-requests/{d['id']}", headers=api.headers()).json()["status"]
         == "expired"
     )
+    # Expired, it can no longer be proven: neither a new method nor a proof for an open one.
+    base = f"/v1/unlock-requests/{d['id']}/challenges"
+    late_start = api.client.post(base, json={"method": "sms"}, headers=api.headers())
+    late_proof = api.client.post(
+        f"{base}/{started.json()['id']}/verify", json={"code": "123456"}, headers=api.headers()
+    )
+    for late in (late_start, late_proof):
+        assert late.status_code == 409, late.text
+        assert late.json()["code"] == "request_closed"
+    # A person may still ask for a review of an expired decision.
+    appeal = api.client.post(
+        f"/v1/unlock-requests/{d['id']}/appeals",
+        json={"statement": "it is me"},
+        headers=api.headers(),
+    )
+    assert appeal.status_code == 201, appeal.text
 
 
 def _shape(value: Any) -> Any:
@@ -157,6 +199,13 @@ def test_decisions_are_listed_for_the_person_with_explanations(api: Api) -> None
     listed = r.json()["decisions"]
     assert [d["id"] for d in listed] == [second["id"], first["id"]]
     assert all(d["explanation"] for d in listed)
+    # Another person's decisions are theirs alone.
+    _enrol_persona(api, "acct-2048")
+    other = _post(api, PERSONA_REQUEST | {"account_id": "acct-2048"})
+    again = api.client.get("/v1/accounts/acct-1024/decisions", headers=api.headers()).json()
+    assert [d["id"] for d in again["decisions"]] == [second["id"], first["id"]]
+    theirs = api.client.get("/v1/accounts/acct-2048/decisions", headers=api.headers()).json()
+    assert [d["id"] for d in theirs["decisions"]] == [other["id"]]
 
 
 def test_repeated_requests_raise_the_recorded_velocity(api: Api) -> None:
@@ -183,6 +232,41 @@ def test_policy_route_shows_version_and_hash(api: Api, role: Role) -> None:
     assert r.status_code == 200
     assert r.json()["sha256"] == api.ctx.policy.sha256
     assert "policy" in r.json()["document"]
+
+
+def test_a_decision_whose_audit_integration_fails_leaves_no_row_behind(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision, its review case and its audit entry are one transaction: when the entry
+    cannot be integrated, the caller gets a problem and no table holds any part of the decision
+    (a high-risk request, so a review case is opened in the same batch)."""
+    from service.flows import unlock
+
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["context"]["network"] = "tor"
+    # Known accounts (a phone each): an unknown one is answered with a plausible offer instead.
+    for i, account in enumerate(("acct-atomic-control", "acct-atomic")):
+        phone = {"phone": f"+86138000{i:05d}"}
+        put = api.client.put(f"/v1/accounts/{account}/phone", json=phone, headers=api.headers())
+        assert put.status_code == 200, put.text
+    # The control: the same request, integrated, writes a decision and a review case.
+    body["account_id"] = "acct-atomic-control"
+    control = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
+    assert control.status_code == 201, control.text
+    assert control.json()["status"] == "review_required"
+    assert api.count("review_cases") == 1
+    before = api.dump()
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the audit log's disk went away")
+
+    monkeypatch.setattr(unlock, "integrate_direct_in", failing)
+    body["account_id"] = "acct-atomic"
+    r = api.client.post("/v1/unlock-requests", json=body, headers=api.headers())
+    assert r.status_code == 500, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "the audit log's disk" not in r.text  # no internals in the answer
+    assert api.dump() == before
 
 
 def test_a_decision_and_its_audit_entry_commit_together_with_its_index(api: Api) -> None:
