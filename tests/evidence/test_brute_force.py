@@ -166,13 +166,15 @@ def _attack(
     clients: list[httpx.Client],
     method: str,
     right: Any,
+    account: str | None = None,
+    network: str = "198.51.100",
 ) -> Attack:
-    attack = Attack(method, f"acct-bf-{method}")
+    attack = Attack(method, account or f"acct-bf-{method}")
     with service.client() as client:
         # Enough requests for twice the daily limit at a challenge's attempts each, and then some.
         for n in range(2 * LIMITS["method_failures_per_day"] // LIMITS["challenge_attempts"] + 3):
             # A new address each time: the per-source limit must not be what stops the attack.
-            decision = unlock_request(client, attack.account, ip=f"198.51.100.{10 + n}")
+            decision = unlock_request(client, attack.account, ip=f"{network}.{10 + n}")
             attack.request_ids.append(decision["id"])
             started = start(client, decision["id"], method)
             if started.status_code != 201:
@@ -271,6 +273,48 @@ def test_an_attack_loop_gets_no_more_guesses_evaluated_than_the_bound_assumes(
             f"/v1/unlock-requests/{decision['id']}/appeals", json={"statement": "locked out"}
         )
         assert appeal.status_code in (200, 201), appeal.text
+
+
+def test_one_account_attacked_by_every_method_has_a_guess_probability_of_at_most_1e_4(
+    security_stack: SecurityStack,
+) -> None:
+    """The bound from what an attack achieved, not from the constants: TOTP, SMS and recovery
+    codes attacked in turn on one account until each is throttled; the probability that any of
+    the guesses the service recorded was right, summed over the methods (a union bound), is at
+    most 1e-4 a day."""
+    service, receiver = security_stack.service, security_stack.sms
+    account = "acct-bf-every-method"
+    with service.client() as client:
+        secret = enrol_totp(client, account)
+        set_phone(client, account, f"+86135{secrets.randbelow(10**8):08d}")
+        codes = recovery_codes(client, account)
+    right = {
+        "totp": lambda: {
+            code_at(secret, datetime.now(UTC) - timedelta(seconds=30 * k), TOTP) for k in range(3)
+        },
+        "sms": lambda: set(sms_codes(receiver)[-1:]),
+        "recovery_code": lambda: set(codes),
+    }
+    clients = _clients_on_every_worker(service, 8)
+    recorded: dict[str, int] = {}
+    try:
+        for i, method in enumerate(RIGHT_CODES):
+            # Addresses of their own (198.18.0.0/15): other tests' failures count per source.
+            attack = _attack(
+                service, receiver, clients, method, right[method], account, f"198.18.{i}"
+            )
+            assert attack.outcomes["200"] == 0, attack.outcomes
+            recorded[method] = _failures_recorded(service, attack)
+    finally:
+        for c in clients:
+            c.close()
+    # Every method was driven to its limit (the attack is strong enough to prove something),
+    # and the guesses the service checked leave the account at most BOUND likely to fall.
+    allowed, _ = guess_bound(LIMITS)
+    assert recorded == dict.fromkeys(RIGHT_CODES, allowed), recorded
+    achieved = sum(recorded[m] * RIGHT_CODES[m] / CODE_SPACE[m] for m in RIGHT_CODES)
+    print(f"recorded guesses {recorded}: probability {achieved:.3g} per day")
+    assert achieved <= BOUND, achieved
 
 
 def test_concurrent_sms_starts_send_no_more_texts_than_the_hourly_limit(

@@ -23,7 +23,8 @@ erasure route goes last. Each operation is called with the key of a role its gua
 from the app's route table, not written down here).
 
 Bounds: Hypothesis is seeded (``FAIRUNLOCK_FUZZ_SEED``, default 7), keeps no example database,
-and every request has a 10 s timeout. By default each operation gets 6 examples per strategy
+every request has a 10 s timeout, and a run fails once it has spent ``FAIRUNLOCK_FUZZ_BUDGET_S``
+(default 240 s; none for the long run). By default each operation gets 6 examples per strategy
 (positive, negative, positive on existing resources; the recovery-code route, ten argon2 hashes a
 call, 6 in all): about 450 requests, 30 to 60 s on SQLite depending on the machine's load; the
 PostgreSQL variant sends 2 per strategy. The longer run is opt-in:
@@ -73,6 +74,11 @@ SPEC = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 LONG_RUN = "FAIRUNLOCK_FUZZ_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("FAIRUNLOCK_FUZZ_EXAMPLES", "6"))
 SEED = int(os.environ.get("FAIRUNLOCK_FUZZ_SEED", "7"))
+# Wall-clock bound of one database's run, checked after each operation (so a run ends within the
+# budget plus one operation's time): CI's default run takes 30-60 s; a machine so slow or a
+# service so stuck that it passes 240 s fails here rather than at CI's limit. 0: no bound (the
+# default of the opt-in long run).
+BUDGET_S = float(os.environ.get("FAIRUNLOCK_FUZZ_BUDGET_S", "0" if LONG_RUN else "240"))
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -265,7 +271,12 @@ def _fuzz(service: ServedService, examples: int) -> dict[str, Counter[str]]:
     checks = [*BUILT_IN_CHECKS, validator_accepts_schema_valid_input(routes)]
     counts: dict[str, Counter[str]] = {}
     failures: list[str] = []
+    started = time.monotonic()
     for operation in _operations():
+        spent = time.monotonic() - started
+        assert not BUDGET_S or spent <= BUDGET_S, (
+            f"fuzzing passed its {BUDGET_S:g} s budget after {len(counts)} operations: {counts}"
+        )
         method, path = operation.method.upper(), operation.path
         assert (method, path) in routes, f"{method} {path} is in the spec but not in the app"
         role = role_for(routes[(method, path)].roles)

@@ -277,16 +277,32 @@ def assert_acknowledged_kept(
 # -- 1. a worker SIGKILLed under load --------------------------------------------------------
 
 
+def _connections_held(service: ServedService) -> dict[int, int]:
+    """Worker pid -> the established connections it holds on the service's port."""
+    return {
+        pid: sum(
+            1
+            for conn in psutil.Process(pid).net_connections(kind="tcp")
+            if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == service.port
+        )
+        for pid in service.worker_pids()
+    }
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
     serve_service: ServeFactory, database_url: str, tmp_path: Path
 ) -> None:
     service = serve_service(database_url, workers=2)
     db = database_of(service)
-    victim = service.worker_pids()[0]
     load = Load(service).start()
     try:
         load.wait_acked(60)
+        # The worker serving the most of the load's connections: killed, it must drop requests
+        # in flight, or the test would prove nothing about them.
+        held = _connections_held(service)
+        victim = max(held, key=lambda pid: held[pid])
+        assert held[victim] >= 1, held
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         # The other worker (and the one the supervisor starts in place of the dead) go on.
@@ -304,6 +320,8 @@ def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
     # A request in flight on the killed worker may get no answer; nothing may get an error.
     answered = [o for o in outcomes if o.status is not None]
     assert {o.status for o in answered} == {201}, [o for o in answered if o.status != 201][:3]
+    # The kill cut connections with a request on them (or about to be sent on them).
+    assert len(answered) < len(outcomes), f"nothing was in flight on the killed worker {held}"
     log = export_and_verify(service, tmp_path / "bundle", cli=True)
     assert_acknowledged_kept(service, db, acked, log)
     print(

@@ -46,6 +46,9 @@ class SmsReceiver:
         self.received: list[Received] = []
         self._script: list[FakeReply] = []
         self._trickle = 0
+        # Seconds each accepted message waits before its answer: a gateway farther away than
+        # loopback (the anti-enumeration padding must match its time, not a loopback's 1 ms).
+        self.delay_s = 0.0
         self._lock = threading.Lock()
         self._release = threading.Event()
         receiver = self
@@ -80,6 +83,8 @@ class SmsReceiver:
                 elif reply.error == "connection_error":
                     self.close_connection = True  # no status line at all
                 else:
+                    if receiver.delay_s:
+                        time.sleep(receiver.delay_s)
                     self._answer(reply.status, reply.retry_after)
 
             def _answer(self, status: int, retry_after: str | None) -> None:
