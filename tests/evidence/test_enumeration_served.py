@@ -11,7 +11,6 @@ sample for a longer run; it runs on PostgreSQL too."""
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
@@ -31,16 +30,11 @@ from tests.evidence.security_support import (
     start,
     verify_path,
 )
+from tests.timing import assert_same_time, mann_whitney_p
 
 IDS = 20
 ROUNDS = int(os.environ.get("FAIRUNLOCK_EVIDENCE_ENUM_ROUNDS", "10"))
 WARM_UP = 20
-# A difference that is both statistically significant and larger than this share of the median
-# would let an attacker tell the kinds apart with a few hundred requests. Measured here: 0.2-2.6 %
-# between the kinds with p from 0.09 to 0.7; a missing cost shows as 90 % and more (the recovery
-# code test without its dummy hashes: 97.9 %, p = 3e-17).
-SIGNIFICANCE = 1e-3
-PRACTICAL = 0.05
 
 
 def _known_accounts(service: ServedService, prefix: str, count: int) -> list[str]:
@@ -123,31 +117,6 @@ def test_known_and_unknown_accounts_get_the_same_status_and_body_shape(
 # --- timing -------------------------------------------------------------------------------------
 
 
-def mann_whitney_p(a: list[float], b: list[float]) -> float:
-    """Two-sided p-value of the Mann-Whitney U test, normal approximation with tie correction
-    (fine for samples of this size)."""
-    pooled = sorted((v, 0 if i < len(a) else 1) for i, v in enumerate(a + b))
-    ranks = [0.0] * len(pooled)
-    ties = 0.0
-    i = 0
-    while i < len(pooled):
-        j = i
-        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[k] = (i + j) / 2 + 1
-        t = j - i + 1
-        ties += t**3 - t
-        i = j + 1
-    n1, n2 = len(a), len(b)
-    r1 = sum(r for r, (_, g) in zip(ranks, pooled, strict=True) if g == 0)
-    u = r1 - n1 * (n1 + 1) / 2
-    n = n1 + n2
-    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
-    z = (u - n1 * n2 / 2) / sigma
-    return math.erfc(abs(z) / math.sqrt(2))
-
-
 def test_the_mann_whitney_helper_tells_shifted_samples_apart() -> None:
     same = [float(i % 17) for i in range(300)]
     assert mann_whitney_p(same, list(reversed(same))) > 0.5
@@ -169,19 +138,6 @@ def _interleaved(
     return known_times, unknown_times
 
 
-def _assert_same_time(what: str, known_times: list[float], unknown_times: list[float]) -> None:
-    p = mann_whitney_p(known_times, unknown_times)
-    median_known = statistics.median(known_times)
-    median_unknown = statistics.median(unknown_times)
-    relative = abs(median_known - median_unknown) / median_known
-    report = (
-        f"{what}, n={len(known_times)} each: known median {median_known * 1e3:.2f} ms, "
-        f"unknown {median_unknown * 1e3:.2f} ms ({relative:.1%}), Mann-Whitney p={p:.3g}"
-    )
-    print(report)
-    assert not (p < SIGNIFICANCE and relative > PRACTICAL), report
-
-
 def test_known_and_unknown_accounts_answer_in_the_same_time(security_stack: SecurityStack) -> None:
     service = security_stack.service
     known = _known_accounts(service, "acct-time-known", IDS)
@@ -200,7 +156,7 @@ def test_known_and_unknown_accounts_answer_in_the_same_time(security_stack: Secu
             timed(known[i % IDS])
             timed(unknown[i % IDS])
         known_times, unknown_times = _interleaved(known, unknown, ROUNDS, timed)
-    _assert_same_time("unlock request", known_times, unknown_times)
+    assert_same_time("unlock request", known_times, unknown_times)
 
 
 SMS_IDS = 60  # each id starts two SMS challenges: within the per-number hourly limit (3)
@@ -224,7 +180,7 @@ def test_an_sms_challenge_takes_as_long_for_an_unknown_account_as_for_a_known_on
     finally:
         security_stack.sms.delay_s = 0.0
     assert statistics.median(known_times) >= GATEWAY_DELAY_S  # the delay reached the service
-    _assert_same_time("SMS challenge", known_times, unknown_times)
+    assert_same_time("SMS challenge", known_times, unknown_times)
 
 
 def _sms_times(
@@ -289,4 +245,4 @@ def test_a_wrong_recovery_code_takes_as_long_for_an_unknown_account_as_for_a_kno
         timed(known[0])  # warm-up: the worker makes its dummy hashes once
         timed(unknown[0])
         known_times, unknown_times = _interleaved(known, unknown, RC_ROUNDS, timed)
-    _assert_same_time("wrong recovery code", known_times, unknown_times)
+    assert_same_time("wrong recovery code", known_times, unknown_times)
