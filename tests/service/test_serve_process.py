@@ -3,6 +3,7 @@ as processes, and the API over TCP on loopback (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,7 +76,9 @@ def served(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
         log.close()
 
 
-def test_unlock_request_against_a_real_server_process(served: tuple[str, str]) -> None:
+def test_unlock_request_against_a_real_server_process(
+    served: tuple[str, str], tmp_path: Path
+) -> None:
     base, key = served
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
@@ -92,3 +95,17 @@ def test_unlock_request_against_a_real_server_process(served: tuple[str, str]) -
         anonymous = httpx.get(f"{base}/v1/unlock-requests/{decision['id']}", timeout=10)
         assert anonymous.status_code == 401
         assert anonymous.headers["content-type"].startswith("application/problem+json")
+    # The process's log: JSON lines, an access line with the request's id for each call, and
+    # neither the API key nor the phone number anywhere.
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+        access = [line for line in lines if line.get("path", "").startswith("/v1/")]
+        if len(access) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(access) >= 4, lines
+    assert all(line.get("request_id") for line in access), access
+    text = (tmp_path / "serve.log").read_text()
+    for secret in (key, "13800005678", "8613800005678"):
+        assert secret not in text

@@ -319,3 +319,50 @@ def test_a_decision_and_its_audit_entry_commit_together_with_its_index(api: Api)
     }
     assert isinstance(entry["data"]["score"], int)
     assert queued is None  # never an inbox row
+
+
+def _metric(text_: str, name: str, **labels: str) -> float:
+    """A sample's value in Prometheus's text exposition; 0 when absent."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text_.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if metric == name and found == wanted:
+            return float(value)
+    return 0.0
+
+
+def test_the_decision_route_counts_decisions_by_level_and_offers_with_face(api: Api) -> None:
+    """/metrics (issue 4): what the unlock route decided, as the scrape sees it."""
+
+    def scrape() -> str:
+        r = api.client.get("/metrics")
+        assert r.status_code == 200
+        return r.text
+
+    before = scrape()
+    _enrol_persona(api, consent=True)
+    medium = _post(api, PERSONA_REQUEST)  # face consented: offered as the last alternative
+    assert medium["offer"]["methods"][-1]["method"] == "face"
+    body = copy.deepcopy(PERSONA_REQUEST)
+    body["context"].update(network="tor", geo={"country": "DE", "lat": 52.52, "lon": 13.40})
+    body["context"]["last_login"]["at"] = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    critical = _post(api, body)
+    assert critical["risk"]["level"] == "critical"
+    after = scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    decided = "fairunlock_decisions_total"
+    assert grew(decided, level="medium", status=medium["status"]) == 1
+    assert grew(decided, level="critical", status=critical["status"]) == 1
+    offered_face = sum(
+        "face" in [m["method"] for m in d["offer"]["methods"]] for d in (medium, critical)
+    )
+    assert grew("fairunlock_offers_with_face_total") == offered_face >= 1
+    route = "/v1/unlock-requests"
+    assert grew("fairunlock_http_requests_total", method="POST", route=route, status="201") == 2
