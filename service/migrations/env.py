@@ -28,6 +28,8 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=list(ALL_METADATA),
         compare_type=True,
+        # A server default changed in a model without a migration is drift too.
+        compare_server_default=True,
         # SQLite alters tables by copying them; batch mode makes one migration serve both backends.
         render_as_batch=True,
         render_item=_render_item,

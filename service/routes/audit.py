@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from litestar import Controller, MediaType
 from litestar.datastructures import State
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,9 +22,10 @@ from audit.merkle import ProofError
 from audit.proofs import served_consistency_proof, served_inclusion_proof
 from audit.store import AuditStore, StoredCheckpoint
 from service.auth import require_roles
-from service.errors import PROBLEM_JSON, AuditNoCheckpoint, AuditQueryInvalid, AuditRangeTooLarge
+from service.errors import AuditNoCheckpoint, AuditQueryInvalid, AuditRangeTooLarge
 from service.persistence.api_keys import Role
 from service.routes.handlers import get
+from service.routes.problems import problems
 
 JSONL = "application/jsonl"
 # One page of entries; a whole-log copy is what `fairunlock audit export` is for.
@@ -33,17 +33,6 @@ JSONL = "application/jsonl"
 MAX_INDEX = 2**53 - 1
 MAX_PAGE = 10_000
 _READ_SLICE = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """RFC 9457 problem details, as every error of this API answers."""
-
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,23 +64,9 @@ class PublicKey:
     origin: str
 
 
-_BAD = {400: ResponseSpec(Problem, description="Bad parameters", media_type=PROBLEM_JSON)}
-_ERRORS = {
-    401: ResponseSpec(Problem, description="No or unknown API key", media_type=PROBLEM_JSON),
-    403: ResponseSpec(
-        Problem, description="The key's role is not auditor", media_type=PROBLEM_JSON
-    ),
-    503: ResponseSpec(
-        Problem,
-        description="The database is unavailable (code `database_unavailable`); retry",
-        media_type=PROBLEM_JSON,
-    ),
-}
-_NOT_YET = {
-    404: ResponseSpec(
-        Problem, description="Nothing integrated yet: no checkpoint", media_type=PROBLEM_JSON
-    )
-}
+# Every auditor route: the common problems (service/routes/problems.py), said for this role.
+_AUDITOR = {403: "The key's role is not auditor"}
+_NOT_YET = {404: "Nothing integrated yet: no checkpoint"}
 
 
 def _b64(data: bytes) -> str:
@@ -131,7 +106,7 @@ class AuditController(Controller):
         summary="Latest signed checkpoint",
         operation_id="audit_checkpoint",
         response_description="A C2SP tlog-checkpoint signed note (Ed25519)",
-        responses={**_ERRORS, **_NOT_YET},
+        responses=problems(404, described=_AUDITOR | _NOT_YET),
     )
     async def checkpoint(self, state: State) -> str:
         """The newest checkpoint: origin, tree size and root, signed. Keep it: it is what makes a
@@ -146,7 +121,7 @@ class AuditController(Controller):
         response_description=(
             "One entry per line: exactly the leaf bytes the Merkle tree commits to, then a newline"
         ),
-        responses={**_BAD, **_ERRORS},
+        responses=problems(described=_AUDITOR),
     )
     async def entries(
         self,
@@ -186,7 +161,7 @@ class AuditController(Controller):
         "/proofs/inclusion",
         summary="Inclusion proof",
         operation_id="audit_inclusion_proof",
-        responses={**_BAD, **_ERRORS, **_NOT_YET},
+        responses=problems(404, described=_AUDITOR | _NOT_YET),
     )
     async def inclusion(
         self,
@@ -223,7 +198,7 @@ class AuditController(Controller):
         "/proofs/consistency",
         summary="Consistency proof",
         operation_id="audit_consistency_proof",
-        responses={**_BAD, **_ERRORS, **_NOT_YET},
+        responses=problems(404, described=_AUDITOR | _NOT_YET),
     )
     async def consistency(
         self,
@@ -261,7 +236,7 @@ class AuditController(Controller):
         "/public-key",
         summary="Checkpoint verifier key",
         operation_id="audit_public_key",
-        responses=_ERRORS,
+        responses=problems(described=_AUDITOR),
     )
     async def public_key(self, state: State) -> PublicKey:
         """The log's Ed25519 public key. Pin it out of band: a key fetched from the service

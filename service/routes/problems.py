@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from litestar.openapi import ResponseSpec
 from msgspec import Struct
 
@@ -41,12 +43,14 @@ _DESCRIPTIONS = {
 COMMON = (400, 401, 403, 503)
 
 
-def problems(*statuses: int) -> dict[int, ResponseSpec]:
-    """Declare these problem responses (plus the ones every guarded route can give)."""
+def problems(*statuses: int, described: Mapping[int, str] | None = None) -> dict[int, ResponseSpec]:
+    """Declare these problem responses (plus the ones every guarded route can give); ``described``
+    says what a status means on this route where the general description says too little."""
+    said = {**_DESCRIPTIONS, **(described or {})}
     return {
         status: ResponseSpec(
             data_container=Problem,
-            description=_DESCRIPTIONS[status],
+            description=said[status],
             media_type=PROBLEM_JSON,
             generate_examples=False,
         )
