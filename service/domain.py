@@ -71,6 +71,12 @@ class MethodNotOffered(DomainError):
     code = "method_not_offered"
 
 
+class FaceConsentRequired(DomainError):
+    """Face needs the person's consent at the time it is used, not only when it was offered."""
+
+    code = "face_consent_required"
+
+
 class ChallengeNotFound(DomainError):
     code = "challenge_not_found"
 

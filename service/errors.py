@@ -89,6 +89,7 @@ DOMAIN_ERROR_MAP: dict[type[DomainError], ProblemSpec] = {
     domain.InvalidRequestContext: ProblemSpec(400, "Invalid request"),
     domain.RequestClosed: ProblemSpec(409, "Unlock request closed"),
     domain.MethodNotOffered: ProblemSpec(409, "Method not offered for this request"),
+    domain.FaceConsentRequired: ProblemSpec(409, "Face consent is not current"),
     domain.ChallengeNotFound: ProblemSpec(404, "Challenge not found"),
     domain.ChallengeClosed: ProblemSpec(409, "Challenge closed"),
     domain.ProofMissing: ProblemSpec(400, "Invalid request"),

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import EntryKind, JSONValue
 from audit.hot_sql import savepoint
-from policy.model import Method, ReviewReason
+from policy.model import ConsentState, Method, ReviewReason
 from service import dto
 from service.adapters.sms import SmsDeliveryError
 from service.context import ServiceContext
@@ -39,6 +39,7 @@ from service.domain import (
     ChallengeNotFound,
     DeliveryFailed,
     DomainError,
+    FaceConsentRequired,
     MethodNotOffered,
     ProofMissing,
     ProofRejected,
@@ -48,7 +49,7 @@ from service.domain import (
 )
 from service.flows import unlock
 from service.flows.audit_trail import DirectEntries, record, record_in
-from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, phone_on_file
+from service.flows.enrolment import TOTP_AAD, TOTP_PARAMS, consent_state, phone_on_file
 from service.flows.throttle_windows import (
     METHOD_FAILURES_WINDOW,
     SMS_SENDS_WINDOWS,
@@ -278,6 +279,7 @@ async def start(
         elif method is Method.LINKED_IDENTITY:
             out, secret_sealed = await _start_oidc(ctx, offered, out)
         elif method is Method.FACE:
+            await _require_face_consent(conn, ctx, subject)
             out, secret_sealed = _start_face(ctx, provider, out)
         if existing_sms is not None and secret_hash is not None and delivery_id is not None:
             await repo.resend(existing_sms.id, secret_hash, delivery_id, expires_at)
@@ -534,6 +536,17 @@ async def _check_oidc(
     return Checked(ok=True, audit={"provider": provider.name})
 
 
+async def _require_face_consent(conn: AsyncConnection, ctx: ServiceContext, subject: str) -> None:
+    """FRM-6: face is used only under consent current now, under the current notice. The offer
+    was made under the consent of its time; a withdrawal since (or a new notice) ends it."""
+    record = await AccountRepository(conn).consent(subject)
+    if consent_state(record, ctx.notice.version) is not ConsentState.ACTIVE:
+        raise FaceConsentRequired(
+            "Face verification needs the person's current consent, and it was withdrawn (or the "
+            "notice changed) after this decision; the other methods and human review stay open."
+        )
+
+
 async def _check_face(
     ctx: ServiceContext, loaded: Loaded, ch: ChallengeRow, body: dto.VerifyIn, now: datetime
 ) -> Checked:
@@ -542,6 +555,9 @@ async def _check_face(
     attestation = _need(body.attestation, "attestation")
     if ch.secret_sealed is None:
         return Checked(ok=False, reason="no_session")
+    # Withdrawn since the session started: the result is not used, nor counted against them.
+    async with ctx.engine.connect() as conn:
+        await _require_face_consent(conn, ctx, ch.subject)
     sealed = json.loads(ctx.sealer.open(ch.secret_sealed, b"challenge.face"))
     try:
         outcome = await ctx.face.verify(

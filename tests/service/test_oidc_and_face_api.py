@@ -229,6 +229,51 @@ def test_face_cannot_start_without_current_consent(sqlite_api: Api, consent: str
     assert r.json()["code"] == "method_not_offered"
 
 
+def _withdraw(api: Api, account: str) -> None:
+    r = api.client.delete(f"/v1/accounts/{account}/face-consent", headers=api.headers())
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("change", ["withdrawn", "stale"])
+def test_consent_withdrawn_after_the_decision_stops_a_face_challenge_from_starting(
+    api: Api, change: str
+) -> None:
+    """FRM-6: consent is live. The decision offered face while consent was current; once it is
+    withdrawn (or the notice changes) the offer no longer licenses face, and no session starts."""
+    account = f"acct-late-{change}"
+    _bind(api, account)
+    _consent(api, account)
+    decision = api.create_unlock_request(account)
+    assert decision["offer"]["methods"][-1]["method"] == "face"
+    if change == "withdrawn":
+        _withdraw(api, account)
+    else:
+        api.app.state.ctx = dataclasses.replace(
+            api.ctx, notice=dataclasses.replace(api.ctx.notice, version="2099-01-01.1")
+        )
+    r = _start(api, decision["id"], "face")
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "face_consent_required"
+    # The non-biometric methods of the same offer are untouched.
+    assert _start(api, decision["id"], "linked_identity").status_code == 201
+
+
+def test_consent_withdrawn_during_a_face_challenge_stops_its_result_from_counting(
+    api: Api,
+) -> None:
+    """Withdrawn between the session's start and the proof: the attestation is not used (not
+    counted as a factor, nor as a failed attempt) and the person can go on with other methods."""
+    decision, started = _face_ready(api, "acct-withdraw-mid")
+    _withdraw(api, "acct-withdraw-mid")
+    token = _attestation(api, started["session"]["nonce"])
+    r = _verify(api, decision["id"], started["id"], attestation=token)
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "face_consent_required"
+    now = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers()).json()
+    assert now["factors_satisfied"] == []
+    assert api.count("verification_attempts") == 0
+
+
 def test_an_image_in_the_verify_body_is_refused(sqlite_api: Api) -> None:
     api = sqlite_api
     decision, started = _face_ready(api, "acct-img")
