@@ -460,15 +460,15 @@ async def _check_recovery_code(
 
     def find() -> str | None:
         candidates = [(u.id, u.code_hash) for u in unused] if loaded.request.known_account else []
-        if not candidates:
-            # An unknown account or no codes left costs the same argon2 work as a wrong code.
-            for h in _dummy_hashes():
-                recovery_codes.matches(h, code)
-            return None
-        for code_id, code_hash in candidates:
-            if recovery_codes.matches(code_hash, code):
-                return code_id
-        return None
+        # Always a full set's argon2 work, padded with dummies, and every hash tried even after a
+        # match: an unknown account, one with few codes left and one with ten all take as long,
+        # so the time tells neither that the account exists nor how many codes it has left.
+        padding = _dummy_hashes()[: max(0, recovery_codes.CODE_COUNT - len(candidates))]
+        found: str | None = None
+        for code_id, code_hash in [*candidates, *((None, h) for h in padding)]:
+            if recovery_codes.matches(code_hash, code) and code_id is not None and found is None:
+                found = code_id
+        return found
 
     found = await anyio.to_thread.run_sync(find)
     if found is None:

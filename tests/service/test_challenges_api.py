@@ -322,6 +322,59 @@ def test_recovery_code_works_once_and_the_count_goes_down(sqlite_api: Api) -> No
     assert reused.status_code == 422
 
 
+@pytest.mark.parametrize("kind", ["ten left", "one left", "right code", "unknown account"])
+def test_a_recovery_code_check_always_costs_a_full_sets_argon2_work(
+    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """OWASP-FP-1/2: counted, not timed. A wrong code for an account with one code left, or for
+    an unknown one, and the right code (found first), each run exactly CODE_COUNT argon2
+    verifications: the time tells neither whether the account exists nor how many codes remain."""
+    from service.methods import recovery_codes
+
+    api = sqlite_api
+    account = "acct-unknown-rc" if kind == "unknown account" else "acct-rc-count"
+    codes: list[str] = []
+    if kind != "unknown account":
+        codes = api.client.post(
+            f"/v1/accounts/{account}/recovery-codes", headers=api.headers()
+        ).json()["codes"]
+    if kind == "one left":
+
+        async def use_nine() -> None:
+            async with api.app.state.engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "UPDATE recovery_codes SET used_at = created_at WHERE id IN "
+                        "(SELECT id FROM recovery_codes ORDER BY id LIMIT 9)"
+                    )
+                )
+
+        api.run(use_nine)
+    decision = _request(api, account)
+    n = 0
+    while "recovery_code" not in [m["method"] for m in decision["offer"]["methods"]]:
+        # An unknown id whose phantom profile offers recovery codes (half of them do).
+        assert kind == "unknown account", decision["offer"]
+        n += 1
+        decision = _request(api, f"{account}-{n}")
+    challenge = _start(api, decision["id"], "recovery_code").json()
+    calls = []
+    real = recovery_codes.matches
+
+    def counted(code_hash: str, code: str) -> bool:
+        calls.append(code_hash)
+        return real(code_hash, code)
+
+    monkeypatch.setattr(recovery_codes, "matches", counted)
+    unused = api.count("recovery_codes WHERE used_at IS NULL")
+    proof = codes[0] if kind == "right code" else "AAAA-BBBB-CCCC-DDDD"
+    if kind == "one left":
+        assert unused == 1
+    r = _verify(api, decision["id"], challenge["id"], code=proof)
+    assert r.status_code == (200 if kind == "right code" else 422), r.text
+    assert len(calls) == recovery_codes.CODE_COUNT, (kind, len(calls))
+
+
 # --- SMS --------------------------------------------------------------------------------------
 
 
