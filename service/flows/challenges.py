@@ -501,8 +501,14 @@ async def _check_oidc(
     code = _need(body.code, "code")
     state = _need(body.state, "state")
     provider = ctx.oidc_providers.get(ch.provider or "")
-    if provider is None or ch.secret_sealed is None:
-        return Checked(ok=False, reason="provider_unavailable")
+    if ch.secret_sealed is None:
+        return Checked(ok=False, reason="no_session")
+    unavailable = DeliveryFailed(
+        "The identity provider cannot be reached now; use another method or try again later.",
+        reason="provider_unavailable",
+    )
+    if provider is None:
+        raise unavailable  # taken out of the configuration since the challenge started
     sealed = json.loads(ctx.sealer.open(ch.secret_sealed, b"challenge.oidc"))
     try:
         identity = await ctx.oidc.finish(
@@ -515,6 +521,9 @@ async def _check_oidc(
             now=now,
         )
     except OidcError as exc:
+        if exc.code == "provider_unavailable":
+            # Not the person's failure: nothing is counted against them (as for face).
+            raise unavailable from None
         return Checked(ok=False, reason=exc.code)
     async with ctx.engine.connect() as conn:
         snapshot = await AccountRepository(conn).snapshot(ch.subject)

@@ -109,6 +109,20 @@ def test_linked_identity_refusals_carry_their_reason(
     assert r.json()["attempts_left"] == 4
 
 
+def test_an_unreachable_identity_provider_is_not_the_persons_failure(api: Api) -> None:
+    """The provider down when the proof comes back: 503 (try again or use another method), and
+    no failed attempt counted against the person or their daily limit, as for face."""
+    _bind(api, "acct-down")
+    decision = api.create_unlock_request("acct-down")
+    started = _start(api, decision["id"], "linked_identity").json()
+    code, state = api.oidc.authorize(started["authorization_url"], SUBJECT)
+    api.oidc.take_down(api.ctx.oidc_providers["gov-eid"].issuer)
+    r = _verify(api, decision["id"], started["id"], code=code, state=state)
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "delivery_failed"
+    assert api.count("verification_attempts") == 0
+
+
 def test_identity_that_is_not_real_name_verified_is_not_offered(sqlite_api: Api) -> None:
     _bind(sqlite_api, "acct-u", real_name=False)
     decision = sqlite_api.create_unlock_request("acct-u")
