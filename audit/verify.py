@@ -20,11 +20,13 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -144,7 +146,8 @@ class Manifest:
     def from_json(cls, raw: bytes) -> Manifest:
         try:
             obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Not UTF-8 or JSON, nested too deep, or a number too long to convert.
+        except (ValueError, RecursionError) as exc:
             raise VerificationError("manifest", f"{MANIFEST_FILE} is not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise VerificationError("manifest", f"{MANIFEST_FILE} is not a JSON object")
@@ -165,7 +168,7 @@ class Manifest:
             raise VerificationError("manifest", f"range from={start} to={end} is invalid")
         try:
             root = base64.b64decode(field("root", str), validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: not ASCII
             raise VerificationError("manifest", "'root' is not base64") from None
         if len(root) != HASH_SIZE:
             raise VerificationError("manifest", f"'root' is {len(root)} bytes, not {HASH_SIZE}")
@@ -221,22 +224,41 @@ class VerifyResult:
         return text
 
 
-def _read_small(path: Path, check: str) -> bytes:
+def _open_regular(path: Path, check: str) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file. A bundle is untrusted input: a FIFO,
+    a device (say, a symlink to /dev/zero) or a directory would make a read block or never end,
+    so each is refused before it is read (opened non-blocking, so that a FIFO's open returns)."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_SMALL_FILE + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise VerificationError(check, f"cannot read {path.name}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VerificationError(check, f"{path.name} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_small(path: Path, check: str) -> bytes:
+    with _open_regular(path, check) as handle:
+        try:
+            data = handle.read(_MAX_SMALL_FILE + 1)
+        except OSError as exc:
+            raise VerificationError(check, f"cannot read {path.name}: {exc.strerror}") from None
     if len(data) > _MAX_SMALL_FILE:
         raise VerificationError(check, f"{path.name} is larger than {_MAX_SMALL_FILE} bytes")
     return data
 
 
-def _file_digest(path: Path) -> FileDigest:
+def _file_digest(path: Path, limit: int) -> FileDigest:
+    """SHA-256 and size of the file, reading no more than ``limit`` + 1 bytes: a file longer than
+    the manifest says is refused without reading all of it."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_READ_SIZE):
+    with _open_regular(path, "file hash") as handle:
+        while size <= limit and (chunk := handle.read(min(_READ_SIZE, limit + 1 - size))):
             digest.update(chunk)
             size += len(chunk)
     return FileDigest(digest.hexdigest(), size)
@@ -271,7 +293,7 @@ def _check_manifest(bundle_dir: Path, public_key: Ed25519PublicKey) -> Manifest:
 def _check_files(bundle_dir: Path, manifest: Manifest) -> None:
     for name, expected in sorted(manifest.files.items()):
         try:
-            actual = _file_digest(bundle_dir / name)
+            actual = _file_digest(bundle_dir / name, expected.bytes)
         except OSError as exc:
             raise VerificationError("file hash", f"cannot read {name}: {exc.strerror}") from None
         if actual.bytes != expected.bytes:
@@ -334,7 +356,7 @@ def _check_previous(
             f"size went down: previous checkpoint has size {previous.size}, "
             f"this export's checkpoint only {manifest.end} (rollback or truncation)",
         )
-    if previous.size < manifest.start:
+    if 0 < previous.size < manifest.start:  # the empty tree is a prefix of every tree
         raise VerificationError(
             "previous",
             f"consistency cannot be established from this bundle: the previous checkpoint "
@@ -356,7 +378,7 @@ def _describe_bad_line(line: bytes, line_no: int, index: int, log_json: bytes) -
         return fail("contains a carriage return")
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, too deep, too big a number
         return fail(f"not JSON ({exc})")
     if not isinstance(obj, dict):
         return fail("not a JSON object")
@@ -510,7 +532,7 @@ def _verify_entries(
     next_index = prefix.size
     line_no = 0  # lines seen so far; messages count from 1
     carry = b""
-    with path.open("rb") as handle:
+    with _open_regular(path, "entry") as handle:
         while chunk := handle.read(_READ_SIZE):
             data = carry + chunk
             lines = data.split(b"\n")
@@ -547,7 +569,7 @@ def _full_parse(line: bytes, line_no: int, index: int, origin: str) -> None:
 
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not UTF-8 or JSON, too deep, too big a number
         raise fail(f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise fail("not a JSON object")

@@ -9,9 +9,11 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -977,3 +979,87 @@ def test_bulk_root_builder_equals_leaf_by_leaf_compact_range(
         assert builder.snapshot_root == root_from_leaf_hashes(leaves[:snapshot])
     else:
         assert builder.snapshot_root is None
+
+
+# --- hostile files: each a clean VerificationError, never a hang or another exception ----------
+
+
+def test_the_empty_tree_is_a_prefix_of_a_delta_bundle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, key_file: Path
+) -> None:
+    bundle = _bundle(tmp_path / "delta", LOG, start=12, end=20)
+    previous = tmp_path / "previous"
+    previous.write_text(_checkpoint(LOG, 0))
+    code, _, err = _run(capsys, bundle, key_file, "--previous", str(previous))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", [ENTRIES_FILE, MANIFEST_FILE, CHECKPOINT_FILE])
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_bundle_file_that_is_not_a_regular_file_is_refused_without_reading_it(
+    bundle: Path, name: str, kind: str
+) -> None:
+    # A FIFO with no writer, or a symlink to /dev/zero, made the verifier wait or read forever.
+    target = bundle / name
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "device":
+        target.symlink_to("/dev/zero")
+    else:
+        target.mkdir()
+    done: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            verify_bundle(bundle, SIGNER.public_key)
+        except BaseException as exc:
+            done.append(exc)
+        else:
+            done.append(None)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert done, f"the verifier hung on a {kind} {name}"
+    assert isinstance(done[0], VerificationError), done[0]
+    assert "not a regular file" in str(done[0])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("purpose", "[" * 100_000),
+        ("from", "9" * 5_000),
+        ("root", '"\u00e9" '),
+    ],
+)
+def test_a_signed_manifest_with_hostile_values_is_a_clean_failure(
+    bundle: Path, field: str, value: str
+) -> None:
+    # Signed with the log's key: what a hostile or broken log could hand out.
+    raw = (bundle / MANIFEST_FILE).read_text()
+    obj_start = raw.index(f'"{field}":') + len(f'"{field}":')
+    end = raw.index("\n", obj_start)
+    tail = "," if raw[end - 1] == "," else ""
+    hostile = (raw[:obj_start] + " " + value.strip() + tail + raw[end:]).encode()
+    (bundle / MANIFEST_FILE).write_bytes(hostile)
+    (bundle / MANIFEST_SIGNATURE_FILE).write_bytes(SIGNER.sign_bytes(hostile))
+    with pytest.raises(VerificationError):
+        verify_bundle(bundle, SIGNER.public_key)
+
+
+@pytest.mark.parametrize("full_parse", [False, True])
+@pytest.mark.parametrize(
+    "line", [b"[" * 100_000, b'{"index":' + b"9" * 5_000 + b"}", b'{"data":' + b"[" * 100_000]
+)
+def test_a_resealed_hostile_line_is_a_clean_failure(
+    bundle: Path, line: bytes, full_parse: bool
+) -> None:
+    lines = _lines(bundle)
+    lines[3] = line
+    _write_lines(bundle, lines)
+    _reseal(bundle)
+    with pytest.raises(VerificationError) as failed:
+        verify_bundle(bundle, SIGNER.public_key, full_parse=full_parse)
+    assert failed.value.line == 4
