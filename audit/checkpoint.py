@@ -94,7 +94,7 @@ def verifier_key(name: str, public_key: Ed25519PublicKey) -> str:
 class CheckpointSigner:
     """Holds the log's Ed25519 key; load it once per process and reuse this object."""
 
-    __slots__ = ("_private_key", "key_id", "name", "public_key")
+    __slots__ = ("_private_key", "key_id", "last_signed", "name", "public_key")
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
         _check_key_name(name)
@@ -102,6 +102,9 @@ class CheckpointSigner:
         self._private_key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(name, self.public_key)
+        # (size, root) of the last checkpoint this object signed: a head that matches it needs no
+        # second look before it is extended (audit.integrator checks every other head).
+        self.last_signed: tuple[int, bytes] | None = None
 
     def __repr__(self) -> str:  # never show key material
         return f"CheckpointSigner(name={self.name!r}, key_id={self.key_id.hex()})"
@@ -109,6 +112,7 @@ class CheckpointSigner:
     def sign(self, cp: Checkpoint) -> str:
         body = cp.body()
         signature = self._private_key.sign(body)
+        self.last_signed = (cp.size, cp.root)
         encoded = base64.b64encode(self.key_id + signature).decode("ascii")
         return f"{body.decode()}\n{_SIGNATURE_PREFIX}{self.name} {encoded}\n"
 

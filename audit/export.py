@@ -26,7 +26,7 @@ from typing import cast
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.bundle import write_bundle
-from audit.checkpoint import Checkpoint, CheckpointSigner
+from audit.checkpoint import Checkpoint, CheckpointError, CheckpointSigner, verify_checkpoint
 from audit.entry import AuditEvent, EntryKind
 from audit.merkle import CompactRange
 from audit.proofs import checked_prefix
@@ -157,6 +157,22 @@ class _GuardedSigner:
         return self._signer.sign_bytes(data)
 
 
+def _as_signed(stored: StoredCheckpoint, signer: CheckpointSigner, origin: str) -> StoredCheckpoint:
+    """The stored checkpoint with its note's signature verified and its root taken from the note;
+    refused when the stored size or root disagrees with what the note signs."""
+    try:
+        signed = verify_checkpoint(stored.note, signer.public_key, origin)
+    except CheckpointError as exc:
+        message = f"the stored checkpoint of size {stored.size} does not verify: {exc}"
+        raise AuditStoreError(message) from None
+    if (signed.size, signed.root) != (stored.size, stored.root):
+        raise AuditStoreError(
+            f"the stored checkpoint of size {stored.size} is not what its note signs: the root "
+            "column was altered in the database; nothing was signed"
+        )
+    return StoredCheckpoint(signed.size, signed.root, stored.note)
+
+
 async def export_bundle(
     engine: AsyncEngine,
     out_dir: Path,
@@ -181,6 +197,11 @@ async def export_bundle(
         )
     async with engine.connect() as conn:
         at_end = await AuditStore(conn).checkpoint_at(end)
+    # What the log vouches for is the signed note, not the root column beside it: someone who can
+    # write the database could set that column to the root of altered leaves, and the export would
+    # then sign a second, forked checkpoint at the same size (AUDIT.md §11.8).
+    latest = _as_signed(latest, signer, origin)
+    at_end = None if at_end is None else _as_signed(at_end, signer, origin)
     # From the stored subtree roots, checked against the latest checkpoint (audit.proofs): a
     # delta export starts without reading the log before it.
     prefix = await checked_prefix(engine, start, latest)

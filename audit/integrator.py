@@ -32,10 +32,10 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from audit.checkpoint import Checkpoint, CheckpointSigner
+from audit.checkpoint import Checkpoint, CheckpointError, CheckpointSigner, verify_checkpoint
 from audit.entry import AuditEvent, EntryKind, encode_entry
 from audit.hot_sql import HotStatement
-from audit.merkle import CompactRange, Subtree, leaf_hash
+from audit.merkle import EMPTY_ROOT, CompactRange, Subtree, leaf_hash
 from audit.store import AuditStore, AuditStoreError, Head, InboxRow, LogRow
 
 log = logging.getLogger("fairunlock.audit.integrator")
@@ -121,6 +121,7 @@ async def integrate_in(
         await store.ensure_head()
         head = await store.head(for_update=True)
         assert head is not None
+    await _check_head_was_signed(store, head, signer, origin)
     compact = head.compact.copy()
     rows: list[LogRow] = []
     subtrees: list[Subtree] = []
@@ -141,6 +142,39 @@ async def integrate_in(
         rows, [item.id for item in queued], Head(compact.size, root, compact), note, subtrees
     )
     return {row.inbox_id: row.seq for row in rows}
+
+
+async def _check_head_was_signed(
+    store: AuditStore, head: Head, signer: CheckpointSigner, origin: str
+) -> None:
+    """Refuse to extend a head that this log never signed: the key must not sign a tree that
+    forks from a published checkpoint because someone rewrote the head in the database (AUDIT.md
+    §11). The head this process signed last passes at once; any other is compared with the
+    signed note stored at its size (its signature verified, its root the one that counts, not
+    the stored root column). A head rolled back together with its checkpoints is not caught
+    here: that needs a checkpoint kept outside the database, which is what auditors hold."""
+    if signer.last_signed == (head.size, head.root):
+        return
+    if head.size == 0:
+        latest = await store.latest_checkpoint()
+        if head.root == EMPTY_ROOT and (latest is None or latest.size == 0):
+            return
+        raise AuditStoreError("the audit log's head is empty but checkpoints of a larger log exist")
+    stored = await store.checkpoint_at(head.size)
+    if stored is None:
+        raise AuditStoreError(f"no signed checkpoint at the audit log head's size {head.size}")
+    try:
+        signed = verify_checkpoint(stored.note, signer.public_key, origin)
+    except CheckpointError as exc:
+        raise AuditStoreError(
+            f"the checkpoint at size {head.size} does not verify: {exc}"
+        ) from None
+    if signed.size != head.size or signed.root != head.root:
+        raise AuditStoreError(
+            f"the audit log head at size {head.size} is not the tree its checkpoint signed: "
+            "refusing to sign a fork"
+        )
+    signer.last_signed = (head.size, head.root)
 
 
 @functools.lru_cache(maxsize=8)

@@ -194,3 +194,40 @@ def test_export_uses_bounded_slices(
     with_engine(sqlite_url, body)
     assert seen == [(low, min(50, low + 8)) for low in range(0, 50, 8)]
     verify_bundle(tmp_path / "b", _SIGNER.public_key)
+
+
+@pytest.mark.parametrize("end", [12, 8])
+def test_export_trusts_the_signed_note_not_the_root_column_beside_it(
+    db_url: str, tmp_path: Path, end: int
+) -> None:
+    """An altered leaf with the checkpoint's root column set to match it: the export compares
+    with the root the note signs, so it refuses instead of signing a second checkpoint of the
+    same size, a fork (found by a review: the column alone was trusted)."""
+    from audit.merkle import root_from_leaf_hashes
+    from audit.store import audit_checkpoints
+
+    async def body(engine: AsyncEngine) -> None:
+        await seed(engine, 12, batch_size=4)
+        async with engine.begin() as conn:
+            store = AuditStore(conn)
+            [leaf] = await store.leaves(5, 6)
+            forged = leaf.replace(b'"n":5', b'"n":9')
+            await conn.execute(
+                update(audit_log)
+                .where(audit_log.c.seq == 5)
+                .values(leaf=forged, leaf_hash=leaf_hash(forged))
+            )
+            for size in (8, 12):
+                hashes = await store.leaf_hashes(0, size)
+                await conn.execute(
+                    update(audit_checkpoints)
+                    .where(audit_checkpoints.c.size == size)
+                    .values(root=root_from_leaf_hashes(hashes))
+                )
+        with pytest.raises(AuditStoreError, match="not what its note signs"):
+            await export_bundle(
+                engine, tmp_path / "bundle", signer=_SIGNER, origin=ORIGIN, actor="a", end=end
+            )
+
+    with_engine(db_url, body)
+    assert not (tmp_path / "bundle" / MANIFEST_SIGNATURE_FILE).exists()

@@ -7,11 +7,13 @@ import string
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from audit.checkpoint import CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry, event_to_payload
 from audit.integrator import (
     ADVISORY_LOCK_KEY,
@@ -27,11 +29,20 @@ from audit.store import (
     AuditStoreError,
     InboxRow,
     append_event_now,
+    audit_head,
     audit_inbox,
     audit_metadata,
 )
 from service.db import create_engine
 from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with_engine
+
+# One key for the fork tests' two "processes" (two signer objects, as two workers would hold).
+SIGNING_KEY = Ed25519PrivateKey.generate()
+
+
+def make_signer_for(engine: AsyncEngine) -> CheckpointSigner:
+    return CheckpointSigner(ORIGIN, SIGNING_KEY)
+
 
 __all__ = ["db_url"]  # the parametrised fixture, re-used
 
@@ -274,5 +285,52 @@ def test_background_loop_stops_on_a_broken_invariant(sqlite_url: str) -> None:
             await asyncio.wait_for(
                 run(engine, signer, ORIGIN, asyncio.Event(), interval=0.01), timeout=5
             )
+
+    with_engine(sqlite_url, body)
+
+
+def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str) -> None:
+    """AUDIT.md §11: someone who can write the database but holds no key rewrites the head to
+    another history's root and compact range. The integrator (a fresh process: it remembers no
+    head of its own) compares the head with the signed note at its size and refuses, so the key
+    never signs a tree that forks from a published checkpoint."""
+    from audit.merkle import CompactRange
+
+    async def body(engine: AsyncEngine) -> None:
+        for n in range(5):
+            await append_event_now(engine, make_event(n))
+        await integrate_once(engine, make_signer_for(engine), ORIGIN)
+        other = CompactRange.empty()
+        other.extend(bytes([n]) * 32 for n in range(5))
+        async with engine.begin() as conn:
+            await conn.execute(
+                audit_head.update().values(root=other.root(), compact_range=other.to_lines())
+            )
+        await append_event_now(engine, make_event(99))
+        fresh = CheckpointSigner(ORIGIN, SIGNING_KEY)  # another process, same key
+        with pytest.raises(AuditStoreError, match="refusing to sign a fork"):
+            await integrate_once(engine, fresh, ORIGIN)
+        async with engine.connect() as conn:
+            store = AuditStore(conn)
+            assert await store.size() == 5
+            latest = await store.latest_checkpoint()
+            assert latest is not None
+            assert latest.size == 5  # nothing new was signed
+
+    with_engine(db_url, body)
+
+
+def test_the_head_of_another_process_is_checked_once_then_remembered(sqlite_url: str) -> None:
+    async def body(engine: AsyncEngine) -> None:
+        await append_event_now(engine, make_event(0))
+        await integrate_once(engine, make_signer_for(engine), ORIGIN)
+        fresh = CheckpointSigner(ORIGIN, SIGNING_KEY)
+        assert fresh.last_signed is None
+        await append_event_now(engine, make_event(1))
+        await integrate_once(engine, fresh, ORIGIN)  # verified the stored note at size 1
+        async with engine.connect() as conn:
+            latest = await AuditStore(conn).latest_checkpoint()
+        assert latest is not None
+        assert fresh.last_signed == (2, latest.root)
 
     with_engine(sqlite_url, body)

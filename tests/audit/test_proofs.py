@@ -39,12 +39,17 @@ __all__ = ["db_url"]  # the fixture, imported for the tests here
 SIZE = 600  # past two stored subtrees of 256 leaves
 
 
+# The log's key: one per test module, as one per deployment (an export signs with the key that
+# signed the checkpoints it checks against).
+SIGNER = make_signer()
+
+
 async def _seed(engine: AsyncEngine) -> tuple[list[bytes], StoredCheckpoint]:
     async with engine.begin() as conn:
         for n in range(SIZE):
             await append_event(conn, make_event(n))
     # Batches of 97: checkpoints at 97, 194, ... and 600; 256 and 512 cross batches.
-    await integrate_all(engine, make_signer(), ORIGIN, batch_size=97)
+    await integrate_all(engine, SIGNER, ORIGIN, batch_size=97)
     async with engine.connect() as conn:
         store = AuditStore(conn)
         hashes = await store.leaf_hashes(0, SIZE)
@@ -137,7 +142,7 @@ def test_a_log_that_disagrees_with_its_checkpoint_gets_no_proof(db_url: str) -> 
 def test_a_delta_export_from_a_wrong_stored_root_is_rebuilt_and_verifies(
     db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    signer = make_signer()
+    signer = SIGNER
 
     async def body(engine: AsyncEngine) -> None:
         hashes, latest = await _seed(engine)
