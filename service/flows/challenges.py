@@ -232,6 +232,7 @@ async def start(
     expires_at = now + timedelta(minutes=limits.challenge_ttl_minutes)
     sms_to_send: tuple[str, str, str] | None = None
     lookup = 0.0
+    authorization = await _authorize_first(ctx, request_id, method, provider, now)
     async with ctx.engine.begin() as conn:
         loaded = await _load(conn, ctx, request_id, now)
         offered = _offered(loaded.decision, method, provider)
@@ -276,8 +277,9 @@ async def start(
                 target=offered.target,
                 attempts_left=max(0, limits.challenge_attempts - used),
             )
-        elif method is Method.LINKED_IDENTITY:
-            out, secret_sealed = await _start_oidc(ctx, offered, out)
+        elif authorization is not None:  # a linked identity, authorized before the transaction
+            out = msgspec.structs.replace(out, authorization_url=authorization[0])
+            secret_sealed = authorization[1]
         elif method is Method.FACE:
             await _require_face_consent(conn, ctx, subject)
             out, secret_sealed = _start_face(ctx, provider, out)
@@ -358,9 +360,23 @@ async def _check_sms_sends(
             )
 
 
-async def _start_oidc(
-    ctx: ServiceContext, offered: dto.OfferedMethodOut, out: dto.ChallengeOut
-) -> tuple[dto.ChallengeOut, str]:
+async def _authorize_first(
+    ctx: ServiceContext, request_id: str, method: Method, provider: str | None, now: datetime
+) -> tuple[str, str] | None:
+    """For a linked identity, ``_authorize_oidc`` before ``start``'s transaction: the provider's
+    discovery may be a network round trip, and a slow or unreachable provider must never hold the
+    database's write lock (SQLite has one for the whole service). ``start`` reads the offer again
+    in its transaction and checks it there."""
+    if method is not Method.LINKED_IDENTITY:
+        return None
+    async with ctx.engine.connect() as conn:
+        loaded = await _load(conn, ctx, request_id, now)
+    return await _authorize_oidc(ctx, _offered(loaded.decision, method, provider))
+
+
+async def _authorize_oidc(ctx: ServiceContext, offered: dto.OfferedMethodOut) -> tuple[str, str]:
+    """The authorization URL for the offered provider, and the challenge's sealed state, nonce
+    and PKCE verifier. Call it outside any transaction: it may fetch the provider's discovery."""
     provider = ctx.oidc_providers.get(offered.provider or "")
     if provider is None:
         raise MethodNotOffered(
@@ -371,7 +387,7 @@ async def _start_oidc(
         json.dumps({"state": auth.state, "nonce": auth.nonce, "code_verifier": auth.code_verifier}),
         b"challenge.oidc",
     )
-    return msgspec.structs.replace(out, authorization_url=auth.url), sealed
+    return auth.url, sealed
 
 
 def _start_face(

@@ -123,6 +123,49 @@ def test_an_unreachable_identity_provider_is_not_the_persons_failure(api: Api) -
     assert api.count("verification_attempts") == 0
 
 
+def test_a_slow_identity_provider_holds_no_database_lock(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting a linked-identity challenge may wait on the provider's discovery; meanwhile other
+    writes go on (on SQLite the write lock is the whole service's: found held by a review)."""
+    import asyncio
+
+    import msgspec
+
+    from policy.model import Method
+    from service import dto
+    from service.flows import challenges, unlock
+    from tests.service.conftest import PERSONA_REQUEST
+
+    _bind(api, "acct-slow")
+    decision = api.create_unlock_request("acct-slow")
+    ctx = api.ctx
+    original = ctx.oidc.start
+
+    async def scenario() -> dict[str, Any]:
+        gate = asyncio.Event()
+
+        async def slow(provider: Any) -> Any:
+            await gate.wait()
+            return await original(provider)
+
+        monkeypatch.setattr(ctx.oidc, "start", slow)
+        starting = asyncio.create_task(
+            challenges.start(ctx, "test", decision["id"], Method.LINKED_IDENTITY, None)
+        )
+        await asyncio.sleep(0.05)  # the start now waits on the provider
+        assert not starting.done()
+        other = msgspec.convert(PERSONA_REQUEST | {"account_id": "acct-other"}, dto.UnlockRequestIn)
+        made = await asyncio.wait_for(unlock.create(ctx, "test", other), timeout=5)
+        gate.set()
+        started = await starting
+        return {"decision": made.decision.id, "challenge": started.id}
+
+    done = api.run(scenario)
+    assert done["decision"]
+    assert done["challenge"]
+
+
 def test_identity_that_is_not_real_name_verified_is_not_offered(sqlite_api: Api) -> None:
     _bind(sqlite_api, "acct-u", real_name=False)
     decision = sqlite_api.create_unlock_request("acct-u")
