@@ -9,6 +9,8 @@ is at least once; every event carries its id so the receiver keeps exactly one (
 - ``account_unlocked``: a webhook POST to the account system, signed with HMAC-SHA256 over
   ``<timestamp>.<body>`` (header ``X-FairUnlock-Signature: sha256=<hex>``), 2xx = acknowledged.
 - ``notify_person``: a text message to the phone on file (NIST-63B4-4.6), with no secret in it.
+- ``notify_code_reused``: the same, when a TOTP code was used again (ASVS4-2.8.5).
+- ``notify_review``: the same, when a reviewer decided or asks for more.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ NOTICES: dict[str, dict[str, str]] = {
         "en": "FairUnlock: your account was unlocked just now. "
         "If this was not you, contact support at once.",
         "zh-CN": "FairUnlock：您的账号刚刚已解封。如非本人操作，请立即联系客服。",  # noqa: RUF001
+    },
+    # ASVS4-2.8.5: an authenticator code used a second time is refused, and its holder told.
+    "notify_code_reused": {
+        "en": "FairUnlock: an authenticator code that was already used was just entered to "
+        "unlock your account. If this was not you, contact support at once.",
+        "zh-CN": "FairUnlock：刚刚有人使用已用过的验证器动态码尝试解封您的账号。"  # noqa: RUF001
+        "如非本人操作，请立即联系客服。",  # noqa: RUF001
     },
     "notify_review": {
         "en": "FairUnlock: a reviewer has looked at your unlock request. Open the app to see it.",

@@ -903,8 +903,12 @@ async def _prove_planned(
             outcomes.append(_Accepted(accepted.row, accepted.row.audit_index, loaded.stored))
             continue
         failures = reads.failures.of_method(ch.subject, ch.method, now - METHOD_FAILURES_WINDOW)
-        if len(failures) + 1 >= limits.method_failures_per_day:
-            break  # this failure opens a review case (_fail_in): _prove_in's to handle
+        if len(failures) + 1 >= limits.method_failures_per_day or _reuse_notices(
+            loaded, ch, checked, now
+        ):
+            # This failure opens a review case, or tells a reused code's holder (once an hour):
+            # _fail_in does either, so _prove_in's to handle.
+            break
         attempts = ch.attempts + 1  # the challenge is this proof's alone in the batch
         plan.reserved.append((ch.id, limits.challenge_attempts))
         if attempts >= limits.challenge_attempts:
@@ -1156,6 +1160,9 @@ async def _fail_in(
         attempts_left = await repo.close_if_exhausted(ch.id, limits.challenge_attempts, now)
     # An expired challenge's attempt was never reserved: _settle writes its row.
     await _settle(repo, loaded, ch, attempt_id, checked.reason, now)
+    notices = _reuse_notices(loaded, ch, checked, now)
+    if notices and not await repo.enqueued_since(*notices[0][:2], now - REUSE_NOTICE_EVERY):
+        await repo.enqueue_at(notices)
     review_reason = checked.review_reason
     if review_reason is None:
         failures = await repo.method_failures_since(
@@ -1195,6 +1202,33 @@ async def _fail_in(
         now,
     )
     return _rejection(loaded, checked, attempts_left)
+
+
+# At most one text an hour about reused codes: a replay sent by fifty clients at once is one
+# event for the person, not fifty messages.
+REUSE_NOTICE_EVERY = timedelta(hours=1)
+
+
+def _reuse_notices(
+    loaded: Loaded, ch: ChallengeRow, checked: Checked, now: datetime
+) -> list[tuple[str, str, dict[str, object], datetime]]:
+    """The outbox event that tells the holder a TOTP code was used again (ASVS4-2.8.5): a right
+    code seen twice means someone else may hold it. None for any other failure, and none for an
+    account without a channel (unknown, or erased)."""
+    sealed = loaded.request.account_id_sealed
+    if (
+        checked.reason != "code_reused"
+        or ch.method != Method.TOTP.value
+        or not loaded.request.known_account
+        or sealed is None
+    ):
+        return []
+    payload: dict[str, object] = {
+        "unlock_request_id": ch.unlock_request_id,
+        "account_id_sealed": sealed,
+        "locale": loaded.decision.locale,
+    }
+    return [("notify_code_reused", ch.subject, payload, now)]
 
 
 def _failure_entry(ch: ChallengeRow, checked: Checked, attempts_left: int) -> dict[str, JSONValue]:

@@ -648,6 +648,19 @@ class ChallengeRepository:
         update = RequestUpdate(unlock_request_id, status, factors, review_reason, now)
         await _UPDATE_REQUEST.run(self._conn, _update_params(update))
 
+    async def enqueued_since(self, kind: str, subject: str, since: datetime) -> bool:
+        """Whether an outbox event of ``kind`` for the account was written since ``since``."""
+        found = await self._conn.execute(
+            select(outbox_events.c.id)
+            .where(
+                outbox_events.c.subject == subject,
+                outbox_events.c.kind == kind,
+                outbox_events.c.created_at >= since,
+            )
+            .limit(1)
+        )
+        return found.first() is not None
+
     async def enqueue(
         self, kind: str, subject: str, payload: dict[str, object], now: datetime
     ) -> str:

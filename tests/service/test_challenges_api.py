@@ -138,6 +138,37 @@ def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> 
     assert replay.json()["reason"] == "code_reused"
 
 
+def test_a_replayed_totp_code_is_refused_and_its_holder_told(api: Api) -> None:
+    """ASVS4-2.8.5: a TOTP code used again is logged and refused, and the holder of the device
+    is told (a text to the phone on file, with no code and no reason in it)."""
+    from service.outbox import NOTICES
+
+    _phone(api, "acct-told")
+    secret = _enrol_totp(api, "acct-told", at=previous_step())
+    decision = _request(api, "acct-told")
+    first = _start(api, decision["id"], "totp").json()
+    code = code_at(secret, datetime.now(UTC), PARAMS)
+    assert _verify(api, decision["id"], first["id"], code=code).status_code == 200
+    sent_before = len(api.adapters.sms.sent)
+    again = _request(api, "acct-told")
+    second = _start(api, again["id"], "totp").json()
+    replay = _verify(api, again["id"], second["id"], code=code)
+    assert replay.status_code == 422
+    assert replay.json()["reason"] == "code_reused"
+    text = NOTICES["notify_code_reused"]["zh-CN"]  # PERSONA_REQUEST's locale
+    api.deliver_outbox(until=lambda: any(m.message == text for m in api.adapters.sms.sent))
+    told = [m for m in api.adapters.sms.sent[sent_before:] if m.message == text]
+    assert len(told) == 1
+    assert told[0].to == "+8613800005678"
+    assert code not in told[0].message
+    # A wrong code is no reason to tell anyone, and a replay within the hour is told already.
+    third = _start(api, again["id"], "totp").json()
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    assert _verify(api, again["id"], third["id"], code=wrong).status_code == 422
+    assert _verify(api, again["id"], third["id"], code=code).json()["reason"] == "code_reused"
+    assert api.count("outbox_events WHERE kind = 'notify_code_reused'") == 1
+
+
 def test_a_proof_on_a_challenge_with_no_attempt_left_is_refused_before_it_is_judged(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
