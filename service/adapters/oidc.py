@@ -55,6 +55,7 @@ OidcErrorCode = Literal[
     "wrong_audience",
     "bad_signature",
     "auth_too_old",
+    "auth_time_missing",
     "token_invalid",
     "exchange_failed",
     "provider_unavailable",
@@ -213,6 +214,7 @@ class IdTokenExpectations:
     now: datetime
     max_auth_age: timedelta = DEFAULT_MAX_AUTH_AGE
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW
+    require_auth_time: bool = True
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> datetime:
@@ -275,6 +277,10 @@ def verify_id_token(id_token: str, keys: KeySet, expect: IdTokenExpectations) ->
     ):
         raise OidcError("nonce_mismatch", "ID token nonce is not the challenge's")
 
+    if "auth_time" not in claims and expect.require_auth_time:
+        # Asked with max_age, a provider must say when the person logged in (OIDC Core
+        # 3.1.2.1); without it a days-old session would pass for a fresh login.
+        raise OidcError("auth_time_missing", "ID token has no auth_time although max_age was sent")
     auth_time = _numeric_date(claims, "auth_time") if "auth_time" in claims else None
     if auth_time is not None:
         if auth_time > expect.now + expect.clock_skew:
@@ -411,6 +417,7 @@ class HttpOidcClient:
                     now=now,
                     max_auth_age=self.max_auth_age,
                     clock_skew=self.clock_skew,
+                    require_auth_time=provider.require_auth_time,
                 ),
             )
         except OidcError as exc:
@@ -706,8 +713,8 @@ class FakeOidcClient:
             "exp": int((issued + self.token_lifetime).timestamp()),
             "nonce": grant.start.nonce,
         }
-        if grant.auth_time is not None:
-            claims["auth_time"] = int(grant.auth_time.timestamp())
+        # A conforming provider's auth_time: the login, now unless the test says otherwise.
+        claims["auth_time"] = int((grant.auth_time or issued).timestamp())
         for name, value in grant.claims.items():
             if value is None:  # an override of None removes the claim
                 claims.pop(name, None)
@@ -729,5 +736,6 @@ class FakeOidcClient:
                 now=now,
                 max_auth_age=self.max_auth_age,
                 clock_skew=self.clock_skew,
+                require_auth_time=provider.require_auth_time,
             ),
         )

@@ -58,13 +58,16 @@ def new_es256_key() -> ECKey:
     return ECKey.generate_key("P-256", parameters={"kid": secrets.token_hex(8), "use": "sig"})
 
 
-def provider_config(name: str, issuer: str, *, client_id: str = CLIENT_ID) -> OidcProvider:
+def provider_config(
+    name: str, issuer: str, *, client_id: str = CLIENT_ID, require_auth_time: bool = True
+) -> OidcProvider:
     return OidcProvider(
         name=name,
         issuer=issuer,
         client_id=client_id,
         client_secret=CLIENT_SECRET,
         redirect_uri=REDIRECT_URI,
+        require_auth_time=require_auth_time,
     )
 
 
@@ -208,8 +211,7 @@ class ScriptedProvider:
             "exp": int((now + timedelta(hours=1)).timestamp()),
             "nonce": issued.nonce,
         }
-        if tenant.auth_time is not None:
-            claims["auth_time"] = int(tenant.auth_time.timestamp())
+        claims["auth_time"] = int((tenant.auth_time or now).timestamp())
         for name, value in tenant.claims.items():
             if value is None:
                 claims.pop(name, None)
@@ -408,7 +410,9 @@ class RealDriver:
 
     def provider(self, scenario: Scenario) -> OidcProvider:
         if scenario.plain:
-            return provider_config("mock", self._mock.issuer)
+            # oidc-provider-mock puts no auth_time in its ID tokens, max_age or not: configured
+            # as such a provider must be (require_auth_time false).
+            return provider_config("mock", self._mock.issuer, require_auth_time=False)
         return self._scripted.add_tenant(
             Tenant(
                 subject=scenario.subject,

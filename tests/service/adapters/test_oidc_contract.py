@@ -242,6 +242,15 @@ async def test_an_old_authentication_is_refused(driver: OidcDriver) -> None:
     assert await refusal(driver, login) == "auth_too_old"
 
 
+async def test_a_token_without_auth_time_is_refused_when_max_age_was_asked(
+    driver: OidcDriver,
+) -> None:
+    # OIDC Core 3.1.2.1: the request carried max_age, so the token must say when the person
+    # logged in; without it a days-old session at the provider would pass for a fresh login.
+    login = await log_in(driver, Scenario(claims={"auth_time": None}))
+    assert await refusal(driver, login) == "auth_time_missing"
+
+
 async def test_an_authentication_in_the_future_is_refused(driver: OidcDriver) -> None:
     login = await log_in(driver, Scenario(auth_time=datetime.now(UTC) + timedelta(minutes=10)))
     assert await refusal(driver, login) == "token_invalid"
@@ -368,6 +377,7 @@ def test_a_token_labelled_eddsa_verifies_without_a_warning() -> None:
         "iat": int(now.timestamp()),
         "exp": int(now.timestamp()) + 600,
         "nonce": "n-1",
+        "auth_time": int(now.timestamp()),
     }
     with pytest.warns(SecurityWarning):
         token = jwt.encode({"alg": "EdDSA", "kid": "k1"}, claims, key, ["EdDSA"])
