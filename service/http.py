@@ -68,6 +68,9 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
 _AT_PATH = re.compile(r"`\$\.(.+)`$")
 
 
+_UNTYPED: Final = msgspec.json.Decoder().decode
+
+
 @functools.cache
 def _strict_decoder(annotation: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(annotation, strict=True)
@@ -84,7 +87,7 @@ class StrictJsonRequest(Request[Any, Any, Any]):
     Litestar's conversion then meets: an instance of the declared type, passed through as it is.
     A value of the wrong type is the same ValidationException Litestar raises for a missing
     field (key, message, source), so the error map answers it alike; JSON that does not parse
-    takes Litestar's own way."""
+    (or nests too deep) takes Litestar's own way, also when a wrong value comes before the fault."""
 
     async def json(self) -> Any:
         data = self.route_handler.parsed_data_field
@@ -97,6 +100,12 @@ class StrictJsonRequest(Request[Any, Any, Any]):
         try:
             value = _strict_decoder(data.annotation).decode(body or b"null")
         except msgspec.ValidationError as exc:
+            # The typed decoder stops at the first value it cannot take, which may come before a
+            # syntax error further on: a body that is not JSON at all is said to be that first.
+            try:
+                _UNTYPED(body or b"null")
+            except (msgspec.DecodeError, RecursionError):
+                return await super().json()  # Litestar's error for JSON that does not parse
             raise self._invalid(str(exc)) from None
         except msgspec.DecodeError:
             return await super().json()  # not JSON: Litestar's error, as for any route

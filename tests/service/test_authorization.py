@@ -4,6 +4,7 @@ through the guard for each role it does (ASVS4-4.1.1, 4.1.3; STYLE.md habit 11).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,8 +30,8 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", value, path)
 
 
-def _guarded_routes(app: Litestar) -> list[tuple[str, str, frozenset[Role]]]:
-    out = []
+def _named_roles(app: Litestar) -> Iterator[tuple[str, str, frozenset[Role]]]:
+    """(method, path template, the roles its guards name) of every guarded route."""
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -40,9 +41,15 @@ def _guarded_routes(app: Litestar) -> list[tuple[str, str, frozenset[Role]]]:
             roles: set[Role] = set()
             for guard in handler.resolve_guards():
                 roles |= set(getattr(guard, "roles", ()))
-            assert roles, f"{route.path} has a guard that names no role"
             for method in handler.http_methods:
-                out.append((method, _concrete(route.path), frozenset(roles)))
+                yield method, route.path, frozenset(roles)
+
+
+def _guarded_routes(app: Litestar) -> list[tuple[str, str, frozenset[Role]]]:
+    out = []
+    for method, path, roles in _named_roles(app):
+        assert roles, f"{path} has a guard that names no role"
+        out.append((method, _concrete(path), roles))
     return sorted(out, key=lambda r: (r[1], r[0]))
 
 
@@ -80,18 +87,7 @@ DESIGN_ROLES = {
 def test_every_guarded_route_names_the_roles_of_the_design(sqlite_api: Api) -> None:
     from tests.service.test_review_authorization import EXPECTED as REVIEW_ROLES
 
-    named: dict[tuple[str, str], frozenset[Role]] = {}
-    for route in sqlite_api.app.routes:
-        if not isinstance(route, HTTPRoute):
-            continue
-        for handler in route.route_handlers:
-            if handler.http_methods == {"OPTIONS"} or handler.opt.get("public"):
-                continue
-            roles: set[Role] = set()
-            for guard in handler.resolve_guards():
-                roles |= set(getattr(guard, "roles", ()))
-            for method in handler.http_methods:
-                named[(method, route.path)] = frozenset(roles)
+    named = {(method, path): roles for method, path, roles in _named_roles(sqlite_api.app)}
     assert named == DESIGN_ROLES | REVIEW_ROLES
 
 
