@@ -252,7 +252,7 @@ async def start(
         delivery_id: str | None = None
         existing_sms: ChallengeRow | None = None
         if method is Method.SMS:
-            existing_sms = await repo.open_for(request_id, Method.SMS.value, now)
+            existing_sms = await _open_sms_challenge(repo, request_id, now)
             if existing_sms is not None:
                 # A resend: same challenge, new code, and the failures so far still count.
                 challenge_id = existing_sms.id
@@ -315,6 +315,16 @@ async def start(
     if method is Method.SMS:
         await _deliver(ctx, sms_to_send, lookup)
     return out
+
+
+async def _open_sms_challenge(
+    repo: ChallengeRepository, request_id: str, now: datetime
+) -> ChallengeRow | None:
+    """The request's open SMS challenge, if any, read under a lock on the request's SMS start:
+    one SMS challenge per request, resent rather than doubled. Concurrent starts wait here until
+    the first commits (PostgreSQL; SQLite's writer lock serialises them), then see its challenge."""
+    await repo.serialise("sms_challenge", request_id)
+    return await repo.open_for(request_id, Method.SMS.value, now)
 
 
 async def _deliver(ctx: ServiceContext, sms: tuple[str, str, str] | None, lookup: float) -> None:

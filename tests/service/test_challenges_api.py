@@ -138,6 +138,27 @@ def test_totp_code_is_accepted_once_and_a_replay_is_refused(sqlite_api: Api) -> 
     assert replay.json()["reason"] == "code_reused"
 
 
+def test_concurrent_sms_starts_on_one_request_make_one_challenge(api: Api) -> None:
+    """Two starts of SMS on one request at the same moment: one challenge, the second a resend
+    of it (its attempts shared), never two challenges with attempts of their own each."""
+    import asyncio
+
+    _phone(api, "acct-two-starts")
+    decision = _request(api, "acct-two-starts")
+
+    async def both() -> list[dto.ChallengeOut]:
+        start = challenges.start
+        return list(
+            await asyncio.gather(
+                *(start(api.ctx, "test", decision["id"], Method.SMS, None) for _ in range(2))
+            )
+        )
+
+    started = api.run(both)
+    assert started[0].id == started[1].id
+    assert api.count(f"challenges WHERE unlock_request_id = '{decision['id']}'") == 1
+
+
 def test_a_replayed_totp_code_is_refused_and_its_holder_told(api: Api) -> None:
     """ASVS4-2.8.5: a TOTP code used again is logged and refused, and the holder of the device
     is told (a text to the phone on file, with no code and no reason in it)."""
