@@ -1223,7 +1223,7 @@ def _reuse_notices(
     loaded: Loaded, ch: ChallengeRow, checked: Checked, now: datetime
 ) -> list[tuple[str, str, dict[str, object], datetime]]:
     """The outbox event that tells the holder a TOTP code was used again (ASVS4-2.8.5): a right
-    code seen twice means someone else may hold it. None for any other failure, and none for an
+    code seen twice means someone else may hold it. Empty for any other failure, and for an
     account without a channel (unknown, or erased)."""
     sealed = loaded.request.account_id_sealed
     if (
