@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from tests.enumeration import assert_same_time, mann_whitney_p, shape
 from tests.evidence.conftest import ServedService
 from tests.evidence.security_support import (
     SecurityStack,
@@ -30,7 +31,6 @@ from tests.evidence.security_support import (
     start,
     verify_path,
 )
-from tests.timing import assert_same_time, mann_whitney_p
 
 IDS = 20
 ROUNDS = int(os.environ.get("FAIRUNLOCK_EVIDENCE_ENUM_ROUNDS", "10"))
@@ -45,18 +45,6 @@ def _known_accounts(service: ServedService, prefix: str, count: int) -> list[str
             set_phone(client, account, f"+86137{i:08d}")
             enrol_totp(client, account)
     return accounts
-
-
-def shape(value: Any) -> Any:
-    """Keys at every depth and the JSON type of every value; a list is the set of its items'
-    shapes (how many methods an account has is not a shape)."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, shape(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("list", frozenset(shape(v) for v in value))
-    if value is None:
-        return "null"
-    return type(value).__name__
 
 
 def _flat_keys(value: Any, prefix: str = "") -> set[str]:

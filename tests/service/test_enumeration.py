@@ -1,6 +1,6 @@
 """Anti-enumeration (OWASP-FP-1/2), in-process: known and unknown accounts get the same status
 and shape, and the time to answer differs by no more than noise (a Mann-Whitney U test over a
-few hundred interleaved requests of each kind, tests/timing.py), on SQLite and PostgreSQL.
+few hundred interleaved requests of each kind, tests/enumeration.py), on SQLite and PostgreSQL.
 tests/evidence/test_enumeration_served.py does the same against a served process."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 import time
 
+from tests.enumeration import assert_same_time
 from tests.service.conftest import PERSONA_REQUEST, Api
-from tests.timing import assert_same_time
 
 IDS = 40
 ROUNDS = 5  # requests per id: 200 of each kind

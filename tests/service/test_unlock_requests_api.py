@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from service.methods import totp
 from service.persistence.api_keys import Role
 from tests.service.conftest import PERSONA_REQUEST, Api
 
@@ -188,6 +189,44 @@ def test_unknown_account_gets_the_same_status_and_shape(api: Api) -> None:
     assert re.fullmatch(r"\+86 13\d\*{4}\d{4}", sms[0]["target"])
     # Stable: the same unknown id always looks the same.
     assert _post(api, unknown_body)["offer"] == unknown["offer"]
+
+
+def test_an_unknown_id_answers_in_the_shape_of_an_account_enrolled_like_its_profile(
+    api: Api,
+) -> None:
+    """OWASP-FP-1/2, every key at every depth: an unknown id gets a phantom profile (a phone and
+    an authenticator, or a phone and recovery codes); a known account enrolled the same way
+    answers in exactly the same shape, unlock request and read alike."""
+    from tests.enumeration import shape
+
+    h = api.headers()
+    known = {"totp": "acct-shape-totp", "recovery_code": "acct-shape-codes"}
+    for i, (method, account) in enumerate(known.items()):
+        phone = {"phone": f"+86137{i:08d}"}
+        assert api.client.put(f"/v1/accounts/{account}/phone", json=phone, headers=h).is_success
+        if method == "totp":
+            secret = api.client.post(f"/v1/accounts/{account}/totp", headers=h).json()["secret"]
+            code = totp.code_at(secret, datetime.now(UTC), totp.TotpParameters())
+            confirm = {"code": code}
+            assert api.client.post(
+                f"/v1/accounts/{account}/totp/confirm", json=confirm, headers=h
+            ).is_success
+        else:
+            assert api.client.post(f"/v1/accounts/{account}/recovery-codes", headers=h).is_success
+    compared = set()
+    for n in range(40):
+        unknown = _post(api, PERSONA_REQUEST | {"account_id": f"acct-shape-unknown-{n}"})
+        methods = {m["method"] for m in unknown["offer"]["methods"]}
+        profile = "totp" if "totp" in methods else "recovery_code"
+        mine = _post(api, PERSONA_REQUEST | {"account_id": known[profile]})
+        assert shape(unknown) == shape(mine), (profile, unknown, mine)
+        read = {
+            d["id"]: api.client.get(f"/v1/unlock-requests/{d['id']}", headers=h).json()
+            for d in (unknown, mine)
+        }
+        assert shape(read[unknown["id"]]) == shape(read[mine["id"]])
+        compared.add(profile)
+    assert compared == {"totp", "recovery_code"}  # both phantom profiles were met
 
 
 def test_decisions_are_listed_for_the_person_with_explanations(api: Api) -> None:

@@ -1,10 +1,25 @@
-"""Timing comparisons for the anti-enumeration tests (OWASP-FP-1/2): whether two samples of
-response times, of known accounts and of unknown ids, differ by more than noise."""
+"""What could tell a known account from an unknown id (OWASP-FP-1/2), for the anti-enumeration
+tests of both suites: an answer's shape, and whether two samples of response times differ by
+more than noise."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
+
+
+def shape(value: Any) -> Any:
+    """Keys at every depth and the JSON type of every value; a list is the set of its items'
+    shapes (how many methods an account has is not a shape)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, shape(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", frozenset(shape(v) for v in value))
+    if value is None:
+        return "null"
+    return type(value).__name__
+
 
 # A difference that is both statistically significant and larger than this share of the median
 # would let an attacker tell the kinds apart with a few hundred requests. Measured here: 0.2-2.6 %
