@@ -26,7 +26,7 @@ from typing import cast
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.bundle import write_bundle
-from audit.checkpoint import Checkpoint, CheckpointError, CheckpointSigner, verify_checkpoint
+from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind
 from audit.merkle import CompactRange
 from audit.proofs import checked_prefix
@@ -160,11 +160,7 @@ class _GuardedSigner:
 def _as_signed(stored: StoredCheckpoint, signer: CheckpointSigner, origin: str) -> StoredCheckpoint:
     """The stored checkpoint with its note's signature verified and its root taken from the note;
     refused when the stored size or root disagrees with what the note signs."""
-    try:
-        signed = verify_checkpoint(stored.note, signer.public_key, origin)
-    except CheckpointError as exc:
-        message = f"the stored checkpoint of size {stored.size} does not verify: {exc}"
-        raise AuditStoreError(message) from None
+    signed = stored.signed(signer.public_key, origin)
     if (signed.size, signed.root) != (stored.size, stored.root):
         raise AuditStoreError(
             f"the stored checkpoint of size {stored.size} is not what its note signs: the root "

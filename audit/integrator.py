@@ -32,7 +32,7 @@ import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from audit.checkpoint import Checkpoint, CheckpointError, CheckpointSigner, verify_checkpoint
+from audit.checkpoint import Checkpoint, CheckpointSigner
 from audit.entry import AuditEvent, EntryKind, encode_entry
 from audit.hot_sql import HotStatement
 from audit.merkle import EMPTY_ROOT, CompactRange, Subtree, leaf_hash
@@ -163,12 +163,7 @@ async def _check_head_was_signed(
     stored = await store.checkpoint_at(head.size)
     if stored is None:
         raise AuditStoreError(f"no signed checkpoint at the audit log head's size {head.size}")
-    try:
-        signed = verify_checkpoint(stored.note, signer.public_key, origin)
-    except CheckpointError as exc:
-        raise AuditStoreError(
-            f"the checkpoint at size {head.size} does not verify: {exc}"
-        ) from None
+    signed = stored.signed(signer.public_key, origin)
     if signed.size != head.size or signed.root != head.root:
         raise AuditStoreError(
             f"the audit log head at size {head.size} is not the tree its checkpoint signed: "

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -42,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from audit.checkpoint import Checkpoint, CheckpointError, verify_checkpoint
 from audit.entry import AuditEvent, event_to_payload
 from audit.hot_sql import HotStatement
 from audit.merkle import EMPTY_ROOT, HASH_SIZE, CompactRange, Subtree
@@ -149,6 +151,15 @@ class StoredCheckpoint(msgspec.Struct, frozen=True):
     size: int
     root: bytes
     note: str
+
+    def signed(self, public_key: Ed25519PublicKey, origin: str) -> Checkpoint:
+        """What the note signs, its signature verified: the size and root that count, not the
+        columns stored beside it. AuditStoreError when the note does not verify."""
+        try:
+            return verify_checkpoint(self.note, public_key, origin)
+        except CheckpointError as exc:
+            message = f"the stored checkpoint of size {self.size} does not verify: {exc}"
+            raise AuditStoreError(message) from None
 
 
 async def create_schema(engine: AsyncEngine) -> None:

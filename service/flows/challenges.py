@@ -574,8 +574,9 @@ async def _check_oidc(
 async def _require_face_consent(conn: AsyncConnection, ctx: ServiceContext, subject: str) -> None:
     """FRM-6: face is used only under consent current now, under the current notice. The offer
     was made under the consent of its time; a withdrawal since (or a new notice) ends it."""
-    record = await AccountRepository(conn).consent(subject)
-    if consent_state(record, ctx.notice.version) is not ConsentState.ACTIVE:
+    # The consent as a decision reads it (the latest grant, perhaps withdrawn since).
+    snapshot = await AccountRepository(conn).snapshot(subject)
+    if consent_state(snapshot.consent, ctx.notice.version) is not ConsentState.ACTIVE:
         raise FaceConsentRequired(
             "Face verification needs the person's current consent, and it was withdrawn (or the "
             "notice changed) after this decision; the other methods and human review stay open."

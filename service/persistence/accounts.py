@@ -388,22 +388,6 @@ class AccountRepository:
         )
         return consent_id
 
-    async def consent(self, subject: str) -> ConsentRecord | None:
-        """The account's latest face consent (granted, perhaps withdrawn since), or None."""
-        row = (
-            await self._conn.execute(
-                select(
-                    face_consents.c.notice_version,
-                    face_consents.c.granted_at,
-                    face_consents.c.withdrawn_at,
-                )
-                .where(face_consents.c.subject == subject)
-                .order_by(face_consents.c.granted_at.desc(), face_consents.c.id.desc())
-                .limit(1)
-            )
-        ).first()
-        return None if row is None else ConsentRecord(*row)
-
     async def withdraw_consent(self, subject: str, now: datetime) -> int:
         result = await self._conn.execute(
             update(face_consents)
