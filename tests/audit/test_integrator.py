@@ -40,10 +40,6 @@ from tests.audit.test_store import ORIGIN, db_url, make_event, make_signer, with
 SIGNING_KEY = Ed25519PrivateKey.generate()
 
 
-def make_signer_for(engine: AsyncEngine) -> CheckpointSigner:
-    return CheckpointSigner(ORIGIN, SIGNING_KEY)
-
-
 __all__ = ["db_url"]  # the parametrised fixture, re-used
 
 # Keys and text chosen to collide with the splice's anchors: nested "kind"/"subject"/"log"/"index"
@@ -299,7 +295,7 @@ def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str)
     async def body(engine: AsyncEngine) -> None:
         for n in range(5):
             await append_event_now(engine, make_event(n))
-        await integrate_once(engine, make_signer_for(engine), ORIGIN)
+        await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
         other = CompactRange.empty()
         other.extend(bytes([n]) * 32 for n in range(5))
         async with engine.begin() as conn:
@@ -323,7 +319,7 @@ def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str)
 def test_the_head_of_another_process_is_checked_once_then_remembered(sqlite_url: str) -> None:
     async def body(engine: AsyncEngine) -> None:
         await append_event_now(engine, make_event(0))
-        await integrate_once(engine, make_signer_for(engine), ORIGIN)
+        await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
         fresh = CheckpointSigner(ORIGIN, SIGNING_KEY)
         assert fresh.last_signed is None
         await append_event_now(engine, make_event(1))

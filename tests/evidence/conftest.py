@@ -122,6 +122,17 @@ class ServedService:
                 continue
         return pids or [self.process.pid]
 
+    def connections_held(self) -> dict[int, int]:
+        """Worker pid -> the established client connections it holds on the service's port."""
+        return {
+            pid: sum(
+                1
+                for conn in psutil.Process(pid).net_connections(kind="tcp")
+                if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == self.port
+            )
+            for pid in self.worker_pids()
+        }
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from service.methods import recovery_codes as rc
@@ -116,11 +115,7 @@ def _clients_on_every_worker(service: ServedService, count: int) -> list[httpx.C
         ]
         for c in clients:
             c.get("/health/live")
-        owners = set()
-        for pid in service.worker_pids():
-            for conn in psutil.Process(pid).net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == service.port:
-                    owners.add(pid)
+        owners = {pid for pid, held in service.connections_held().items() if held}
         if owners == set(service.worker_pids()) and len(owners) == 2:
             return clients
         for c in clients:

@@ -277,18 +277,6 @@ def assert_acknowledged_kept(
 # -- 1. a worker SIGKILLed under load --------------------------------------------------------
 
 
-def _connections_held(service: ServedService) -> dict[int, int]:
-    """Worker pid -> the established connections it holds on the service's port."""
-    return {
-        pid: sum(
-            1
-            for conn in psutil.Process(pid).net_connections(kind="tcp")
-            if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == service.port
-        )
-        for pid in service.worker_pids()
-    }
-
-
 @pytest.mark.slow
 def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
     serve_service: ServeFactory, database_url: str, tmp_path: Path
@@ -300,7 +288,7 @@ def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
         load.wait_acked(60)
         # The worker serving the most of the load's connections: killed, it must drop requests
         # in flight, or the test would prove nothing about them.
-        held = _connections_held(service)
+        held = service.connections_held()
         victim = max(held, key=lambda pid: held[pid])
         assert held[victim] >= 1, held
         os.kill(victim, signal.SIGKILL)

@@ -175,12 +175,19 @@ def test_every_decision_keeps_the_principles(
     d = r.json()
 
     assert d["status"] in {"pending_verification", "review_required"}  # never "denied"
+    assert_principles(d, consent_granted=enrolment["consent"] == "granted")
+
+
+def assert_principles(d: dict[str, Any], *, consent_granted: bool) -> None:
+    """DESIGN.md principles 1-3 on one decision as the API returns it (a new one, a read, or the
+    answer to a proof), given whether face consent was current when it was decided."""
+    assert d["status"] != "denied"  # only a reviewer denies
     methods = d["offer"]["methods"]
     names = [m["method"] for m in methods]
     if "face" in names:
-        assert names[0] != "face"
-        assert names[-1] == "face"
-        assert enrolment["consent"] == "granted"
+        assert names[0] != "face", names
+        assert names[-1] == "face", names
+        assert consent_granted
         face = methods[-1]
         assert face["biometric"] is True
         assert face["optional_alternative"] is True
@@ -199,6 +206,11 @@ def test_every_decision_keeps_the_principles(
     assert len(d["policy"]["sha256"]) == 64
     assert isinstance(d["audit"]["index"], int)
     assert d["explanation"]
+    if d["status"] == "approved":  # only with the factors the offer asks for
+        proven = {m["method"]: m for m in methods if m["method"] in d["factors_satisfied"]}
+        strong_proven = [m for m in proven.values() if m["strength"] == "strong"]
+        assert len(proven) >= d["offer"]["factors_required"], d
+        assert len(strong_proven) >= d["offer"]["strong_factors_required"], d
 
 
 def test_a_sim_swap_that_withdraws_the_only_other_method_leaves_face_neither_first_nor_alone(

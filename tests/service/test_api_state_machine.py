@@ -23,32 +23,9 @@ from hypothesis.stateful import (
 )
 
 from tests.service.conftest import PERSONA_REQUEST, Api
-from tests.service.test_api_properties import contexts
+from tests.service.test_api_properties import assert_principles, contexts
 
 FACE_REFUSED = {"method_not_offered", "face_consent_required"}
-
-
-def check_principles(d: dict[str, Any], consent_active_at_decision: bool) -> None:
-    """DESIGN.md principles 1-3 on one decision as the API returns it."""
-    assert d["status"] != "denied"
-    methods = [m["method"] for m in d["offer"]["methods"]]
-    if "face" in methods:
-        assert methods[0] != "face", methods
-        assert methods[-1] == "face", methods
-        assert consent_active_at_decision
-        non_bio = {m["method"] for m in d["offer"]["methods"] if not m["biometric"]}
-        assert len(non_bio) >= d["offer"]["factors_required"]
-    assert d["review"]["available"] is True
-    assert d["risk"]["reasons"]
-    assert len(d["policy"]["sha256"]) == 64
-    assert isinstance(d["audit"]["index"], int)
-    if d["status"] == "approved":
-        proven = {
-            m["method"]: m for m in d["offer"]["methods"] if m["method"] in d["factors_satisfied"]
-        }
-        strong = [m for m in proven.values() if m["strength"] == "strong"]
-        assert len(proven) >= d["offer"]["factors_required"], d
-        assert len(strong) >= d["offer"]["strong_factors_required"], d
 
 
 class UnlockHistory(RuleBasedStateMachine):
@@ -118,7 +95,7 @@ class UnlockHistory(RuleBasedStateMachine):
         r = self._call("POST", "/v1/unlock-requests", json=body)
         assert r.status_code == 201, r.text
         d = r.json()
-        check_principles(d, self.consent)
+        assert_principles(d, consent_granted=self.consent)
         self.decisions.append(d)
 
     @precondition(lambda self: self.decisions)
@@ -155,7 +132,7 @@ class UnlockHistory(RuleBasedStateMachine):
         if r.status_code == 200:
             assert self.consent, "a face result counted without current consent"
             assert "face" in r.json()["factors_satisfied"]
-            check_principles(r.json(), True)
+            assert_principles(r.json(), consent_granted=True)
         else:
             assert r.status_code in (409, 422, 429), r.text
             if r.json()["code"] == "face_consent_required":
@@ -176,7 +153,7 @@ class UnlockHistory(RuleBasedStateMachine):
         proven = self._call("POST", verify, json={"code": code})
         assert proven.status_code in (200, 409, 422, 429), proven.text
         if proven.status_code == 200:
-            check_principles(proven.json(), True)
+            assert_principles(proven.json(), consent_granted=True)
 
     @precondition(lambda self: self.decisions)
     @rule(data=st.data())

@@ -361,16 +361,14 @@ def test_a_decision_and_its_audit_entry_commit_together_with_its_index(api: Api)
 
 
 def _metric(text_: str, name: str, **labels: str) -> float:
-    """A sample's value in Prometheus's text exposition; 0 when absent."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text_.splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-        if metric == name and found == wanted:
-            return float(value)
+    """A sample's value in Prometheus's text exposition (read by prometheus_client's parser);
+    0 when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text_):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
     return 0.0
 
 
