@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from audit.merkle import HASH_SIZE
 
@@ -25,6 +27,9 @@ ED25519_SIGNATURE_SIZE = 64
 MAX_SIGNATURES = 100
 _SIGNATURE_PREFIX = "\u2014 "  # em dash and a space
 _MAX_SIZE = 2**63 - 1  # tree sizes are uint64 in every C2SP consumer; int64 in our database
+# HKDF's info for the key of the log head's MAC (CheckpointSigner.head_mac): its own key, never
+# the signing key itself, and a context no other use of the key shares.
+_HEAD_MAC_INFO = b"fairunlock audit head mac v1"
 
 
 class CheckpointError(ValueError):
@@ -94,7 +99,7 @@ def verifier_key(name: str, public_key: Ed25519PublicKey) -> str:
 class CheckpointSigner:
     """Holds the log's Ed25519 key; load it once per process and reuse this object."""
 
-    __slots__ = ("_private_key", "key_id", "last_signed", "name", "public_key")
+    __slots__ = ("_head_mac_key", "_private_key", "key_id", "last_signed", "name", "public_key")
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
         _check_key_name(name)
@@ -102,6 +107,14 @@ class CheckpointSigner:
         self._private_key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(name, self.public_key)
+        seed = private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        self._head_mac_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=_HEAD_MAC_INFO
+        ).derive(seed)
         # (size, root) of the last checkpoint this object signed: a head that matches it needs no
         # second look before it is extended (audit.integrator checks every other head).
         self.last_signed: tuple[int, bytes] | None = None
@@ -115,6 +128,20 @@ class CheckpointSigner:
         self.last_signed = (cp.size, cp.root)
         encoded = base64.b64encode(self.key_id + signature).decode("ascii")
         return f"{body.decode()}\n{_SIGNATURE_PREFIX}{self.name} {encoded}\n"
+
+    def head_mac(self, origin: str, size: int, root: bytes) -> bytes:
+        """HMAC-SHA256 of a log head (origin, size, root) under a key derived from the signing
+        key: what the integrator stores beside the head it signed, so that another process
+        holding the same key can tell that head is one this key signed with one HMAC instead
+        of reading and verifying the Ed25519 note (audit.integrator). Nobody without the key
+        can make one for another head."""
+        if not 0 <= size <= _MAX_SIZE or len(root) != HASH_SIZE:
+            raise CheckpointError(f"not a log head: size {size}, {len(root)}-byte root")
+        origin_bytes = origin.encode()
+        message = b"".join(
+            (len(origin_bytes).to_bytes(4, "big"), origin_bytes, size.to_bytes(8, "big"), root)
+        )
+        return hmac.digest(self._head_mac_key, message, "sha256")
 
     def sign_bytes(self, data: bytes) -> bytes:
         """Raw 64-byte Ed25519 signature (PureEdDSA), as `openssl pkeyutl -rawin` makes."""

@@ -101,6 +101,10 @@ audit_head = Table(
     # CompactRange.to_lines(): popcount(size) base64 hashes, so appends never re-read the log.
     Column("compact_range", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # CheckpointSigner.head_mac of (origin, size, root), written with the head by the process
+    # that signed it: another process holding the key accepts the head by it (integrator).
+    # NULL for the empty head and for heads written before the column existed.
+    Column("mac", LargeBinary(HASH_SIZE), nullable=True),
     CheckConstraint(f"id = {HEAD_ID}", name="single_row"),
 )
 
@@ -133,6 +137,8 @@ class Head(msgspec.Struct, frozen=True):
     size: int
     root: bytes
     compact: CompactRange
+    # The signer's head_mac of (origin, size, root), or None (see audit_head.mac).
+    mac: bytes | None = None
 
 
 class InboxRow(msgspec.Struct, frozen=True):
@@ -253,9 +259,9 @@ _INSERT_INBOX_RETURNING_PAYLOAD = insert(audit_inbox).returning(
 _INSERT_LOG = HotStatement("audit_log.insert", insert(audit_log))
 _INSERT_CHECKPOINT = HotStatement("audit_checkpoints.insert", insert(audit_checkpoints))
 _INSERT_SUBTREES = HotStatement("audit_subtrees.insert", insert(audit_subtrees))
-_HEAD_SELECT = select(audit_head.c.size, audit_head.c.root, audit_head.c.compact_range).where(
-    audit_head.c.id == HEAD_ID
-)
+_HEAD_SELECT = select(
+    audit_head.c.size, audit_head.c.root, audit_head.c.compact_range, audit_head.c.mac
+).where(audit_head.c.id == HEAD_ID)
 _HEAD = HotStatement("audit_head.get", _HEAD_SELECT)
 _HEAD_FOR_UPDATE = HotStatement("audit_head.get_for_update", _HEAD_SELECT.with_for_update())
 # The oldest queued inbox rows, up to ``limit``.
@@ -287,6 +293,7 @@ _HEAD_MOVE = (
         root=bindparam("new_root"),
         compact_range=bindparam("new_compact"),
         updated_at=bindparam("now"),
+        mac=bindparam("new_mac"),
     )
 )
 _MOVE_HEAD = HotStatement("audit_head.move", _HEAD_MOVE)
@@ -340,7 +347,9 @@ def _head_of(row: Any) -> Head:
     compact = CompactRange.from_lines(int(row.size), row.compact_range)
     if compact.root() != row.root:
         raise AuditStoreError("audit_head: root does not match its compact range")
-    return Head(int(row.size), bytes(row.root), compact)
+    return Head(
+        int(row.size), bytes(row.root), compact, None if row.mac is None else bytes(row.mac)
+    )
 
 
 class AuditStore:
@@ -474,6 +483,7 @@ class AuditStore:
             "new_root": head.root,
             "new_compact": head.compact.to_lines(),
             "now": now,
+            "new_mac": head.mac,
         }
         if self.is_postgres:
             moved = await _MOVE_HEAD_AND_CHECKPOINT_PG.run(self._conn, {**move, "note": note})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import re
 
 import pytest
@@ -231,3 +232,29 @@ def test_pem_loaders_reject_other_key_types_and_garbage() -> None:
     assert isinstance(
         load_public_key_pem(public_key_pem(private.public_key()).encode()), Ed25519PublicKey
     )
+
+
+def test_head_mac_is_the_keys_and_binds_origin_size_and_root() -> None:
+    """Two processes holding one key make the same MAC of a head; any other key, origin, size or
+    root gives another, and the MAC is not the raw key's (HKDF-derived, own context)."""
+    key = Ed25519PrivateKey.from_private_bytes(TEST_SEED)
+    one, two = CheckpointSigner(TEST_NAME, key), CheckpointSigner(TEST_NAME, key)
+    mac = one.head_mac(TEST_NAME, 8, TEST_ROOT)
+    assert len(mac) == 32
+    assert two.head_mac(TEST_NAME, 8, TEST_ROOT) == mac
+    others = {
+        CheckpointSigner(TEST_NAME, Ed25519PrivateKey.generate()).head_mac(TEST_NAME, 8, TEST_ROOT),
+        one.head_mac(TEST_NAME + "x", 8, TEST_ROOT),
+        one.head_mac(TEST_NAME, 9, TEST_ROOT),
+        one.head_mac(TEST_NAME, 8, bytes(32)),
+        hmac.digest(TEST_SEED, TEST_NAME.encode() + b"8" + TEST_ROOT, "sha256"),
+    }
+    assert mac not in others
+    assert len(others) == 5
+
+
+@pytest.mark.parametrize(("size", "root"), [(-1, TEST_ROOT), (2**63, TEST_ROOT), (8, b"x" * 31)])
+def test_head_mac_refuses_what_is_not_a_head(size: int, root: bytes) -> None:
+    signer = CheckpointSigner(TEST_NAME, Ed25519PrivateKey.from_private_bytes(TEST_SEED))
+    with pytest.raises(CheckpointError, match="not a log head"):
+        signer.head_mac(TEST_NAME, size, root)

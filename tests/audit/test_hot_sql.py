@@ -242,6 +242,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "new_root": bytes(32),
                 "new_compact": head.compact_range,
                 "now": now,
+                "new_mac": bytes(range(32)),
             }
         ],
         "audit_head.with_inbox_pg": [{"limit": 10}, {"limit": 1}],  # PostgreSQL only
@@ -252,6 +253,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "new_root": bytes(32),
                 "new_compact": head.compact_range,
                 "now": now,
+                "new_mac": bytes(range(32)),
                 "note": "test",
             },
             {  # the head is elsewhere: nothing moves, no checkpoint
@@ -260,6 +262,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "new_root": bytes(32),
                 "new_compact": head.compact_range,
                 "now": now,
+                "new_mac": bytes(32),
                 "note": "test",
             },
         ],

@@ -29,6 +29,7 @@ from audit.store import (
     AuditStoreError,
     InboxRow,
     append_event_now,
+    audit_checkpoints,
     audit_head,
     audit_inbox,
     audit_metadata,
@@ -285,11 +286,13 @@ def test_background_loop_stops_on_a_broken_invariant(sqlite_url: str) -> None:
     with_engine(sqlite_url, body)
 
 
-def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str) -> None:
+@pytest.mark.parametrize("mac", ["kept", "another_key", "none"])
+def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str, mac: str) -> None:
     """AUDIT.md §11: someone who can write the database but holds no key rewrites the head to
-    another history's root and compact range. The integrator (a fresh process: it remembers no
-    head of its own) compares the head with the signed note at its size and refuses, so the key
-    never signs a tree that forks from a published checkpoint."""
+    another history's root and compact range, keeping the head's MAC, writing one made with
+    another key, or clearing it. The integrator (a fresh process: it remembers no head of its
+    own) finds no MAC of its key for that head, compares the head with the signed note at its
+    size and refuses, so the key never signs a tree that forks from a published checkpoint."""
     from audit.merkle import CompactRange
 
     async def body(engine: AsyncEngine) -> None:
@@ -298,10 +301,14 @@ def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str)
         await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
         other = CompactRange.empty()
         other.extend(bytes([n]) * 32 for n in range(5))
+        forged = {"root": other.root(), "compact_range": other.to_lines()}
+        if mac == "another_key":
+            forged["mac"] = make_signer().head_mac(ORIGIN, 5, other.root())
+        elif mac == "none":
+            forged["mac"] = None
         async with engine.begin() as conn:
-            await conn.execute(
-                audit_head.update().values(root=other.root(), compact_range=other.to_lines())
-            )
+            assert (await conn.execute(select(audit_head.c.mac))).scalar_one() is not None
+            await conn.execute(audit_head.update().values(**forged))
         await append_event_now(engine, make_event(99))
         fresh = CheckpointSigner(ORIGIN, SIGNING_KEY)  # another process, same key
         with pytest.raises(AuditStoreError, match="refusing to sign a fork"):
@@ -330,3 +337,50 @@ def test_the_head_of_another_process_is_checked_once_then_remembered(sqlite_url:
         assert fresh.last_signed == (2, latest.root)
 
     with_engine(sqlite_url, body)
+
+
+def test_a_head_another_process_signed_passes_by_its_mac_without_reading_the_note(
+    db_url: str,
+) -> None:
+    """Two workers take turns at the log, so most batches extend a head the other one signed.
+    Its MAC (made with the key both hold) lets the head pass by one HMAC: the stored note is
+    not read, so one made unreadable here does not stop the integration."""
+
+    async def body(engine: AsyncEngine) -> None:
+        await append_event_now(engine, make_event(0))
+        await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
+        async with engine.begin() as conn:
+            await conn.execute(audit_checkpoints.update().values(note="not a note"))
+        await append_event_now(engine, make_event(1))
+        fresh = CheckpointSigner(ORIGIN, SIGNING_KEY)  # another process, same key
+        assert await integrate_once(engine, fresh, ORIGIN) == 1
+        async with engine.connect() as conn:
+            head = await AuditStore(conn).head()
+        assert head is not None
+        assert head.size == 2
+        assert head.mac == CheckpointSigner(ORIGIN, SIGNING_KEY).head_mac(ORIGIN, 2, head.root)
+
+    with_engine(db_url, body)
+
+
+def test_a_head_without_a_mac_is_checked_by_its_note_and_gets_one(db_url: str) -> None:
+    """A head written before heads carried a MAC passes by its verified note, as before; the
+    integration that extends it stores a MAC with the new head. The same head with its note
+    made unreadable is refused."""
+
+    async def body(engine: AsyncEngine) -> None:
+        await append_event_now(engine, make_event(0))
+        await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
+        async with engine.begin() as conn:
+            await conn.execute(audit_head.update().values(mac=None))
+        await append_event_now(engine, make_event(1))
+        assert await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN) == 1
+        async with engine.begin() as conn:
+            assert (await conn.execute(select(audit_head.c.mac))).scalar_one() is not None
+            await conn.execute(audit_head.update().values(mac=None))
+            await conn.execute(audit_checkpoints.update().values(note="not a note"))
+        await append_event_now(engine, make_event(2))
+        with pytest.raises(AuditStoreError, match="does not verify"):
+            await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
+
+    with_engine(db_url, body)
