@@ -154,9 +154,11 @@ async def _check_head_was_signed(
     ~0.8 ms inside the write lock of every batch with two workers; bench_ab measured 1.10x their
     requests/s on SQLite and 1.12x on PostgreSQL without it).
     Any other is compared with the signed note stored at its size (its signature verified, its
-    root the one that counts, not the stored root column). A head rolled back together with its
-    checkpoints is not caught here: that needs a checkpoint kept outside the database, which is
-    what auditors hold."""
+    root the one that counts, not the stored root column). A head that passes by its MAC needs
+    no note: a note missing or damaged at its size is found by the export and the verifier, not
+    here. A head rolled back below a stored checkpoint never gets here (AuditStore's head read
+    refuses it); one rolled back together with its checkpoints is not caught: that needs a
+    checkpoint kept outside the database, which is what auditors hold."""
     if signer.last_signed == (head.size, head.root):
         return
     if head.mac is not None and hmac.compare_digest(

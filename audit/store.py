@@ -259,8 +259,14 @@ _INSERT_INBOX_RETURNING_PAYLOAD = insert(audit_inbox).returning(
 _INSERT_LOG = HotStatement("audit_log.insert", insert(audit_log))
 _INSERT_CHECKPOINT = HotStatement("audit_checkpoints.insert", insert(audit_checkpoints))
 _INSERT_SUBTREES = HotStatement("audit_subtrees.insert", insert(audit_subtrees))
+# With the largest signed size (the checkpoints' primary key, so one index probe): _head_of
+# refuses a head rolled back below a checkpoint the log's key signed.
 _HEAD_SELECT = select(
-    audit_head.c.size, audit_head.c.root, audit_head.c.compact_range, audit_head.c.mac
+    audit_head.c.size,
+    audit_head.c.root,
+    audit_head.c.compact_range,
+    audit_head.c.mac,
+    select(func.max(audit_checkpoints.c.size)).scalar_subquery().label("signed_size"),
 ).where(audit_head.c.id == HEAD_ID)
 _HEAD = HotStatement("audit_head.get", _HEAD_SELECT)
 _HEAD_FOR_UPDATE = HotStatement("audit_head.get_for_update", _HEAD_SELECT.with_for_update())
@@ -344,6 +350,12 @@ _INDEX_OF = HotStatement(
 
 
 def _head_of(row: Any) -> Head:
+    if row.signed_size is not None and row.signed_size > row.size:
+        # Extending it would sign a tree that forks from the checkpoints above it.
+        raise AuditStoreError(
+            f"audit_head: size {row.size} is behind the signed checkpoint of size "
+            f"{row.signed_size} (rolled back)"
+        )
     compact = CompactRange.from_lines(int(row.size), row.compact_range)
     if compact.root() != row.root:
         raise AuditStoreError("audit_head: root does not match its compact range")

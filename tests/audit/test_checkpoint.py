@@ -247,10 +247,29 @@ def test_head_mac_is_the_keys_and_binds_origin_size_and_root() -> None:
         one.head_mac(TEST_NAME + "x", 8, TEST_ROOT),
         one.head_mac(TEST_NAME, 9, TEST_ROOT),
         one.head_mac(TEST_NAME, 8, bytes(32)),
-        hmac.digest(TEST_SEED, TEST_NAME.encode() + b"8" + TEST_ROOT, "sha256"),
+        # the same message under the raw seed: the MAC's key is derived, not the signing key
+        hmac.digest(TEST_SEED, _head_mac_message(TEST_NAME, 8, TEST_ROOT), "sha256"),
     }
     assert mac not in others
     assert len(others) == 5
+
+
+def _head_mac_message(origin: str, size: int, root: bytes) -> bytes:
+    encoded = origin.encode()
+    return len(encoded).to_bytes(4, "big") + encoded + size.to_bytes(8, "big") + root
+
+
+def test_head_mac_known_answer() -> None:
+    """RFC 5869 HKDF-SHA256 (empty salt, info "fairunlock audit head mac v1") of the seed, then
+    HMAC-SHA256 of (4-byte origin length, origin, 8-byte size, root), written out by hand here:
+    a change to the derivation or the encoding would send every worker of a mixed deployment
+    to the slow note check, so it must be deliberate."""
+    prk = hmac.digest(bytes(32), TEST_SEED, "sha256")
+    mac_key = hmac.digest(prk, b"fairunlock audit head mac v1\x01", "sha256")
+    expected = hmac.digest(mac_key, _head_mac_message(TEST_NAME, 8, TEST_ROOT), "sha256")
+    signer = CheckpointSigner(TEST_NAME, Ed25519PrivateKey.from_private_bytes(TEST_SEED))
+    assert signer.head_mac(TEST_NAME, 8, TEST_ROOT) == expected
+    assert expected.hex() == "cb3d2f77fd18f00e28f0f3a373fe7ce0f66356e218c2e5408cb64eea927cf396"
 
 
 @pytest.mark.parametrize(("size", "root"), [(-1, TEST_ROOT), (2**63, TEST_ROOT), (8, b"x" * 31)])

@@ -32,6 +32,7 @@ from audit.store import (
     audit_checkpoints,
     audit_head,
     audit_inbox,
+    audit_log,
     audit_metadata,
 )
 from service.db import create_engine
@@ -330,7 +331,7 @@ def test_the_head_of_another_process_is_checked_once_then_remembered(sqlite_url:
         fresh = CheckpointSigner(ORIGIN, SIGNING_KEY)
         assert fresh.last_signed is None
         await append_event_now(engine, make_event(1))
-        await integrate_once(engine, fresh, ORIGIN)  # verified the stored note at size 1
+        await integrate_once(engine, fresh, ORIGIN)  # the head at size 1 passed by its MAC
         async with engine.connect() as conn:
             latest = await AuditStore(conn).latest_checkpoint()
         assert latest is not None
@@ -382,5 +383,33 @@ def test_a_head_without_a_mac_is_checked_by_its_note_and_gets_one(db_url: str) -
         await append_event_now(engine, make_event(2))
         with pytest.raises(AuditStoreError, match="does not verify"):
             await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
+
+    with_engine(db_url, body)
+
+
+def test_a_head_rolled_back_below_a_signed_checkpoint_is_not_extended(db_url: str) -> None:
+    """Someone who can write the database puts back the head row of an earlier size (its MAC
+    and note both genuine) and deletes the entries after it, but leaves the later checkpoints:
+    extending that head would sign a fork of them, so the head read refuses it."""
+
+    async def body(engine: AsyncEngine) -> None:
+        signer = CheckpointSigner(ORIGIN, SIGNING_KEY)
+        await append_event_now(engine, make_event(0))
+        await integrate_once(engine, signer, ORIGIN)
+        async with engine.connect() as conn:
+            earlier = (await conn.execute(select(audit_head))).one()._asdict()
+        for n in range(1, 4):
+            await append_event_now(engine, make_event(n))
+        assert await integrate_once(engine, signer, ORIGIN) == 3
+        async with engine.begin() as conn:
+            await conn.execute(audit_head.update().values(**earlier))
+            await conn.execute(audit_log.delete().where(audit_log.c.seq >= 1))
+        await append_event_now(engine, make_event(99))
+        with pytest.raises(AuditStoreError, match="behind the signed checkpoint of size 4"):
+            await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
+        async with engine.connect() as conn:
+            latest = await AuditStore(conn).latest_checkpoint()
+        assert latest is not None
+        assert latest.size == 4  # nothing new was signed
 
     with_engine(db_url, body)
