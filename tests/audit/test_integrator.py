@@ -387,23 +387,28 @@ def test_a_head_without_a_mac_is_checked_by_its_note_and_gets_one(db_url: str) -
     with_engine(db_url, body)
 
 
-def test_a_head_rolled_back_below_a_signed_checkpoint_is_not_extended(db_url: str) -> None:
-    """Someone who can write the database puts back the head row of an earlier size (its MAC
-    and note both genuine) and deletes the entries after it, but leaves the later checkpoints:
-    extending that head would sign a fork of them, so the head read refuses it."""
+@pytest.mark.parametrize("earlier_size", [0, 1])
+def test_a_head_rolled_back_below_a_signed_checkpoint_is_not_extended(
+    db_url: str, earlier_size: int
+) -> None:
+    """Someone who can write the database puts back the head row of an earlier size (the empty
+    head, or one whose MAC and note are both genuine) and deletes the entries after it, but
+    leaves the later checkpoints: extending that head would sign a fork of them, so the head
+    read refuses it."""
 
     async def body(engine: AsyncEngine) -> None:
         signer = CheckpointSigner(ORIGIN, SIGNING_KEY)
-        await append_event_now(engine, make_event(0))
+        for n in range(earlier_size):
+            await append_event_now(engine, make_event(n))
         await integrate_once(engine, signer, ORIGIN)
         async with engine.connect() as conn:
             earlier = (await conn.execute(select(audit_head))).one()._asdict()
-        for n in range(1, 4):
+        for n in range(earlier_size, 4):
             await append_event_now(engine, make_event(n))
-        assert await integrate_once(engine, signer, ORIGIN) == 3
+        assert await integrate_once(engine, signer, ORIGIN) == 4 - earlier_size
         async with engine.begin() as conn:
             await conn.execute(audit_head.update().values(**earlier))
-            await conn.execute(audit_log.delete().where(audit_log.c.seq >= 1))
+            await conn.execute(audit_log.delete().where(audit_log.c.seq >= earlier_size))
         await append_event_now(engine, make_event(99))
         with pytest.raises(AuditStoreError, match="behind the signed checkpoint of size 4"):
             await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
