@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_only
 
@@ -73,6 +73,29 @@ def _sqlite_begin(conn: Any) -> None:
         await_only(driver.begin_immediate())
     else:
         conn.exec_driver_sql(BEGIN_IMMEDIATE)
+
+
+async def write_turn_elsewhere(conn: AsyncConnection) -> Callable[[], bool] | None:
+    """When ``conn``'s BEGIN would wait now for another worker's write lock (SQLite in place,
+    outside a transaction): a poll that answers True once it would not (the lock is then this
+    connection's, for that BEGIN). Until the BEGIN, ``reader(conn)`` reads outside any
+    transaction. None when it would not wait (the lock, if free, is this connection's now), and
+    always on PostgreSQL, whose writers do not wait at BEGIN."""
+    fairy = await conn.get_raw_connection()
+    driver = fairy.driver_connection
+    if isinstance(driver, InlineConnection) and driver.turn_taken_elsewhere():
+        return driver.turn_arrived
+    return None
+
+
+def reader(conn: AsyncConnection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``conn`` (SQLite in place), to read ahead of its BEGIN
+    without the write lock: WAL readers see the last commit and block no one. None elsewhere."""
+    sync = conn.sync_connection
+    if sync is None or sync.in_transaction():
+        return None
+    db = getattr(sync.connection.driver_connection, "sqlite", None)
+    return db if isinstance(db, sqlite3.Connection) else None
 
 
 def batches_in_flight(url: str) -> int:

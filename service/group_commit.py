@@ -40,12 +40,15 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.db import write_turn_elsewhere
+
 log = logging.getLogger("fairunlock.group_commit")
 
 T = TypeVar("T")  # what a request brings
 A = TypeVar("A")  # the answer each caller gets
 
 Process = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence["A | Exception"]]]
+Ahead = Callable[[AsyncConnection, Sequence[T], Callable[[], bool]], Awaitable[Sequence[T]]]
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class GroupCommit(Generic[T, A]):
     """One per worker process and kind of work."""
 
     __slots__ = (
+        "_ahead",
         "_alone_on",
         "_carried",
         "_concurrency",
@@ -84,6 +88,7 @@ class GroupCommit(Generic[T, A]):
         alone_on: Callable[[Exception], bool] | None = None,
         concurrency: int = 1,
         linger: float = 0.0,
+        ahead: Ahead[T] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -98,6 +103,7 @@ class GroupCommit(Generic[T, A]):
         self._alone_on = alone_on
         self._concurrency = concurrency
         self._linger = linger
+        self._ahead = ahead
         # The last batch's size, when it ended (loop time) and how many requests were waiting
         # then: what a linger waits for.
         self._last_size = 0
@@ -132,12 +138,12 @@ class GroupCommit(Generic[T, A]):
         # extra future and loop callback per request, ~5 % of a decision's instructions.)
         return await future
 
-    def _take_batch(self, busy: set[str]) -> list[_Pending[T, A]]:
+    def _take_batch(self, busy: set[str], room: int) -> list[_Pending[T, A]]:
         batch: list[_Pending[T, A]] = []
         keys: set[str] = set()
         held: list[_Pending[T, A]] = []
         for pending in self._pending:
-            if len(batch) < self._max_batch and pending.key not in keys and pending.key not in busy:
+            if len(batch) < room and pending.key not in keys and pending.key not in busy:
                 batch.append(pending)
                 keys.add(pending.key)
             else:
@@ -150,10 +156,11 @@ class GroupCommit(Generic[T, A]):
         assert me is not None
         mine = self._runners.setdefault(me, set())
 
-        def take() -> list[_Pending[T, A]]:
-            # Keys another runner's batch holds wait for that batch's commit.
-            busy = set().union(*(k for t, k in self._runners.items() if t is not me))
-            batch = self._take_batch(busy)
+        def take(room: int) -> list[_Pending[T, A]]:
+            # Keys another runner's batch holds wait for that batch's commit; those this batch
+            # holds already (taken ahead of its BEGIN) for the next.
+            busy = mine.union(*(k for t, k in self._runners.items() if t is not me))
+            batch = self._take_batch(busy, room)
             mine.update(p.key for p in batch)
             return batch
 
@@ -192,23 +199,42 @@ class GroupCommit(Generic[T, A]):
             timer.cancel()
             self._waiting.remove(waiter)
 
-    async def _run_batch(self, take: Callable[[], list[_Pending[T, A]]]) -> list[_Pending[T, A]]:
+    async def _run_batch(self, take: Callable[[int], list[_Pending[T, A]]]) -> list[_Pending[T, A]]:
         """Begin a transaction, then take the batch (``take``): what arrived while BEGIN waited
-        (on SQLite, for the other workers' write lock) joins it. The batch it ran, if any."""
-        batch: list[_Pending[T, A]] | None = None
+        (on SQLite, for the other workers' write lock) joins it. The batch it ran, if any.
+
+        With ``ahead``, when the BEGIN would wait (service.db.write_turn_elsewhere), the
+        requests waiting now are taken first and ``ahead`` does its part of their work until
+        the lock comes, which it polls with ``arrived`` (on SQLite: reads without the lock and
+        decisions, checked again under it); those that arrive meanwhile join after BEGIN as
+        before."""
+        batch: list[_Pending[T, A]] = []
+        begun = False
         try:
-            async with self._engine.begin() as conn:
-                batch = take()
-                if not batch:
-                    return batch
-                if self._observe is not None:
-                    self._observe(len(batch))
-                outcomes = await self._process(conn, [p.item for p in batch])
-                if len(outcomes) != len(batch):
-                    raise RuntimeError("group commit: process answered a different number of items")
+            async with self._engine.connect() as conn:
+                items: list[T] = []
+                if self._ahead is not None:
+                    arrived = await write_turn_elsewhere(conn)
+                    if arrived is not None:
+                        batch = take(self._max_batch)
+                        items = await self._work_ahead(conn, [p.item for p in batch], arrived)
+                async with conn.begin():
+                    begun = True
+                    late = take(self._max_batch - len(batch))
+                    batch += late
+                    if not batch:
+                        return batch
+                    if self._observe is not None:
+                        self._observe(len(batch))
+                    items += [p.item for p in late]
+                    outcomes = await self._process(conn, items)
+                    if len(outcomes) != len(batch):
+                        raise RuntimeError(
+                            "group commit: process answered a different number of items"
+                        )
         except Exception as exc:
-            if batch is None:  # BEGIN failed: the requests it was for learn why
-                batch = take()
+            if not begun:  # BEGIN failed: the requests it was for learn why
+                batch += take(self._max_batch - len(batch))
             if len(batch) > 1 and self._alone_on is not None and self._alone_on(exc):
                 log.info("group commit of %d requests retried one by one: %r", len(batch), exc)
                 try:
@@ -223,7 +249,9 @@ class GroupCommit(Generic[T, A]):
             return batch
         except BaseException as exc:
             # Cancelled (shutdown) or interpreter exit: nothing of the batch committed.
-            self._fail(take() if batch is None else batch, exc)
+            if not begun:
+                batch += take(self._max_batch - len(batch))
+            self._fail(batch, exc)
             raise
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():
@@ -234,6 +262,21 @@ class GroupCommit(Generic[T, A]):
                 pending.future.set_result(outcome)
         return batch
 
+    async def _work_ahead(
+        self, conn: AsyncConnection, items: list[T], arrived: Callable[[], bool]
+    ) -> list[T]:
+        """``ahead``'s items in place of ``items``. Its work is only ahead of time: should it
+        fail, the batch does all of it under the lock, as without it."""
+        assert self._ahead is not None
+        try:
+            done = list(await self._ahead(conn, items, arrived))
+        except Exception:
+            log.warning("group commit: the work ahead of BEGIN failed", exc_info=True)
+            return items
+        if len(done) != len(items):
+            raise RuntimeError("group commit: ahead answered a different number of items")
+        return done
+
     @staticmethod
     def _fail(batch: list[_Pending[T, A]], exc: BaseException) -> None:
         # Nothing of the batch committed: every caller still waiting learns it.
@@ -242,9 +285,16 @@ class GroupCommit(Generic[T, A]):
                 pending.future.set_exception(exc)
 
 
-def _only(pending: _Pending[T, A]) -> Callable[[], list[_Pending[T, A]]]:
-    """A ``take`` for a batch of this one request."""
-    return lambda: [pending]
+def _only(pending: _Pending[T, A]) -> Callable[[int], list[_Pending[T, A]]]:
+    """A ``take`` for a batch of this one request (taken once)."""
+    taken = [pending]
+
+    def take(_room: int) -> list[_Pending[T, A]]:
+        batch = taken[:]
+        taken.clear()
+        return batch
+
+    return take
 
 
 def _set_none(wake: asyncio.Future[None]) -> None:

@@ -141,7 +141,7 @@ class WriterTurn:
     connections exclude each other in one process as in two.
     """
 
-    __slots__ = ("_abandoned", "_fd", "held")
+    __slots__ = ("_abandoned", "_early", "_fd", "held")
 
     def __init__(self, database_path: str) -> None:
         self._fd = os.open(
@@ -150,9 +150,42 @@ class WriterTurn:
         self.held = False
         # A wait given up (timeout, cancellation) whose thread may still get the lock.
         self._abandoned: asyncio.Future[None] | None = None
+        # The lock, got ahead of the take that adopts it (``taken_elsewhere``, ``arrived``).
+        self._early = False
+
+    def taken_elsewhere(self) -> bool:
+        """Whether another connection holds the turn now. If not, this one holds it from now,
+        for the next ``take``. If so, the caller can do the part of its work that needs no lock,
+        asking ``arrived`` now and then, and ``take`` when done or when it has."""
+        return not self.arrived()
+
+    def arrived(self) -> bool:
+        """Whether the turn is this connection's now, for the next ``take`` (tried without
+        waiting: a thread waiting for it would need the GIL to say so, which the work ahead
+        holds for up to the interpreter's switch interval, 5 ms)."""
+        if self._early:
+            return True
+        if self.held or self._abandoned is not None:
+            return False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._early = True
+        return True
+
+    def abandon_early(self) -> None:
+        """The turn got ahead of a take that will not come: let it go."""
+        if self._early:
+            self._early = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     async def take(self, timeout_s: float) -> bool:
         """Hold the turn; False when it did not come within ``timeout_s``."""
+        if self._early:
+            self._early = False
+            self.held = True
+            return True
         waiting, self._abandoned = self._abandoned, None
         if waiting is None:
             try:
@@ -190,6 +223,7 @@ class WriterTurn:
 
     def close(self) -> None:
         self.held = False
+        self._early = False
         os.close(self._fd)  # drops the lock with the file
 
 
@@ -290,6 +324,16 @@ class InlineConnection:
         finally:
             db.execute(self._restore_busy_timeout)
 
+    def turn_taken_elsewhere(self) -> bool:
+        """Outside a transaction: whether another worker holds the write turn
+        (``WriterTurn.taken_elsewhere``). The next BEGIN IMMEDIATE adopts a turn got ahead of
+        it; a ROLLBACK (the pool's, when the connection goes back unused) lets it go."""
+        return not self._conn.in_transaction and self._turn.taken_elsewhere()
+
+    def turn_arrived(self) -> bool:
+        """``WriterTurn.arrived``."""
+        return self._turn.arrived()
+
     @property
     def sqlite(self) -> sqlite3.Connection:
         """The connection itself, for statements run in place (service.hot_sql)."""
@@ -331,6 +375,7 @@ class InlineConnection:
             self._conn.rollback()
         finally:
             self._turn.give_back()
+            self._turn.abandon_early()
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         self._conn.create_function(*args, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -174,23 +175,38 @@ class UnlockRequestRepository:
         failures_window: timedelta,
         throttle_window: timedelta,
         throttle_limit: int,
+        outside: sqlite3.Connection | None = None,
     ) -> dict[str, DecisionInputs]:
         """Everything the decisions for these accounts read, in two statements for all of them,
-        the same statements whether or not an account exists (OWASP-FP-1/2)."""
+        the same statements whether or not an account exists (OWASP-FP-1/2). ``outside``: read
+        on that SQLite connection in a read transaction of their own, not the caller's (which
+        has not begun: service.db.reader)."""
         params: dict[str, object] = {f"s{i}": subject for i, subject in enumerate(subjects)}
         params |= {
             "velocity_since": now - velocity_window,
             "failures_since": now - failures_window,
             "throttle_since": now - throttle_window,
         }
-        rows = (await decision_inputs_statement(len(subjects)).run(self._conn, params)).all()
+        inputs = decision_inputs_statement(len(subjects))
+        linked_of = linked_many(len(subjects))
+        if outside is None:
+            rows = (await inputs.run(self._conn, params)).all()
+            linked_rows = (await linked_of.run(self._conn, params)).all()
+        else:
+            dialect = self._conn.dialect
+            outside.execute("BEGIN")  # deferred: one WAL snapshot for both, no write lock
+            try:
+                rows = inputs.run_sqlite(outside, dialect, params).all()
+                linked_rows = linked_of.run_sqlite(outside, dialect, params).all()
+            finally:
+                outside.execute("COMMIT")
         linked: dict[str, list[Any]] = {}
-        for r in await linked_many(len(subjects)).run(self._conn, params):
+        for r in linked_rows:
             linked.setdefault(r.subject, []).append(r)
-        inputs = {}
+        found = {}
         for row in rows:
             subject = row.anchor_subject
-            inputs[subject] = DecisionInputs(
+            found[subject] = DecisionInputs(
                 snapshot=snapshot_from(subject, row, linked.get(subject, ())),
                 history=RequestHistory(
                     recent_unlock_requests=int(row.recent_requests),
@@ -205,7 +221,7 @@ class UnlockRequestRepository:
                 if row.key_version is None
                 else (int(row.key_version), row.wrapped_key, row.destroyed_at),
             )
-        return inputs
+        return found
 
     async def insert_many(self, rows: Sequence[Mapping[str, object]]) -> None:
         await _INSERT.run(self._conn, list(rows))

@@ -4,7 +4,7 @@ is told only what is true of its own request — committed, or failed with nothi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -196,20 +196,20 @@ def test_a_cancelled_retry_leaves_no_request_of_its_batch_waiting(tmp_path: Path
 
 
 def test_a_begin_that_fails_fails_the_requests_it_was_for(tmp_path: Path) -> None:
-    """The batch is taken once BEGIN returns; when BEGIN fails (the database down), the
-    requests waiting get its error, and later ones run once it works again."""
+    """The batch is taken once BEGIN returns; when the connection or BEGIN fails (the database
+    down), the requests waiting get its error, and later ones run once it works again."""
 
     async def scenario() -> None:
         group, recorder, engine = await _setup(tmp_path)
-        real_begin = engine.begin
+        real_connect = engine.connect
         failing = True
 
-        def begin() -> Any:
+        def connect() -> Any:
             if failing:
                 raise OSError("database unavailable")
-            return real_begin()
+            return real_connect()
 
-        group._engine = cast(AsyncEngine, SimpleNamespace(begin=begin))
+        group._engine = cast(AsyncEngine, SimpleNamespace(connect=connect))
         outcomes = await asyncio.gather(
             *(group.submit(f"k{i}", f"v{i}") for i in range(3)), return_exceptions=True
         )
@@ -447,6 +447,81 @@ def test_a_caller_that_goes_away_does_not_cancel_its_batch_or_the_others_in_it(
         assert recorder.batches == [["a", "b"]]
         async with engine.connect() as conn:
             assert await _count(conn) == 2
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_while_another_worker_writes_the_waiting_requests_are_worked_on_ahead_of_begin(
+    tmp_path: Path,
+) -> None:
+    """With ``ahead``: while another worker's transaction holds SQLite's write lock, the requests
+    waiting are taken and ``ahead`` works on them before BEGIN; those that arrive meanwhile join
+    the batch after BEGIN, without that work; with the lock free, nothing is done ahead."""
+
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        worked: list[list[str]] = []
+        worked_ahead = asyncio.Event()
+
+        async def ahead(
+            conn: AsyncConnection, items: Sequence[str], arrived: Callable[[], bool]
+        ) -> list[str]:
+            assert not conn.in_transaction()
+            assert not arrived()  # the other worker still holds the lock
+            worked.append(list(items))
+            worked_ahead.set()
+            return [f"{v}*" for v in items]
+
+        group._ahead = ahead
+        other = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+        holder = await other.connect()
+        await holder.begin()
+        early = [asyncio.ensure_future(group.submit(k, k)) for k in ("a", "b")]
+        await asyncio.wait_for(worked_ahead.wait(), 5)
+        late = [asyncio.ensure_future(group.submit(k, k)) for k in ("c", "d")]
+        await asyncio.sleep(0.05)
+        assert recorder.batches == []  # waiting for the lock
+        await holder.commit()
+        answers = await asyncio.wait_for(asyncio.gather(*early, *late), 5)
+        assert worked == [["a", "b"]]
+        assert recorder.batches == [["a*", "b*", "c", "d"]]
+        assert answers == ["a*:0", "b*:0", "c:0", "d:0"]
+        # The lock free: nothing ahead.
+        assert await group.submit("e", "e") == "e:0"
+        assert worked == [["a", "b"]]
+        await holder.close()
+        await other.dispose()
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_work_ahead_that_fails_is_done_in_the_batch(tmp_path: Path) -> None:
+    """``ahead`` only does work early: when it fails, the batch gets the requests as they came
+    and every caller is answered."""
+
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        tried = asyncio.Event()
+
+        async def ahead(
+            conn: AsyncConnection, items: Sequence[str], arrived: Callable[[], bool]
+        ) -> list[str]:
+            tried.set()
+            raise RuntimeError("a bug in the work ahead")
+
+        group._ahead = ahead
+        other = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+        holder = await other.connect()
+        await holder.begin()
+        callers = [asyncio.ensure_future(group.submit(k, k)) for k in ("a", "b")]
+        await asyncio.wait_for(tried.wait(), 5)
+        await holder.commit()
+        assert await asyncio.wait_for(asyncio.gather(*callers), 5) == ["a:0", "b:0"]
+        assert recorder.batches == [["a", "b"]]
+        await holder.close()
+        await other.dispose()
         await engine.dispose()
 
     asyncio.run(scenario())

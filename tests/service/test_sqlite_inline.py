@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from service.db import create_engine
+from service.db import create_engine, reader, write_turn_elsewhere
 from service.sqlite_inline import (
     COMMIT_STALL_S,
     COMMITS_REMEMBERED,
@@ -170,6 +170,88 @@ def test_a_wait_given_up_does_not_keep_the_turn(tmp_path: Path) -> None:
         assert await third.take(5)
         for turn in (holder, waiter, third):
             turn.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_turn_got_ahead_of_its_take_is_that_takes_and_is_let_go_if_none_comes(
+    tmp_path: Path,
+) -> None:
+    """While another holds the turn, a connection asks without waiting whether it has come
+    (``arrived``) and, once it has, holds it for its next take, which then does not wait; a
+    turn got ahead of a take that never comes is let go (``abandon_early``)."""
+    path = str(tmp_path / "ahead.sqlite3")
+
+    async def scenario() -> None:
+        holder, mine = WriterTurn(path), WriterTurn(path)
+        assert await holder.take(1)
+        assert mine.taken_elsewhere()
+        assert not mine.arrived()
+        holder.give_back()
+        assert mine.arrived()
+        assert mine.arrived()  # still: asked again, it is not taken twice
+        assert await holder.take(0.05) is False  # mine now, ahead of its take
+        assert await mine.take(0.05)  # in place
+        assert await holder.take(0.05) is False
+        mine.give_back()
+        assert await holder.take(1)
+        holder.give_back()
+        # Free: not taken elsewhere, and this connection holds it for its next take.
+        assert not mine.taken_elsewhere()
+        assert await holder.take(0.05) is False
+        mine.abandon_early()
+        assert await holder.take(1)
+        holder.give_back()
+        for turn in (holder, mine):
+            turn.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_reads_ahead_of_its_begin_and_going_back_unused_lets_the_turn_go(
+    tmp_path: Path,
+) -> None:
+    """service.db.write_turn_elsewhere: while another worker's transaction holds the write lock,
+    a connection reads without it (the last commit: WAL readers block no one) and learns when
+    the lock is its own; returned to the pool without a BEGIN, it lets the lock go."""
+    path = tmp_path / "read-ahead.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    async def scenario() -> None:
+        first, second = create_engine(url), create_engine(url)
+        async with first.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+        holder = await first.connect()
+        await holder.begin()
+        await holder.execute(text("INSERT INTO t VALUES (2)"))
+        conn = await second.connect()
+        arrived = await write_turn_elsewhere(conn)
+        assert arrived is not None
+        assert not arrived()
+        db = reader(conn)
+        assert db is not None
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (1,)  # the last commit
+        assert not conn.in_transaction()  # the read began no transaction of the engine's
+        await holder.commit()
+        assert arrived()
+        # The lock is the second's now: the first's next BEGIN waits ...
+        waiting = asyncio.create_task(holder.begin().start())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        # ... until the second goes back to the pool without a BEGIN (its ROLLBACK lets go).
+        await conn.close()
+        await asyncio.wait_for(waiting, 5)
+        await holder.execute(text("INSERT INTO t VALUES (3)"))
+        await holder.commit()
+        await holder.close()
+        # The lock free: not elsewhere (and held for this connection's BEGIN, which takes it).
+        async with second.connect() as conn:
+            assert await write_turn_elsewhere(conn) is None
+            async with conn.begin():
+                assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 3
+        await first.dispose()
+        await second.dispose()
 
     asyncio.run(scenario())
 

@@ -1,0 +1,141 @@
+"""Decisions made while another worker holds SQLite's write lock (service.flows.unlock.decide_ahead)
+are stored only when the reads under the lock find the inputs they were made from; when that
+worker changed them, the request is decided again from what it wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Sequence
+
+import msgspec
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import dto
+from service.flows import unlock
+from service.group_commit import GroupCommit
+from service.persistence.unlock_requests import DecisionInputs
+from service.sqlite_inline import WriterTurn
+from tests.service.conftest import PERSONA_REQUEST, Api
+
+ACCOUNT_ID = "acct-ahead"
+
+
+def _copy_request(request_id: str) -> Callable[[sqlite3.Connection], None]:
+    """Another worker's write: one more unlock request of the account, a copy of ``request_id``
+    (so the account's velocity count goes up by one)."""
+
+    def write(db: sqlite3.Connection) -> None:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(unlock_requests)")]
+        values = ", ".join("'copied-request'" if c == "id" else c for c in columns)
+        db.execute(
+            f"INSERT INTO unlock_requests ({', '.join(columns)}) "
+            f"SELECT {values} FROM unlock_requests WHERE id = ?",
+            (request_id,),
+        )
+
+    return write
+
+
+def _decide_while_another_worker_writes(
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[sqlite3.Connection], None] | None,
+) -> tuple[list[tuple[int, unlock.PreparedDecision]], unlock.DecisionRequest, str]:
+    """One request for the account while a turn held here stands for another worker: decided
+    ahead, then ``change`` written while it waits, then the lock let go. (Each decision made,
+    with the velocity count it was made from; the request as the batch got it; the context
+    ciphertext stored.)"""
+    made: list[tuple[int, unlock.PreparedDecision]] = []
+    prepare = unlock._prepare
+
+    async def recording_prepare(
+        conn: AsyncConnection, request: unlock.DecisionRequest, inputs: DecisionInputs
+    ) -> unlock.PreparedDecision:
+        prepared = await prepare(conn, request, inputs)
+        made.append((inputs.history.recent_unlock_requests, prepared))
+        return prepared
+
+    monkeypatch.setattr(unlock, "_prepare", recording_prepare)
+    got_ahead: list[unlock.DecisionRequest] = []
+
+    async def scenario() -> str:
+        engine = api.app.state.engine
+        path = engine.url.database
+        worked, go_on = asyncio.Event(), asyncio.Event()
+
+        async def ahead(
+            conn: AsyncConnection,
+            batch: Sequence[unlock.DecisionRequest],
+            arrived: Callable[[], bool],
+        ) -> list[unlock.DecisionRequest]:
+            items = await unlock.decide_ahead(conn, batch, arrived)
+            got_ahead.extend(items)
+            worked.set()
+            await go_on.wait()
+            return items
+
+        ctx = dataclasses.replace(
+            api.ctx, decisions=GroupCommit(engine, unlock.decide_batch, ahead=ahead)
+        )
+        other_worker = WriterTurn(path)
+        assert await other_worker.take(1)
+        body = copy.deepcopy(PERSONA_REQUEST) | {"account_id": ACCOUNT_ID}
+        created = asyncio.ensure_future(
+            unlock.create(ctx, "test", msgspec.convert(body, dto.UnlockRequestIn))
+        )
+        await asyncio.wait_for(worked.wait(), 5)
+        if change is not None:
+            with sqlite3.connect(path) as db:
+                change(db)
+        other_worker.give_back()
+        go_on.set()
+        decision = (await asyncio.wait_for(created, 10)).decision
+        other_worker.close()
+        with sqlite3.connect(path) as db:
+            (ciphertext,) = db.execute(
+                "SELECT context_ciphertext FROM unlock_requests WHERE id = ?", (decision.id,)
+            ).fetchone()
+        return str(ciphertext)
+
+    stored = api.run(scenario)
+    assert len(got_ahead) == 1
+    return made, got_ahead[0], stored
+
+
+def _known_account_with_one_request(api: Api) -> str:
+    r = api.client.put(
+        f"/v1/accounts/{ACCOUNT_ID}/phone",
+        json={"phone": "+86 138 0000 5678"},
+        headers=api.headers(),
+    )
+    assert r.status_code == 200, r.text
+    return str(api.create_unlock_request(ACCOUNT_ID)["id"])
+
+
+def test_a_decision_made_ahead_is_stored_when_the_lock_finds_the_same_inputs(
+    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _known_account_with_one_request(sqlite_api)
+    made, request, stored = _decide_while_another_worker_writes(sqlite_api, monkeypatch, None)
+    assert request.ahead is not None
+    assert [count for count, _ in made] == [1]  # decided once, ahead of the lock
+    assert made[0][1] is request.ahead.prepared
+    assert stored == request.ahead.prepared.row["context_ciphertext"]
+
+
+def test_a_decision_made_ahead_is_made_again_when_another_worker_changed_its_inputs(
+    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _known_account_with_one_request(sqlite_api)
+    made, request, stored = _decide_while_another_worker_writes(
+        sqlite_api, monkeypatch, _copy_request(first)
+    )
+    assert request.ahead is not None
+    # Ahead from one earlier request; under the lock, again from the two now there.
+    assert [count for count, _ in made] == [1, 2]
+    assert stored == made[1][1].row["context_ciphertext"]
+    assert stored != made[0][1].row["context_ciphertext"]
