@@ -75,14 +75,17 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql(BEGIN_IMMEDIATE)
 
 
-async def write_turn_elsewhere(conn: AsyncConnection) -> Callable[[], bool] | None:
+def write_turn_elsewhere(conn: AsyncConnection) -> Callable[[], bool] | None:
     """When ``conn``'s BEGIN would wait now for another worker's write lock (SQLite in place,
     outside a transaction): a poll that answers True once it would not (the lock is then this
     connection's, for that BEGIN). Until the BEGIN, ``reader(conn)`` reads outside any
     transaction. None when it would not wait (the lock, if free, is this connection's now), and
-    always on PostgreSQL, whose writers do not wait at BEGIN."""
-    fairy = await conn.get_raw_connection()
-    driver = fairy.driver_connection
+    always on PostgreSQL, whose writers do not wait at BEGIN. ``conn`` has connected (the
+    pooled connection is read directly: ``get_raw_connection`` would spawn a greenlet)."""
+    sync = conn.sync_connection
+    if sync is None or sync.invalidated:
+        return None
+    driver = sync.connection.driver_connection
     if isinstance(driver, InlineConnection) and driver.turn_taken_elsewhere():
         return driver.turn_arrived
     return None

@@ -214,7 +214,7 @@ class GroupCommit(Generic[T, A]):
             async with self._engine.connect() as conn:
                 items: list[T] = []
                 if self._ahead is not None:
-                    arrived = await write_turn_elsewhere(conn)
+                    arrived = write_turn_elsewhere(conn)
                     if arrived is not None:
                         batch = take(self._max_batch)
                         items = await self._work_ahead(conn, [p.item for p in batch], arrived)

@@ -226,7 +226,7 @@ def test_a_connection_reads_ahead_of_its_begin_and_going_back_unused_lets_the_tu
         await holder.begin()
         await holder.execute(text("INSERT INTO t VALUES (2)"))
         conn = await second.connect()
-        arrived = await write_turn_elsewhere(conn)
+        arrived = write_turn_elsewhere(conn)
         assert arrived is not None
         assert not arrived()
         db = reader(conn)
@@ -247,7 +247,7 @@ def test_a_connection_reads_ahead_of_its_begin_and_going_back_unused_lets_the_tu
         await holder.close()
         # The lock free: not elsewhere (and held for this connection's BEGIN, which takes it).
         async with second.connect() as conn:
-            assert await write_turn_elsewhere(conn) is None
+            assert write_turn_elsewhere(conn) is None
             async with conn.begin():
                 assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 3
         await first.dispose()
