@@ -4,7 +4,8 @@ is told only what is true of its own request — committed, or failed with nothi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -452,6 +453,20 @@ def test_a_caller_that_goes_away_does_not_cancel_its_batch_or_the_others_in_it(
     asyncio.run(scenario())
 
 
+@asynccontextmanager
+async def _another_worker_writing(tmp_path: Path) -> AsyncIterator[AsyncConnection]:
+    """Another worker's connection to _setup's database, in a transaction: it holds the write
+    lock until the caller commits it."""
+    other = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
+    holder = await other.connect()
+    try:
+        await holder.begin()
+        yield holder
+    finally:
+        await holder.close()
+        await other.dispose()
+
+
 def test_while_another_worker_writes_the_waiting_requests_are_worked_on_ahead_of_begin(
     tmp_path: Path,
 ) -> None:
@@ -474,24 +489,20 @@ def test_while_another_worker_writes_the_waiting_requests_are_worked_on_ahead_of
             return [f"{v}*" for v in items]
 
         group._ahead = ahead
-        other = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
-        holder = await other.connect()
-        await holder.begin()
-        early = [asyncio.ensure_future(group.submit(k, k)) for k in ("a", "b")]
-        await asyncio.wait_for(worked_ahead.wait(), 5)
-        late = [asyncio.ensure_future(group.submit(k, k)) for k in ("c", "d")]
-        await asyncio.sleep(0.05)
-        assert recorder.batches == []  # waiting for the lock
-        await holder.commit()
-        answers = await asyncio.wait_for(asyncio.gather(*early, *late), 5)
+        async with _another_worker_writing(tmp_path) as other_worker:
+            early = [asyncio.ensure_future(group.submit(k, k)) for k in ("a", "b")]
+            await asyncio.wait_for(worked_ahead.wait(), 5)
+            late = [asyncio.ensure_future(group.submit(k, k)) for k in ("c", "d")]
+            await asyncio.sleep(0.05)
+            assert recorder.batches == []  # waiting for the lock
+            await other_worker.commit()
+            answers = await asyncio.wait_for(asyncio.gather(*early, *late), 5)
         assert worked == [["a", "b"]]
         assert recorder.batches == [["a*", "b*", "c", "d"]]
         assert answers == ["a*:0", "b*:0", "c:0", "d:0"]
         # The lock free: nothing ahead.
         assert await group.submit("e", "e") == "e:0"
         assert worked == [["a", "b"]]
-        await holder.close()
-        await other.dispose()
         await engine.dispose()
 
     asyncio.run(scenario())
@@ -512,16 +523,12 @@ def test_work_ahead_that_fails_is_done_in_the_batch(tmp_path: Path) -> None:
             raise RuntimeError("a bug in the work ahead")
 
         group._ahead = ahead
-        other = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.sqlite3'}")
-        holder = await other.connect()
-        await holder.begin()
-        callers = [asyncio.ensure_future(group.submit(k, k)) for k in ("a", "b")]
-        await asyncio.wait_for(tried.wait(), 5)
-        await holder.commit()
-        assert await asyncio.wait_for(asyncio.gather(*callers), 5) == ["a:0", "b:0"]
+        async with _another_worker_writing(tmp_path) as other_worker:
+            callers = [asyncio.ensure_future(group.submit(k, k)) for k in ("a", "b")]
+            await asyncio.wait_for(tried.wait(), 5)
+            await other_worker.commit()
+            assert await asyncio.wait_for(asyncio.gather(*callers), 5) == ["a:0", "b:0"]
         assert recorder.batches == [["a", "b"]]
-        await holder.close()
-        await other.dispose()
         await engine.dispose()
 
     asyncio.run(scenario())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import create_engine, reader, write_turn_elsewhere
 from service.sqlite_inline import (
@@ -88,16 +89,22 @@ def test_a_commit_is_durable_for_a_separate_connection(tmp_path: Path) -> None:
     assert sqlite3.connect(path).execute("SELECT v FROM t").fetchall() == [(7,)]
 
 
+async def _two_workers(path: Path) -> tuple[AsyncEngine, AsyncEngine]:
+    """Two engines on one database, as two workers have, and its table ``t (v INTEGER)``."""
+    url = f"sqlite+aiosqlite:///{path}"
+    first, second = create_engine(url), create_engine(url)
+    async with first.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+    return first, second
+
+
 def test_workers_take_turns_at_the_write_lock_without_polling(tmp_path: Path) -> None:
     """Two engines stand for two workers: the second waits in the kernel for the first's turn
     (the flock beside the database), not in SQLite's busy handler, and gets it at the commit."""
     path = tmp_path / "turns.sqlite3"
-    url = f"sqlite+aiosqlite:///{path}"
 
     async def scenario() -> None:
-        first, second = create_engine(url), create_engine(url)
-        async with first.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        first, second = await _two_workers(path)
         # Every statement the second engine's connection starts, failed BEGINs included.
         begins: list[str] = []
         async with second.connect() as conn:
@@ -214,13 +221,10 @@ def test_a_connection_reads_ahead_of_its_begin_and_going_back_unused_lets_the_tu
     """service.db.write_turn_elsewhere: while another worker's transaction holds the write lock,
     a connection reads without it (the last commit: WAL readers block no one) and learns when
     the lock is its own; returned to the pool without a BEGIN, it lets the lock go."""
-    path = tmp_path / "read-ahead.sqlite3"
-    url = f"sqlite+aiosqlite:///{path}"
 
     async def scenario() -> None:
-        first, second = create_engine(url), create_engine(url)
+        first, second = await _two_workers(tmp_path / "read-ahead.sqlite3")
         async with first.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
             await conn.execute(text("INSERT INTO t VALUES (1)"))
         holder = await first.connect()
         await holder.begin()
