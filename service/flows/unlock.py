@@ -379,7 +379,7 @@ def decision_batches(engine: AsyncEngine, **kwargs: Any) -> DecisionBatches:
         decide_batch,
         alone_on=deadlocked,
         linger=DECISION_LINGER_S,
-        # Only SQLite's writers wait at BEGIN (service.db.begin_would_wait).
+        # Only SQLite's writers wait at BEGIN (service.db.write_turn_elsewhere).
         ahead=decide_ahead if engine.dialect.name == "sqlite" else None,
         **kwargs,
     )
