@@ -4,6 +4,7 @@ is told only what is true of its own request — committed, or failed with nothi
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import create_engine, deadlocked
 from service.group_commit import GroupCommit
+from service.sqlite_inline import InlineConnection
 
 metadata = MetaData()
 rows = Table("rows", metadata, Column("id", Integer, primary_key=True), Column("v", String))
@@ -529,6 +531,52 @@ def test_work_ahead_that_fails_is_done_in_the_batch(tmp_path: Path) -> None:
             await other_worker.commit()
             assert await asyncio.wait_for(asyncio.gather(*callers), 5) == ["a:0", "b:0"]
         assert recorder.batches == [["a", "b"]]
+        await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_begin_that_fails_after_work_ahead_fails_its_requests_and_keeps_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock got during the work ahead, then BEGIN fails: every request taken learns the
+    error, the lock is let go (the other worker's next BEGIN does not wait), and the next
+    request runs once BEGIN works again."""
+
+    async def scenario() -> None:
+        group, recorder, engine = await _setup(tmp_path)
+        failing = False
+        begin_immediate = InlineConnection.begin_immediate
+
+        async def failing_begin(self: InlineConnection) -> None:
+            if failing:
+                raise sqlite3.OperationalError("disk I/O error")
+            await begin_immediate(self)
+
+        monkeypatch.setattr(InlineConnection, "begin_immediate", failing_begin)
+        async with _another_worker_writing(tmp_path) as other_worker:
+
+            async def ahead(
+                conn: AsyncConnection, items: Sequence[str], arrived: Callable[[], bool]
+            ) -> list[str]:
+                nonlocal failing
+                await other_worker.commit()
+                assert arrived()  # the lock is this connection's now, ahead of its BEGIN
+                failing = True
+                return list(items)
+
+            group._ahead = ahead
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(group.submit(k, k) for k in ("a", "b")), return_exceptions=True),
+                5,
+            )
+            assert len(outcomes) == 2
+            assert all("disk I/O error" in str(o) for o in outcomes), outcomes
+            failing = False
+            await asyncio.wait_for(other_worker.begin(), 5)  # not held by the failed batch
+            await other_worker.commit()
+        assert recorder.batches == []
+        assert await group.submit("c", "c") == "c:0"
         await engine.dispose()
 
     asyncio.run(scenario())

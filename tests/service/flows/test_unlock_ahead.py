@@ -9,12 +9,14 @@ import copy
 import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing
 
 import msgspec
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import dto
+from service.db import create_engine
 from service.flows import unlock
 from service.group_commit import GroupCommit
 from service.persistence.unlock_requests import DecisionInputs
@@ -63,8 +65,10 @@ def _decide_while_another_worker_writes(
     got_ahead: list[unlock.DecisionRequest] = []
 
     async def scenario() -> str:
-        engine = api.app.state.engine
-        path = engine.url.database
+        path = api.app.state.engine.url.database
+        # An engine of the test's own: the app's one pooled connection may be taken at any
+        # moment by its audit integrator or outbox, which would then wait for the lock held here.
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
         worked, go_on = asyncio.Event(), asyncio.Event()
 
         async def ahead(
@@ -82,20 +86,22 @@ def _decide_while_another_worker_writes(
             api.ctx, decisions=GroupCommit(engine, unlock.decide_batch, ahead=ahead)
         )
         other_worker = WriterTurn(path)
-        assert await other_worker.take(1)
-        body = copy.deepcopy(PERSONA_REQUEST) | {"account_id": ACCOUNT_ID}
-        created = asyncio.ensure_future(
-            unlock.create(ctx, "test", msgspec.convert(body, dto.UnlockRequestIn))
-        )
-        await asyncio.wait_for(worked.wait(), 5)
-        if change is not None:
-            with sqlite3.connect(path) as db:
-                change(db)
-        other_worker.give_back()
-        go_on.set()
+        try:
+            assert await other_worker.take(1)
+            body = copy.deepcopy(PERSONA_REQUEST) | {"account_id": ACCOUNT_ID}
+            created = asyncio.ensure_future(
+                unlock.create(ctx, "test", msgspec.convert(body, dto.UnlockRequestIn))
+            )
+            await asyncio.wait_for(worked.wait(), 5)
+            if change is not None:
+                with closing(sqlite3.connect(path)) as db, db:
+                    change(db)
+        finally:
+            other_worker.close()  # lets go of the lock
+            go_on.set()
         decision = (await asyncio.wait_for(created, 10)).decision
-        other_worker.close()
-        with sqlite3.connect(path) as db:
+        await engine.dispose()
+        with closing(sqlite3.connect(path)) as db:
             (ciphertext,) = db.execute(
                 "SELECT context_ciphertext FROM unlock_requests WHERE id = ?", (decision.id,)
             ).fetchone()
@@ -139,3 +145,31 @@ def test_a_decision_made_ahead_is_made_again_when_another_worker_changed_its_inp
     assert [count for count, _ in made] == [1, 2]
     assert stored == made[1][1].row["context_ciphertext"]
     assert stored != made[0][1].row["context_ciphertext"]
+
+
+def test_requests_left_when_the_lock_arrives_are_decided_under_it(sqlite_api: Api) -> None:
+    """decide_ahead stops at the first poll that finds the lock this connection's: the requests
+    after it carry no decision, and the batch decides them under the lock."""
+    polls = iter([False, False, True])  # before the reads, before the first, before the second
+
+    async def scenario() -> list[bool]:
+        ctx = sqlite_api.ctx
+        requests = [
+            unlock.DecisionRequest.of(
+                ctx,
+                "test",
+                msgspec.convert(
+                    copy.deepcopy(PERSONA_REQUEST) | {"account_id": f"acct-left-{i}"},
+                    dto.UnlockRequestIn,
+                ),
+            )
+            for i in range(3)
+        ]
+        engine = create_engine(f"sqlite+aiosqlite:///{sqlite_api.app.state.engine.url.database}")
+        async with engine.connect() as conn:
+            decided = await unlock.decide_ahead(conn, requests, lambda: next(polls))
+        await engine.dispose()
+        assert [r.request_id for r in decided] == [r.request_id for r in requests]
+        return [r.ahead is not None for r in decided]
+
+    assert sqlite_api.run(scenario) == [True, False, False]
