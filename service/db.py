@@ -75,18 +75,25 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql(BEGIN_IMMEDIATE)
 
 
+def _inline_outside_transaction(conn: AsyncConnection) -> InlineConnection | None:
+    """The in-place SQLite driver under ``conn`` while it has connected and not begun (read from
+    the pooled connection directly: ``get_raw_connection`` would spawn a greenlet). None
+    elsewhere, PostgreSQL included."""
+    sync = conn.sync_connection
+    if sync is None or sync.invalidated or sync.in_transaction():
+        return None
+    driver = sync.connection.driver_connection
+    return driver if isinstance(driver, InlineConnection) else None
+
+
 def write_turn_elsewhere(conn: AsyncConnection) -> Callable[[], bool] | None:
     """When ``conn``'s BEGIN would wait now for another worker's write lock (SQLite in place,
     outside a transaction): a poll that answers True once it would not (the lock is then this
     connection's, for that BEGIN). Until the BEGIN, ``reader(conn)`` reads outside any
     transaction. None when it would not wait (the lock, if free, is this connection's now), and
-    always on PostgreSQL, whose writers do not wait at BEGIN. ``conn`` has connected (the
-    pooled connection is read directly: ``get_raw_connection`` would spawn a greenlet)."""
-    sync = conn.sync_connection
-    if sync is None or sync.invalidated:
-        return None
-    driver = sync.connection.driver_connection
-    if isinstance(driver, InlineConnection) and driver.turn_taken_elsewhere():
+    always on PostgreSQL, whose writers do not wait at BEGIN."""
+    driver = _inline_outside_transaction(conn)
+    if driver is not None and driver.turn_taken_elsewhere():
         return driver.turn_arrived
     return None
 
@@ -94,11 +101,8 @@ def write_turn_elsewhere(conn: AsyncConnection) -> Callable[[], bool] | None:
 def reader(conn: AsyncConnection) -> sqlite3.Connection | None:
     """The sqlite3 connection under ``conn`` (SQLite in place), to read ahead of its BEGIN
     without the write lock: WAL readers see the last commit and block no one. None elsewhere."""
-    sync = conn.sync_connection
-    if sync is None or sync.in_transaction():
-        return None
-    db = getattr(sync.connection.driver_connection, "sqlite", None)
-    return db if isinstance(db, sqlite3.Connection) else None
+    driver = _inline_outside_transaction(conn)
+    return None if driver is None else driver.sqlite
 
 
 def batches_in_flight(url: str) -> int:
