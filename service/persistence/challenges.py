@@ -33,6 +33,7 @@ from service.ids import new_id
 from service.persistence import padded
 from service.persistence.locks import ADVISORY_XACT_LOCK, advisory_lock_key, advisory_xact_locks
 from service.persistence.tables import (
+    ATTEMPT_FAILED,
     challenges,
     outbox_events,
     recovery_codes,
@@ -143,7 +144,7 @@ _SETTLE_ATTEMPT = HotStatement(
     .where(verification_attempts.c.id == bindparam("p_id"))
     .values(outcome=bindparam("p_outcome")),
 )
-_FAILED = (verification_attempts.c.outcome != "success",)
+_FAILED = (ATTEMPT_FAILED,)
 _FAILED_AT_METHOD = (
     *_FAILED,
     verification_attempts.c.created_at >= bindparam("p_since"),

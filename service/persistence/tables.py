@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    literal_column,
     or_,
 )
 
@@ -135,8 +136,27 @@ verification_attempts = Table(
     Column("outcome", String(32), nullable=False),
     Column("source_index", String(64), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
-    Index("ix_verification_attempts_subject_created", "subject", "created_at"),
-    Index("ix_verification_attempts_source_created", "source_index", "created_at"),
+)
+# What the throttles and the risk engine's signals count: the attempts that did not succeed. Only
+# those are indexed (migration 0007): a successful attempt, the one every accepted proof writes,
+# then costs its table row and primary key, both appended, not two index entries at leaves as
+# random as its account and source. The literal is in the SQL, never a bound parameter, so that
+# both planners can see a query's filter imply the indexes' (PostgreSQL's generic plan of a
+# prepared `outcome <> $1` cannot).
+ATTEMPT_FAILED = verification_attempts.c.outcome != literal_column("'success'")
+Index(
+    "ix_verification_attempts_subject_failed",
+    verification_attempts.c.subject,
+    verification_attempts.c.created_at,
+    sqlite_where=ATTEMPT_FAILED,
+    postgresql_where=ATTEMPT_FAILED,
+)
+Index(
+    "ix_verification_attempts_source_failed",
+    verification_attempts.c.source_index,
+    verification_attempts.c.created_at,
+    sqlite_where=ATTEMPT_FAILED,
+    postgresql_where=ATTEMPT_FAILED,
 )
 
 challenges = Table(

@@ -34,7 +34,7 @@ from service.persistence.accounts import (
     snapshot_facts,
     snapshot_from,
 )
-from service.persistence.tables import unlock_requests, verification_attempts
+from service.persistence.tables import ATTEMPT_FAILED, unlock_requests, verification_attempts
 
 
 class UnlockRequestRow(msgspec.Struct, frozen=True):
@@ -83,7 +83,7 @@ def _failures(
 ) -> ScalarSelect[Any]:
     where = [
         verification_attempts.c.subject == subject,
-        verification_attempts.c.outcome != "success",
+        ATTEMPT_FAILED,
         verification_attempts.c.created_at >= bindparam(since, type_=UtcDateTime),
     ]
     if method is not None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service.persistence.challenges import ChallengeRepository, FailureBook
+from audit.hot_sql import HotStatement
+from service.persistence.challenges import (
+    _FAILURES_OF_METHOD,
+    _FAILURES_OF_METHOD_AND_SOURCE,
+    ChallengeRepository,
+    FailureBook,
+    failures_many_statement,
+)
+from service.persistence.tables import ATTEMPT_FAILED
+from service.persistence.unlock_requests import decision_inputs_statement
 from tests.service.conftest import Api
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -61,3 +70,94 @@ def test_a_recorded_failure_counts_from_its_time_on() -> None:
     assert book.of_method(A, "sms", NOW - timedelta(hours=1)) == []
     assert book.from_source(SOURCE, NOW - timedelta(hours=1)) == [late]
     assert book.from_source(OTHER_SOURCE, NOW - timedelta(hours=1)) == []
+
+
+BY_ACCOUNT = "ix_verification_attempts_subject_failed"
+BY_SOURCE = "ix_verification_attempts_source_failed"
+
+
+def _failure_reads() -> list[tuple[HotStatement, dict[str, object], set[str]]]:
+    """Every statement that counts failed attempts, with parameters for one key, and the
+    indexes it should read."""
+    day, hour = NOW - timedelta(hours=24), NOW - timedelta(hours=1)
+    one = {"p_since": day, "p_subject": A, "p_method": "totp"}
+    many = {"p_since": day, "p_source_since": hour, "s0": A, "m0": "totp", "x0": SOURCE}
+    history = {"s0": A, "velocity_since": day, "failures_since": day, "throttle_since": day}
+    return [
+        (_FAILURES_OF_METHOD, one, {BY_ACCOUNT}),
+        (
+            _FAILURES_OF_METHOD_AND_SOURCE,
+            {**one, "p_source_since": hour, "p_source": SOURCE},
+            {BY_ACCOUNT, BY_SOURCE},
+        ),
+        (failures_many_statement(1), many, {BY_ACCOUNT, BY_SOURCE}),
+        (decision_inputs_statement(1), history, {BY_ACCOUNT}),
+    ]
+
+
+def test_failure_reads_use_the_failed_attempts_partial_indexes(api: Api) -> None:
+    """Only failed attempts are indexed (migration 0007), so every read of failures must let the
+    planner use those indexes: on PostgreSQL even in a generic plan of the prepared statement,
+    which cannot see a bound 'success' (the statements carry it as a literal). Sequential scans
+    are ruled out there, the table being almost empty."""
+    engine = api.app.state.engine
+    postgres = engine.dialect.name == "postgresql"
+
+    async def plan_of(n: int, statement: HotStatement, params: dict[str, object]) -> str:
+        compiled = statement.compiled(engine.dialect, params)
+        async with engine.begin() as conn:
+            if not postgres:
+                raw = await conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + compiled.sql, compiled.parameters(params)
+                )
+                return " | ".join(str(row[-1]) for row in raw)
+            await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            await conn.exec_driver_sql(f"PREPARE failures_{n} AS {compiled.sql}")
+            nulls = ", ".join(["NULL"] * len(compiled.binds))
+            raw = await conn.exec_driver_sql(f"EXPLAIN EXECUTE failures_{n}({nulls})")
+            text = " | ".join(str(row[0]) for row in raw)
+            await conn.exec_driver_sql(f"DEALLOCATE failures_{n}")
+            return text
+
+    for n, (statement, params, wanted) in enumerate(_failure_reads()):
+        plan = api.run(plan_of, n, statement, params)
+        assert {i for i in (BY_ACCOUNT, BY_SOURCE) if i in plan} == wanted, (statement, plan)
+        assert "SCAN verification_attempts" not in plan, plan  # SQLite's full scan
+        assert "Seq Scan on verification_attempts" not in plan, plan
+
+
+def test_the_failed_attempts_indexes_hold_what_the_model_says(api: Api) -> None:
+    """alembic check does not compare partial indexes' conditions: the migration's and the
+    model's must be the same by this test."""
+    engine = api.app.state.engine
+
+    async def stored() -> dict[str, str]:
+        async with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                query = (
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                    " AND tbl_name = 'verification_attempts' AND sql IS NOT NULL"
+                )
+            else:
+                query = (
+                    "SELECT indexname, indexdef FROM pg_indexes"
+                    " WHERE tablename = 'verification_attempts' AND indexname LIKE 'ix%'"
+                )
+            return {str(name): str(sql) for name, sql in await conn.exec_driver_sql(query)}
+
+    indexes = api.run(stored)
+    assert sorted(indexes) == [
+        "ix_verification_attempts_source_failed",
+        "ix_verification_attempts_subject_failed",
+    ]
+    model = str(ATTEMPT_FAILED.compile(dialect=engine.dialect)).replace(
+        "verification_attempts.", ""
+    )
+    for definition in indexes.values():
+        assert _normalized(definition.split(" WHERE ", 1)[1]) == _normalized(model)
+
+
+def _normalized(condition: str) -> str:
+    text = "".join(ch for ch in condition.lower() if ch not in "() \n")
+    return text.replace("<>", "!=").replace("::charactervarying", "").replace("::text", "")
