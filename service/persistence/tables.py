@@ -144,20 +144,17 @@ verification_attempts = Table(
 # both planners can see a query's filter imply the indexes' (PostgreSQL's generic plan of a
 # prepared `outcome <> $1` cannot).
 ATTEMPT_FAILED = verification_attempts.c.outcome != literal_column("'success'")
-Index(
-    "ix_verification_attempts_subject_failed",
-    verification_attempts.c.subject,
-    verification_attempts.c.created_at,
-    sqlite_where=ATTEMPT_FAILED,
-    postgresql_where=ATTEMPT_FAILED,
-)
-Index(
-    "ix_verification_attempts_source_failed",
-    verification_attempts.c.source_index,
-    verification_attempts.c.created_at,
-    sqlite_where=ATTEMPT_FAILED,
-    postgresql_where=ATTEMPT_FAILED,
-)
+for _name, _column in (
+    ("ix_verification_attempts_subject_failed", verification_attempts.c.subject),
+    ("ix_verification_attempts_source_failed", verification_attempts.c.source_index),
+):
+    Index(
+        _name,
+        _column,
+        verification_attempts.c.created_at,
+        sqlite_where=ATTEMPT_FAILED,
+        postgresql_where=ATTEMPT_FAILED,
+    )
 
 challenges = Table(
     "challenges",
