@@ -6,7 +6,7 @@ its account and its source: two more pages for SQLite to write to its WAL per ac
 They become partial indexes of the failed attempts, under names that say so. On PostgreSQL the
 new ones are built CONCURRENTLY before the old ones go (attempts are written on every proof, and
 the throttles' queries keep an index meanwhile); an interrupted build's invalid index is
-dropped first, as in 0004.
+dropped first, as in 0004, and a run interrupted after it dropped an old index can run again.
 
 Revision ID: 0007
 Revises: 0006
@@ -58,7 +58,7 @@ def upgrade() -> None:
                     postgresql_where=FAILED,
                     postgresql_concurrently=True,
                 )
-                op.drop_index(old, table_name=TABLE, postgresql_concurrently=True)
+                op.drop_index(old, table_name=TABLE, postgresql_concurrently=True, if_exists=True)
     else:
         for new, old, column in INDEXES:
             op.create_index(new, TABLE, [column, "created_at"], sqlite_where=FAILED)
@@ -71,7 +71,7 @@ def downgrade() -> None:
             for new, old, column in INDEXES:
                 op.drop_index(old, table_name=TABLE, postgresql_concurrently=True, if_exists=True)
                 op.create_index(old, TABLE, [column, "created_at"], postgresql_concurrently=True)
-                op.drop_index(new, table_name=TABLE, postgresql_concurrently=True)
+                op.drop_index(new, table_name=TABLE, postgresql_concurrently=True, if_exists=True)
     else:
         for new, old, column in INDEXES:
             op.create_index(old, TABLE, [column, "created_at"])
