@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, text
 
 from service.adapters.face import FakeFaceVerifier
 from service.adapters.oidc import FakeOidcClient
@@ -145,6 +145,45 @@ class Api:
             return "\n".join(out)
 
         return str(self.run(dump))
+
+
+def stored_indexes(api: Api, table: str) -> dict[str, str]:
+    """The ``ix_`` indexes of ``table`` as the database stores them: name -> its definition."""
+    engine = api.app.state.engine
+
+    async def read() -> dict[str, str]:
+        if engine.dialect.name == "sqlite":
+            query = (
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = :table AND name LIKE 'ix%'"
+            )
+        else:
+            query = (
+                "SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE tablename = :table AND indexname LIKE 'ix%'"
+            )
+        async with engine.connect() as conn:
+            rows = await conn.execute(text(query), {"table": table})
+            return {str(name): str(definition) for name, definition in rows}
+
+    found: dict[str, str] = api.run(read)
+    return found
+
+
+def assert_condition_is_the_models(api: Api, definition: str, model: ColumnElement[bool]) -> None:
+    """alembic check does not compare partial indexes' conditions: the one a migration gave an
+    index (its stored ``definition``) must be the model's, as either database spells it."""
+    assert " WHERE " in definition, definition
+    written = model.compile(
+        dialect=api.app.state.engine.dialect, compile_kwargs={"include_table": False}
+    )
+    assert _normalized(definition.split(" WHERE ", 1)[1]) == _normalized(str(written))
+
+
+def _normalized(condition: str) -> str:
+    # PostgreSQL stores `<>` for `!=`, parenthesises each term and casts the literals.
+    text = "".join(ch for ch in condition.lower() if ch not in "() \n")
+    return text.replace("<>", "!=").replace("::charactervarying", "").replace("::text", "")
 
 
 def free_port() -> int:

@@ -31,7 +31,13 @@ from service.persistence.tables import (
 from service.policy_source import load_default_policy
 from service.retention import CHALLENGE_SECRET_GRACE, RetentionJob, RetentionPeriods, purge_expired
 from service.settings import Settings, SettingsError
-from tests.service.conftest import Api, _api, make_settings
+from tests.service.conftest import (
+    Api,
+    _api,
+    assert_condition_is_the_models,
+    make_settings,
+    stored_indexes,
+)
 from tests.service.test_challenges_api import _phone, _request, _sms_code, _start, _verify
 from tests.service.test_review_api import _create
 
@@ -248,25 +254,8 @@ def test_expired_challenges_secrets_are_found_through_the_partial_index(api: Api
 
     assert "ix_challenges_secret_held" in api.run(plan)
 
-    async def stored_condition() -> str:
-        async with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                query = "SELECT sql FROM sqlite_master WHERE name = 'ix_challenges_secret_held'"
-            else:
-                query = (
-                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_challenges_secret_held'"
-                )
-            definition = str((await conn.exec_driver_sql(query)).scalar_one())
-            return definition.split(" WHERE ", 1)[1]
-
-    # alembic check does not compare partial indexes' conditions: the migration's and the
-    # model's must be the same by this test.
-    model = str(CHALLENGE_SECRET_HELD.compile(dialect=engine.dialect)).replace("challenges.", "")
-    assert _normalized(api.run(stored_condition)) == _normalized(model)
-
-
-def _normalized(condition: str) -> str:
-    return "".join(ch for ch in condition.lower() if ch not in "() \n")
+    definition = stored_indexes(api, "challenges")["ix_challenges_secret_held"]
+    assert_condition_is_the_models(api, definition, CHALLENGE_SECRET_HELD)
 
 
 def test_a_wiped_challenge_is_answered_as_the_same_challenge_unwiped(api: Api) -> None:
