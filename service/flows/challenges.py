@@ -454,12 +454,12 @@ async def _check_totp(
             last_step = enrolment.last_step
     if secret is None:
         # Same work as a real check against a secret no one holds.
-        totp.verify(totp.new_secret(), code, now, TOTP_PARAMS, None)
+        totp.check(totp.throwaway_secret(), code, now, TOTP_PARAMS, None)
         return Checked(ok=False)
-    step = totp.verify(secret, code, now, TOTP_PARAMS, last_step)
-    if step is not None:
-        return Checked(ok=True, totp_step=step)
-    if totp.verify(secret, code, now, TOTP_PARAMS, None) is not None:
+    checked = totp.check(secret, code, now, TOTP_PARAMS, last_step)
+    if checked.step is not None:
+        return Checked(ok=True, totp_step=checked.step)
+    if checked.reused:
         # The code is right but its step was used already: a replay (ASVS4-2.8.5).
         return Checked(ok=False, reason="code_reused")
     return Checked(ok=False)

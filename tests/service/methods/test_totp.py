@@ -79,3 +79,40 @@ def test_malformed_codes_never_match(code: str) -> None:
 def test_secret_has_at_least_160_bits() -> None:
     secret = totp.new_secret()
     assert len(base64.b32decode(secret)) * 8 >= 160
+
+
+def test_a_right_code_for_a_used_step_is_told_apart_as_a_replay() -> None:
+    secret = totp.new_secret()
+    current = totp.step_of(NOW, PARAMS)
+    code = totp.code_at(secret, NOW, PARAMS)
+    assert totp.check(secret, code, NOW, PARAMS, None) == totp.TotpCheck(current, reused=False)
+    assert totp.check(secret, code, NOW, PARAMS, current) == totp.TotpCheck(None, reused=True)
+    previous = totp.code_at(secret, NOW - timedelta(seconds=30), PARAMS)
+    assert totp.check(secret, previous, NOW, PARAMS, current - 1) == totp.TotpCheck(
+        None, reused=True
+    )
+    # The previous step's code is still good after an older step was used.
+    assert totp.check(secret, previous, NOW, PARAMS, current - 2) == totp.TotpCheck(
+        current - 1, reused=False
+    )
+    # Wrong, out of the window, or malformed: not a replay.
+    older = totp.code_at(secret, NOW - timedelta(seconds=60), PARAMS)
+    for wrong in (older, f"{(int(code) + 1) % 1_000_000:06d}", "12a456"):
+        assert totp.check(secret, wrong, NOW, PARAMS, current) == totp.TotpCheck(None, reused=False)
+
+
+@pytest.mark.parametrize("spelling", [str.lower, lambda s: s.rstrip("=")])
+def test_a_secret_reads_as_pyotp_reads_it(spelling: Any) -> None:
+    """Lower case and unpadded base32, as pyotp accepts them (a 16-byte secret needs padding)."""
+    for raw in (bytes(range(20)), bytes(range(16))):
+        secret = base64.b32encode(raw).decode()
+        code = totp.code_at(secret, NOW, PARAMS)
+        assert totp.verify(spelling(secret), code, NOW, PARAMS, None) == totp.step_of(NOW, PARAMS)
+
+
+def test_a_throwaway_secret_is_as_strong_as_a_new_one() -> None:
+    secrets = {totp.throwaway_secret() for _ in range(64)}
+    assert len(secrets) == 64
+    for secret in secrets:
+        assert len(base64.b32decode(secret)) * 8 >= 160
+        assert totp.verify(secret, totp.code_at(secret, NOW, PARAMS), NOW, PARAMS, None) is not None
