@@ -454,7 +454,7 @@ async def _check_totp(
             last_step = enrolment.last_step
     if secret is None:
         # Same work as a real check against a secret no one holds.
-        totp.check(totp.throwaway_secret(), code, now, TOTP_PARAMS, None)
+        totp.check(totp.new_secret(), code, now, TOTP_PARAMS, None)
         return Checked(ok=False)
     checked = totp.check(secret, code, now, TOTP_PARAMS, last_step)
     if checked.step is not None:
