@@ -240,8 +240,17 @@ class HotStatement:
         return f"HotStatement({self.name!r})"
 
     async def run(
-        self, conn: AsyncConnection, params: Params | Sequence[Params] | None = None
+        self,
+        conn: AsyncConnection,
+        params: Params | Sequence[Params] | None = None,
+        *,
+        outside: sqlite3.Connection | None = None,
     ) -> Rows:
+        """Run in ``conn``'s transaction; or, given ``outside`` (service.db.reader: the SQLite
+        connection under ``conn`` before its BEGIN), on that connection in whatever read
+        transaction the caller holds there, without the write lock."""
+        if outside is not None:
+            return self.run_sqlite(outside, conn.dialect, params)
         db = in_place(conn)
         try:
             if isinstance(db, sqlite3.Connection):

@@ -4,6 +4,7 @@ and writes rows inside the connection it is given."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -276,12 +277,14 @@ class AccountRepository:
         linked = (await _LINKED.run(self._conn, params)).all()
         return snapshot_from(subject, row, linked)
 
-    async def totp_many(self, subjects: Sequence[str]) -> dict[str, TotpFound]:
+    async def totp_many(
+        self, subjects: Sequence[str], *, outside: sqlite3.Connection | None = None
+    ) -> dict[str, TotpFound]:
         """The TOTP enrolments of these accounts with their data key rows (for
-        DataKeys.decrypt_with), in one statement: those enrolled, by subject."""
-        rows = await totp_many(len(subjects)).run(
-            self._conn, {f"s{i}": s for i, s in enumerate(subjects)}
-        )
+        DataKeys.decrypt_with), in one statement: those enrolled, by subject. ``outside``: read
+        there, not in the transaction (HotStatement.run)."""
+        params = {f"s{i}": s for i, s in enumerate(subjects)}
+        rows = await totp_many(len(subjects)).run(self._conn, params, outside=outside)
         return {row.enrolment_subject: _totp_found(row) for row in rows}
 
     async def set_phone(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
@@ -357,14 +358,19 @@ class ChallengeRepository:
         return None if row is None else ChallengeRow(*row)
 
     async def get_many(
-        self, challenge_ids: Sequence[str], *, lock: bool = False
+        self,
+        challenge_ids: Sequence[str],
+        *,
+        lock: bool = False,
+        outside: sqlite3.Connection | None = None,
     ) -> dict[str, ChallengeRow]:
         """The challenges of these ids that exist, by id; ``lock``: locked until the transaction
-        ends (PostgreSQL)."""
+        ends (PostgreSQL); ``outside``: read there, not in the transaction (HotStatement.run)."""
         if lock:
             challenge_ids = padded(challenge_ids)
         statement = get_many_statement(len(challenge_ids), lock)
-        rows = await statement.run(self._conn, {f"p{i}": c for i, c in enumerate(challenge_ids)})
+        params = {f"p{i}": c for i, c in enumerate(challenge_ids)}
+        rows = await statement.run(self._conn, params, outside=outside)
         return {row.id: ChallengeRow(*row) for row in rows}
 
     async def open_for(

@@ -231,14 +231,20 @@ class UnlockRequestRepository:
         return None if row is None else UnlockRequestRow(*row)
 
     async def get_many(
-        self, request_ids: Sequence[str], *, lock: bool = False
+        self,
+        request_ids: Sequence[str],
+        *,
+        lock: bool = False,
+        outside: sqlite3.Connection | None = None,
     ) -> dict[str, UnlockRequestRow]:
         """The requests of these ids that exist, by id; ``lock``: locked until the transaction
-        ends (PostgreSQL), so what is read here is what a write later in it changes."""
+        ends (PostgreSQL), so what is read here is what a write later in it changes;
+        ``outside``: read there, not in the transaction (HotStatement.run)."""
         if lock:
             request_ids = padded(request_ids)
         statement = get_many_statement(len(request_ids), lock)
-        rows = await statement.run(self._conn, {f"p{i}": r for i, r in enumerate(request_ids)})
+        params = {f"p{i}": r for i, r in enumerate(request_ids)}
+        rows = await statement.run(self._conn, params, outside=outside)
         return {row.id: UnlockRequestRow(*row) for row in rows}
 
     async def for_subject(self, subject: str, limit: int) -> list[UnlockRequestRow]:
