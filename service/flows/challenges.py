@@ -453,8 +453,12 @@ async def _check_totp(
             ).decode()
             last_step = enrolment.last_step
     if secret is None:
-        # Same work as a real check against a secret no one holds.
-        totp.check(totp.new_secret(), code, now, TOTP_PARAMS, None)
+        # The same work as a real check (a decryption, then the code checked) against a secret
+        # no one holds: an unknown account's proof takes as long as a known one's.
+        decoy = await ctx.data_keys.decrypt_decoy(
+            conn, TOTP_AAD, lambda: totp.new_secret().encode()
+        )
+        totp.check(decoy.decode(), code, now, TOTP_PARAMS, None)
         return Checked(ok=False)
     checked = totp.check(secret, code, now, TOTP_PARAMS, last_step)
     if checked.step is not None:

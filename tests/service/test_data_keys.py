@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.data_keys import CiphertextInvalid, DataKeyDestroyed, DataKeys, account_data_keys
+from service.data_keys import (
+    CiphertextInvalid,
+    DataKeyDestroyed,
+    DataKeys,
+    KeyRow,
+    account_data_keys,
+)
 from service.db import create_engine
 from service.persistence import metadata
 
@@ -64,6 +70,41 @@ def test_encrypt_round_trips_and_stores_only_a_wrapped_key_under_a_pseudonym(db_
         assert len(rows[0].wrapped_key) == 12 + 32 + 16
 
     with_engine(db_url, body)
+
+
+def test_a_decoy_decryption_does_a_real_ones_work_and_touches_no_row(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OWASP-FP-1/2: an unknown account's proof decrypts a decoy made once per field, through
+    the same unwrap and AES-GCM decryption a known account's takes, and writes no key."""
+    keys = new_keys()
+    made: list[bytes] = []
+    unwrapped: list[str] = []
+    unwrap = DataKeys._unwrap
+
+    def counting_unwrap(self: DataKeys, subject: str, row: KeyRow) -> tuple[int, bytes]:
+        unwrapped.append(subject)
+        return unwrap(self, subject, row)
+
+    monkeypatch.setattr(DataKeys, "_unwrap", counting_unwrap)
+
+    def plaintext() -> bytes:
+        made.append(secrets.token_bytes(20))
+        return made[-1]
+
+    async def body(engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            first = await keys.decrypt_decoy(conn, b"totp", plaintext)
+            second = await keys.decrypt_decoy(conn, b"totp", plaintext)
+            other = await keys.decrypt_decoy(conn, b"phone", plaintext)
+            assert not conn.in_transaction()
+            assert (await conn.execute(select(account_data_keys))).all() == []
+        assert first == second == made[0]
+        assert other == made[1] != made[0]  # one decoy per field
+
+    with_engine(db_url, body)
+    assert len(made) == 2
+    assert len(unwrapped) == 3
 
 
 def test_a_token_is_bound_to_its_account_and_field(db_url: str) -> None:
