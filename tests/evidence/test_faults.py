@@ -53,12 +53,15 @@ from audit.verify import verify_bundle
 from service.db import create_engine
 from service.errors import database_unavailable
 from service.keystore import KeyStore
+from service.methods.totp import TotpParameters, code_at
 from service.persistence.api_keys import Role
 from service.settings import Settings
 from tests.evidence.conftest import ServedService, ServeFactory
 from tests.service.conftest import PERSONA_REQUEST, free_port
+from tests.service.test_challenges_api import previous_step
 
 PROBLEM_JSON = "application/problem+json"
+TOTP = TotpParameters()
 UNAVAILABLE = "database_unavailable"
 
 
@@ -75,17 +78,24 @@ class Outcome:
     content_type: str
     body: dict[str, Any] | None
     error: str | None = None
+    # What was asked: "decision" (POST /v1/unlock-requests), "proof" (a TOTP verify, whose
+    # challenge is ``challenge_id``) or "setup" (the enrolment and challenge before a proof).
+    kind: str = "decision"
+    challenge_id: str | None = None
 
 
 @dataclass
 class Load:
-    """``threads`` clients posting unlock requests back to back until stopped or capped.
+    """``threads`` clients posting unlock requests back to back until stopped or capped, and
+    ``proof_threads`` more proving TOTP codes back to back: each enrols a TOTP for a new account,
+    makes its unlock request, starts a challenge and sends the right code.
 
     Every account id is fresh, so the decisions do not feed each other's velocity signals.
     """
 
     service: ServedService
     threads: int = 8
+    proof_threads: int = 0
     max_per_thread: int = 2_000
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -93,8 +103,9 @@ class Load:
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> Load:
-        for n in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(n,), daemon=True)
+        for n in range(self.threads + self.proof_threads):
+            run = self._run if n < self.threads else self._run_proofs
+            worker = threading.Thread(target=run, args=(n,), daemon=True)
             worker.start()
             self._workers.append(worker)
         return self
@@ -107,15 +118,22 @@ class Load:
         with self._lock:
             return list(self.outcomes)
 
-    def acked(self) -> list[Outcome]:
+    def acked(self, kind: str | None = None) -> list[Outcome]:
+        """The outcomes answered 2xx (of ``kind``, if given)."""
         with self._lock:
-            return [o for o in self.outcomes if o.status is not None and 200 <= o.status < 300]
+            return [
+                o
+                for o in self.outcomes
+                if o.status is not None
+                and 200 <= o.status < 300
+                and (kind is None or o.kind == kind)
+            ]
 
-    def wait_acked(self, count: int, timeout_s: float = 30) -> None:
+    def wait_acked(self, count: int, timeout_s: float = 30, kind: str | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        while len(self.acked()) < count:
+        while len(self.acked(kind)) < count:
             assert time.monotonic() < deadline, (
-                f"only {len(self.acked())} of {count} decisions acknowledged in {timeout_s} s; "
+                f"only {len(self.acked(kind))} of {count} acknowledged in {timeout_s} s; "
                 f"last outcomes {self.outcomes[-3:]}\n{self.service.log_tail()}"
             )
             time.sleep(0.02)
@@ -126,32 +144,74 @@ class Load:
                 if self._stop.is_set():
                     return
                 body = PERSONA_REQUEST | {"account_id": f"load-{thread}-{n}-{time.monotonic_ns()}"}
-                started = time.monotonic()
-                try:
-                    response = client.post("/v1/unlock-requests", json=body)
-                except httpx.TransportError as exc:
-                    outcome = Outcome(started, time.monotonic(), None, "", None, repr(exc))
-                else:
-                    try:
-                        parsed = response.json()
-                    except ValueError:
-                        parsed = None
-                    outcome = Outcome(
-                        started,
-                        time.monotonic(),
-                        response.status_code,
-                        response.headers.get("content-type", ""),
-                        parsed,
-                    )
-                with self._lock:
-                    self.outcomes.append(outcome)
+                self._post(client, "/v1/unlock-requests", body, "decision")
+
+    def _run_proofs(self, thread: int) -> None:
+        with self.service.client(Role.FRONTEND, timeout=20) as client:
+            for n in range(self.max_per_thread):
+                if self._stop.is_set():
+                    return
+                account = f"proof-{thread}-{n}-{time.monotonic_ns()}"
+                enrolled = self._post(client, f"/v1/accounts/{account}/totp", None, "setup")
+                if enrolled is None:
+                    continue  # no answer (its worker was killed): the next account
+                secret = enrolled["secret"]
+                # Confirmed with the previous step's code, so the current one is still unused.
+                code = code_at(secret, previous_step(), TOTP)
+                confirm = f"/v1/accounts/{account}/totp/confirm"
+                if self._post(client, confirm, {"code": code}, "setup") is None:
+                    continue
+                body = PERSONA_REQUEST | {"account_id": account}
+                decision = self._post(client, "/v1/unlock-requests", body, "decision")
+                if decision is None:
+                    continue
+                challenges = f"/v1/unlock-requests/{decision['id']}/challenges"
+                challenge = self._post(client, challenges, {"method": "totp"}, "setup")
+                if challenge is None:
+                    continue
+                code = code_at(secret, datetime.now(UTC), TOTP)
+                verify = f"{challenges}/{challenge['id']}/verify"
+                self._post(client, verify, {"code": code}, "proof", challenge["id"])
+
+    def _post(
+        self,
+        client: httpx.Client,
+        path: str,
+        body: dict[str, Any] | None,
+        kind: str,
+        challenge_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        """POST and record the outcome; the answer's body when it is a 2xx."""
+        started = time.monotonic()
+        try:
+            response = client.post(path, json=body) if body is not None else client.post(path)
+        except httpx.TransportError as exc:
+            outcome = Outcome(started, time.monotonic(), None, "", None, repr(exc), kind)
+        else:
+            try:
+                parsed = response.json()
+            except ValueError:
+                parsed = None
+            outcome = Outcome(
+                started,
+                time.monotonic(),
+                response.status_code,
+                response.headers.get("content-type", ""),
+                parsed,
+                kind=kind,
+                challenge_id=challenge_id,
+            )
+        with self._lock:
+            self.outcomes.append(outcome)
+        ok = outcome.status is not None and 200 <= outcome.status < 300
+        return outcome.body if ok else None
 
 
 def acknowledged_indices(outcomes: list[Outcome]) -> dict[str, int]:
     """Decision id -> the audit index the 201 gave, for every acknowledged decision."""
     acked: dict[str, int] = {}
     for o in outcomes:
-        if o.status is not None and 200 <= o.status < 300:
+        if o.kind == "decision" and o.status is not None and 200 <= o.status < 300:
             assert o.body is not None
             index = o.body["audit"]["index"]
             assert isinstance(index, int), f"a 2xx without its audit index: {o.body}"
@@ -203,10 +263,16 @@ class VerifiedLog:
     entries: list[dict[str, Any]]
 
     def decisions(self) -> dict[str, int]:
-        """unlock_request_id -> index of its decision entry; fails on a duplicate."""
+        """unlock_request_id -> index of its decision entry (not an approval's, which names
+        ``via``); fails on a duplicate."""
         found: dict[str, int] = {}
         for entry in self.entries:
-            if entry["kind"] == EntryKind.DECISION.value and "unlock_request_id" in entry["data"]:
+            data = entry["data"]
+            if (
+                entry["kind"] == EntryKind.DECISION.value
+                and "unlock_request_id" in data
+                and "via" not in data
+            ):
                 request_id = entry["data"]["unlock_request_id"]
                 assert request_id not in found, f"decision {request_id} logged twice"
                 found[request_id] = entry["index"]
@@ -274,18 +340,52 @@ def assert_acknowledged_kept(
     assert rows_without_audit_entry(database_url) == 0
 
 
+def assert_acknowledged_proofs_kept(
+    service: ServedService, outcomes: list[Outcome], log: VerifiedLog
+) -> int:
+    """Every acknowledged proof (a TOTP verify answered 200): its request still shows what the
+    answer said (status, the TOTP factor), and the log holds its successful attempt and, when
+    the answer said approved, the approval. How many there were."""
+    proofs = [o for o in outcomes if o.kind == "proof" and o.status == 200]
+    successes = {
+        e["data"]["challenge_id"]
+        for e in log.entries
+        if e["kind"] == EntryKind.VERIFICATION_ATTEMPT.value and e["data"]["outcome"] == "success"
+    }
+    approvals = {
+        e["data"]["unlock_request_id"]
+        for e in log.entries
+        if e["kind"] == EntryKind.DECISION.value and e["data"].get("via") == "verification"
+    }
+    with service.client(Role.FRONTEND) as client:
+        for o in proofs:
+            assert o.body is not None
+            assert "totp" in o.body["factors_satisfied"], o.body
+            request_id = o.body["id"]
+            now = client.get(f"/v1/unlock-requests/{request_id}").json()
+            assert (now["status"], now["factors_satisfied"]) == (
+                o.body["status"],
+                o.body["factors_satisfied"],
+            ), f"acknowledged proof for {request_id} lost"
+            assert o.challenge_id in successes, f"{o.challenge_id}'s success not in the log"
+            if o.body["status"] == "approved":
+                assert request_id in approvals, f"{request_id}'s approval not in the log"
+    return len(proofs)
+
+
 # -- 1. a worker SIGKILLed under load --------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
+def test_sigkilled_worker_under_load_loses_no_acknowledged_decision_or_proof(
     serve_service: ServeFactory, database_url: str, tmp_path: Path
 ) -> None:
     service = serve_service(database_url, workers=2)
     db = database_of(service)
-    load = Load(service).start()
+    load = Load(service, threads=6, proof_threads=4).start()
     try:
         load.wait_acked(60)
+        load.wait_acked(10, kind="proof")
         # The worker serving the most of the load's connections: killed, it must drop requests
         # in flight, or the test would prove nothing about them.
         held = service.connections_held()
@@ -295,6 +395,7 @@ def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
         killed_at = time.monotonic()
         # The other worker (and the one the supervisor starts in place of the dead) go on.
         load.wait_acked(len(load.acked()) + 60)
+        load.wait_acked(len(load.acked("proof")) + 10, kind="proof")
     finally:
         outcomes = load.stop()
     assert victim not in service.worker_pids()
@@ -307,13 +408,16 @@ def test_sigkilled_worker_under_load_loses_no_acknowledged_decision(
     assert len(after_kill) >= 40, "the service did not go on serving after the kill"
     # A request in flight on the killed worker may get no answer; nothing may get an error.
     answered = [o for o in outcomes if o.status is not None]
-    assert {o.status for o in answered} == {201}, [o for o in answered if o.status != 201][:3]
+    errors = [o for o in answered if o.status is None or not 200 <= o.status < 300]
+    assert not errors, errors[:3]
     # The kill cut connections with a request on them (or about to be sent on them).
     assert len(answered) < len(outcomes), f"nothing was in flight on the killed worker {held}"
     log = export_and_verify(service, tmp_path / "bundle", cli=True)
     assert_acknowledged_kept(service, db, acked, log)
+    proofs = assert_acknowledged_proofs_kept(service, outcomes, log)
+    assert proofs >= 20, f"only {proofs} proofs acknowledged"
     print(
-        f"{len(outcomes)} requests, {len(acked)} acknowledged, "
+        f"{len(outcomes)} requests, {len(acked)} decisions and {proofs} proofs acknowledged, "
         f"{len(outcomes) - len(answered)} unanswered (in flight on the killed worker), "
         f"{len(after_kill)} acknowledged after the kill; log size {log.size}"
     )
