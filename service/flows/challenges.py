@@ -794,7 +794,9 @@ async def judge_ahead(
     turns at the lock and a third of a proof batch's time under it was this. Left to the lock:
     the throttles and everything written, a proof whose challenge is closed, expired or out of
     attempts (its code is not checked), an enrolment without a data key row (reading one would
-    begin the transaction), and the proofs left when the lock ``arrived``."""
+    begin the transaction), and the proofs left when the lock ``arrived``. A code checked here
+    whose proof the lock then refuses (throttled, its challenge out of attempts meanwhile) is
+    dropped unused: no one learns its outcome."""
     outside = reader(conn)
     if outside is None or arrived():
         return list(batch)
