@@ -5,25 +5,24 @@ proof is judged again from what it wrote (ASVS4-2.8.5: a code is accepted once).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from policy.model import Method
 from service import dto
 from service.db import create_engine
 from service.domain import ProofRejected, RequestClosed
 from service.flows import challenges
-from service.group_commit import GroupCommit
+from service.group_commit import Ahead, GroupCommit
 from service.methods.totp import TotpParameters, code_at
-from service.sqlite_inline import WriterTurn
 from tests.service import test_challenges_api as api_flows
 from tests.service.conftest import Api
+from tests.service.flows.another_worker import while_another_worker_writes
 
 PARAMS = TotpParameters()
 ACCOUNT_ID = "acct-proof-ahead"
@@ -67,58 +66,26 @@ def _prove_while_another_worker_writes(
         return await check_totp(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(challenges, "_check_totp", recording_check)
-    monkeypatch.setitem(challenges.AT_ONCE, challenges.Method.TOTP, recording_check)
-    got_ahead: list[challenges.ProofRequest] = []
+    monkeypatch.setitem(challenges.AT_ONCE, Method.TOTP, recording_check)
 
-    async def scenario() -> dto.DecisionOut | Exception:
-        path = api.app.state.engine.url.database
-        # An engine of the test's own: the app's one pooled connection may be taken at any
-        # moment by its audit integrator or outbox, which would then wait for the lock held here.
-        engine = create_engine(f"sqlite+aiosqlite:///{path}")
-        worked, go_on = asyncio.Event(), asyncio.Event()
+    async def judge_ahead(
+        conn: AsyncConnection,
+        batch: Sequence[challenges.ProofRequest],
+        arrived: Callable[[], bool],
+    ) -> list[challenges.ProofRequest]:
+        judged = await challenges.judge_ahead(conn, batch, arrived)
+        under_lock[0] = True
+        return judged
 
-        async def ahead(
-            conn: AsyncConnection,
-            batch: Sequence[challenges.ProofRequest],
-            arrived: Callable[[], bool],
-        ) -> list[challenges.ProofRequest]:
-            items = await challenges.judge_ahead(conn, batch, arrived)
-            got_ahead.extend(items)
-            under_lock[0] = True
-            worked.set()
-            await go_on.wait()
-            return items
-
+    async def verify(engine: AsyncEngine, ahead: Ahead[challenges.ProofRequest]) -> dto.DecisionOut:
         ctx = dataclasses.replace(
             api.ctx, proofs=GroupCommit(engine, challenges.prove_batch, ahead=ahead)
         )
-        other_worker = WriterTurn(path)
-        try:
-            assert await other_worker.take(1)
-            verified = asyncio.ensure_future(
-                challenges.verify(
-                    ctx,
-                    "test",
-                    proof.request_id,
-                    proof.challenge_id,
-                    dto.VerifyIn(code=proof.code),
-                )
-            )
-            await asyncio.wait_for(worked.wait(), 5)
-            if change is not None:
-                with closing(sqlite3.connect(path)) as db, db:
-                    change(db)
-        finally:
-            other_worker.close()  # lets go of the lock
-            go_on.set()
-        try:
-            return await asyncio.wait_for(verified, 10)
-        except Exception as exc:
-            return exc
-        finally:
-            await engine.dispose()
+        body = dto.VerifyIn(code=proof.code)
+        return await challenges.verify(ctx, "test", proof.request_id, proof.challenge_id, body)
 
-    answer = api.run(scenario)
+    path = api.app.state.engine.url.database
+    got_ahead, answer = api.run(while_another_worker_writes, path, judge_ahead, verify, change)
     assert len(got_ahead) == 1
     return checks, got_ahead[0], answer
 
@@ -135,7 +102,7 @@ def test_a_code_checked_ahead_is_accepted_when_the_lock_finds_the_same_rows(
     assert judged.ahead.checked.totp_step == proof.step
     assert checks == ["ahead"]  # checked once, and not again under the lock
     assert isinstance(answer, dto.DecisionOut), answer
-    assert answer.factors_satisfied == [challenges.Method.TOTP]
+    assert answer.factors_satisfied == [Method.TOTP]
 
 
 def test_a_code_checked_ahead_is_checked_again_when_another_worker_used_its_step(

@@ -4,24 +4,23 @@ worker changed them, the request is decided again from what it wrote."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import closing
 
 import msgspec
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import dto
 from service.db import create_engine
 from service.flows import unlock
-from service.group_commit import GroupCommit
+from service.group_commit import Ahead, GroupCommit
 from service.persistence.unlock_requests import DecisionInputs
-from service.sqlite_inline import WriterTurn
 from tests.service.conftest import PERSONA_REQUEST, Api
+from tests.service.flows.another_worker import while_another_worker_writes
 
 ACCOUNT_ID = "acct-ahead"
 
@@ -62,54 +61,26 @@ def _decide_while_another_worker_writes(
         return prepared
 
     monkeypatch.setattr(unlock, "_prepare", recording_prepare)
-    got_ahead: list[unlock.DecisionRequest] = []
 
-    async def scenario() -> str:
-        path = api.app.state.engine.url.database
-        # An engine of the test's own: the app's one pooled connection may be taken at any
-        # moment by its audit integrator or outbox, which would then wait for the lock held here.
-        engine = create_engine(f"sqlite+aiosqlite:///{path}")
-        worked, go_on = asyncio.Event(), asyncio.Event()
-
-        async def ahead(
-            conn: AsyncConnection,
-            batch: Sequence[unlock.DecisionRequest],
-            arrived: Callable[[], bool],
-        ) -> list[unlock.DecisionRequest]:
-            items = await unlock.decide_ahead(conn, batch, arrived)
-            got_ahead.extend(items)
-            worked.set()
-            await go_on.wait()
-            return items
-
+    async def create(engine: AsyncEngine, ahead: Ahead[unlock.DecisionRequest]) -> str:
         ctx = dataclasses.replace(
             api.ctx, decisions=GroupCommit(engine, unlock.decide_batch, ahead=ahead)
         )
-        other_worker = WriterTurn(path)
-        try:
-            assert await other_worker.take(1)
-            body = copy.deepcopy(PERSONA_REQUEST) | {"account_id": ACCOUNT_ID}
-            created = asyncio.ensure_future(
-                unlock.create(ctx, "test", msgspec.convert(body, dto.UnlockRequestIn))
-            )
-            await asyncio.wait_for(worked.wait(), 5)
-            if change is not None:
-                with closing(sqlite3.connect(path)) as db, db:
-                    change(db)
-        finally:
-            other_worker.close()  # lets go of the lock
-            go_on.set()
-        decision = (await asyncio.wait_for(created, 10)).decision
-        await engine.dispose()
-        with closing(sqlite3.connect(path)) as db:
-            (ciphertext,) = db.execute(
-                "SELECT context_ciphertext FROM unlock_requests WHERE id = ?", (decision.id,)
-            ).fetchone()
-        return str(ciphertext)
+        body = copy.deepcopy(PERSONA_REQUEST) | {"account_id": ACCOUNT_ID}
+        created = await unlock.create(ctx, "test", msgspec.convert(body, dto.UnlockRequestIn))
+        return created.decision.id
 
-    stored = api.run(scenario)
+    path = api.app.state.engine.url.database
+    got_ahead, decision_id = api.run(
+        while_another_worker_writes, path, unlock.decide_ahead, create, change
+    )
+    assert isinstance(decision_id, str), decision_id
+    with closing(sqlite3.connect(path)) as db:
+        (ciphertext,) = db.execute(
+            "SELECT context_ciphertext FROM unlock_requests WHERE id = ?", (decision_id,)
+        ).fetchone()
     assert len(got_ahead) == 1
-    return made, got_ahead[0], stored
+    return made, got_ahead[0], str(ciphertext)
 
 
 def _known_account_with_one_request(api: Api) -> str:
