@@ -27,7 +27,7 @@ import anyio.to_thread
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from audit.entry import EntryKind, JSONValue
+from audit.entry import EntryKind, JSONValue, new_event_payload
 from audit.hot_sql import savepoint
 from policy.model import ConsentState, Method, ReviewReason
 from service import dto
@@ -674,6 +674,8 @@ class JudgedAhead(msgspec.Struct, frozen=True):
     subject: str | None = None
     enrolment: TotpFound | None = None
     checked: Checked | None = None
+    # A right code's writes, made from the same rows and check (_accepted_writes).
+    accepted: _AcceptedWrites | None = None
 
 
 class ProofRequest(msgspec.Struct, frozen=True):
@@ -850,7 +852,8 @@ async def _judged_ahead(
         checked = await _check_totp(conn, proof.ctx, loaded, ch, proof.body, proof.now, reads)
     except DomainError:
         return JudgedAhead(row, loaded)  # no code: refused under the lock
-    return JudgedAhead(row, loaded, ch.subject, enrolment, checked)
+    accepted = _accepted_writes(proof, loaded, ch, Method.TOTP, checked) if checked.ok else None
+    return JudgedAhead(row, loaded, ch.subject, enrolment, checked, accepted)
 
 
 ProofBatches = GroupCommit[ProofRequest, "_Accepted | _Later"]
@@ -1010,19 +1013,14 @@ async def _prove_planned(
         if checked.ok:
             if step is not None:
                 plan.consumed[ch.subject] = step
-            # As _succeed_in's lock_request(read_here=...) has it: read locked, unchanged since.
-            accepted = _acceptance(loaded, ch, method, now, checked, request_state(loaded.request))
+            # Made ahead of the lock from the same rows and check (judge_ahead), or now.
+            writes = judged.accepted or _accepted_writes(proof, loaded, ch, method, checked)
+            accepted = writes.acceptance
             plan.completions.append((ch.id, limits.challenge_attempts, now))
             plan.requests.append(accepted.update)
             plan.attempts.append(_attempt(loaded, ch, "success", now))
-            entries.add(
-                EntryKind.VERIFICATION_ATTEMPT, proof.actor, ch.subject, accepted.entry, now
-            )
-            if accepted.approved:  # approve_in's writes
-                via, subject = "verification", loaded.request.subject
-                plan.outbox += [(*e, now) for e in _approval_events(loaded, now, via)]
-                entry = _approval_entry(loaded, via)
-                entries.add(EntryKind.DECISION, proof.actor, subject, entry, now)
+            entries.add_encoded(writes.payloads)
+            plan.outbox += [(*e, now) for e in writes.outbox]
             outcomes.append(_Accepted(accepted.row, accepted.row.audit_index, loaded.stored))
             continue
         failures = reads.failures.of_method(ch.subject, ch.method, now - METHOD_FAILURES_WINDOW)
@@ -1060,6 +1058,38 @@ class _Judged(msgspec.Struct, frozen=True):
     challenge: ChallengeRow
     method: Method
     checked: Checked
+    # When ``checked`` was made ahead of the lock and is a right code: its writes, made there.
+    accepted: _AcceptedWrites | None = None
+
+
+class _AcceptedWrites(msgspec.Struct, frozen=True):
+    """A right code's writes in a planned batch (_prove_planned): its acceptance, its audit
+    entries encoded (the attempt's, and the approval's when it approves) and the approval's
+    outbox events. Made under the lock, or ahead of it (judge_ahead) from the same rows."""
+
+    acceptance: _Acceptance
+    payloads: list[bytes]
+    outbox: list[tuple[str, str, dict[str, object]]]
+
+
+def _accepted_writes(
+    proof: ProofRequest, loaded: Loaded, ch: ChallengeRow, method: Method, checked: Checked
+) -> _AcceptedWrites:
+    now = proof.now
+    # As _succeed_in's lock_request(read_here=...) has it: read locked, unchanged since.
+    accepted = _acceptance(loaded, ch, method, now, checked, request_state(loaded.request))
+    payloads = [
+        new_event_payload(
+            EntryKind.VERIFICATION_ATTEMPT, proof.actor, ch.subject, accepted.entry, now
+        )
+    ]
+    outbox: list[tuple[str, str, dict[str, object]]] = []
+    if accepted.approved:  # approve_in's writes
+        via, subject = "verification", loaded.request.subject
+        outbox = _approval_events(loaded, now, via)
+        entry = _approval_entry(loaded, via)
+        payloads.append(new_event_payload(EntryKind.DECISION, proof.actor, subject, entry, now))
+    return _AcceptedWrites(accepted, payloads, outbox)
 
 
 async def _judge(conn: AsyncConnection, proof: ProofRequest, reads: ProofReads) -> _Judged | _Later:
@@ -1102,9 +1132,10 @@ async def _judge(conn: AsyncConnection, proof: ProofRequest, reads: ProofReads) 
         and ahead.subject == challenge.subject
         and ahead.enrolment == reads.totp.get(challenge.subject)
     ):
-        checked = ahead.checked  # checked ahead of the lock against the enrolment read here
-    else:
-        checked = await at_once(conn, ctx, loaded, challenge, proof.body, now, reads)
+        # Checked ahead of the lock against the enrolment read here (with, for a right code,
+        # its writes made from the same rows).
+        return _Judged(loaded, challenge, method, ahead.checked, ahead.accepted)
+    checked = await at_once(conn, ctx, loaded, challenge, proof.body, now, reads)
     return _Judged(loaded, challenge, method, checked)
 
 

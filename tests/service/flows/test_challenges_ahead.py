@@ -6,8 +6,10 @@ proof is judged again from what it wrote (ASVS4-2.8.5: a code is accepted once).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 
 import pytest
@@ -103,6 +105,21 @@ def test_a_code_checked_ahead_is_accepted_when_the_lock_finds_the_same_rows(
     assert checks == ["ahead"]  # checked once, and not again under the lock
     assert isinstance(answer, dto.DecisionOut), answer
     assert answer.factors_satisfied == [Method.TOTP]
+    # Its writes were made ahead too, and the log holds the entries as they were encoded there.
+    assert judged.ahead.accepted is not None
+    made_ahead = [json.loads(p) for p in judged.ahead.accepted.payloads]
+    with closing(sqlite3.connect(sqlite_api.app.state.engine.url.database)) as db:
+        leaves = [json.loads(leaf) for (leaf,) in db.execute("SELECT leaf FROM audit_log")]
+    logged = [
+        {k: v for k, v in leaf.items() if k in made_ahead[0]}
+        for leaf in leaves
+        if (
+            leaf["kind"] == "verification_attempt"
+            and leaf["data"]["challenge_id"] == proof.challenge_id
+        )
+        or leaf["data"].get("via") == "verification"
+    ]
+    assert logged == made_ahead
 
 
 def test_a_code_checked_ahead_is_checked_again_when_another_worker_used_its_step(
