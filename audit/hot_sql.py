@@ -406,6 +406,20 @@ async def _as_sqlalchemy_error(
     )
 
 
+@contextmanager
+def read_snapshot(outside: sqlite3.Connection | None) -> Iterator[None]:
+    """A read transaction on ``outside`` (service.db.reader), if given, for the block's
+    ``run(..., outside=outside)`` statements: one WAL snapshot for all of them, no write lock."""
+    if outside is None:
+        yield
+        return
+    outside.execute("BEGIN")  # deferred: reads only
+    try:
+        yield
+    finally:
+        outside.execute("COMMIT")
+
+
 # One name for every savepoint: the three statements' texts stay in the sqlite3 module's
 # statement cache (a name per savepoint was parsed anew each time, two statements per proof).
 # Nested savepoints may share it: ROLLBACK TO and RELEASE name the most recent one of that

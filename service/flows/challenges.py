@@ -28,7 +28,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import EntryKind, JSONValue, new_event_payload
-from audit.hot_sql import savepoint
+from audit.hot_sql import read_snapshot, savepoint
 from policy.model import ConsentState, Method, ReviewReason
 from service import dto
 from service.adapters.sms import SmsDeliveryError
@@ -802,8 +802,7 @@ async def judge_ahead(
     outside = reader(conn)
     if outside is None or arrived():
         return list(batch)
-    outside.execute("BEGIN")  # deferred: one WAL snapshot for the three reads, no write lock
-    try:
+    with read_snapshot(outside):
         found = await ChallengeRepository(conn).get_many(
             [p.challenge_id for p in batch], outside=outside
         )
@@ -814,8 +813,6 @@ async def judge_ahead(
         enrolments = (
             await AccountRepository(conn).totp_many(subjects, outside=outside) if subjects else {}
         )
-    finally:
-        outside.execute("COMMIT")
     reads = ProofReads(requests, found, enrolments, FailureBook({}, {}))
     judged: list[ProofRequest] = []
     for proof in batch:

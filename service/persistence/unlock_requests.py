@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from audit.hot_sql import HotStatement
+from audit.hot_sql import HotStatement, read_snapshot
 from audit.store import audit_log
 from policy.model import Method, RequestHistory
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
@@ -189,17 +189,9 @@ class UnlockRequestRepository:
         }
         inputs = decision_inputs_statement(len(subjects))
         linked_of = linked_many(len(subjects))
-        if outside is None:
-            rows = (await inputs.run(self._conn, params)).all()
-            linked_rows = (await linked_of.run(self._conn, params)).all()
-        else:
-            dialect = self._conn.dialect
-            outside.execute("BEGIN")  # deferred: one WAL snapshot for both, no write lock
-            try:
-                rows = inputs.run_sqlite(outside, dialect, params).all()
-                linked_rows = linked_of.run_sqlite(outside, dialect, params).all()
-            finally:
-                outside.execute("COMMIT")
+        with read_snapshot(outside):
+            rows = (await inputs.run(self._conn, params, outside=outside)).all()
+            linked_rows = (await linked_of.run(self._conn, params, outside=outside)).all()
         linked: dict[str, list[Any]] = {}
         for r in linked_rows:
             linked.setdefault(r.subject, []).append(r)
