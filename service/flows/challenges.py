@@ -870,8 +870,8 @@ def proof_batches(engine: AsyncEngine, **kwargs: Any) -> ProofBatches:
         prove_batch,
         alone_on=deadlocked,
         linger=PROOF_LINGER_S,
-        # Only SQLite's writers wait at BEGIN (service.db.write_turn_elsewhere).
-        ahead=judge_ahead if engine.dialect.name == "sqlite" else None,
+        # Used only when BEGIN would wait: SQLite's writers (service.db.write_turn_elsewhere).
+        ahead=judge_ahead,
         **kwargs,
     )
 

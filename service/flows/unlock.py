@@ -379,8 +379,8 @@ def decision_batches(engine: AsyncEngine, **kwargs: Any) -> DecisionBatches:
         decide_batch,
         alone_on=deadlocked,
         linger=DECISION_LINGER_S,
-        # Only SQLite's writers wait at BEGIN (service.db.write_turn_elsewhere).
-        ahead=decide_ahead if engine.dialect.name == "sqlite" else None,
+        # Used only when BEGIN would wait: SQLite's writers (service.db.write_turn_elsewhere).
+        ahead=decide_ahead,
         **kwargs,
     )
 
