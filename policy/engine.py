@@ -1,15 +1,17 @@
 """The risk engine: signals become a RiskAssessment, the account's methods become an ordered Offer.
 
 Invariants (proved by hypothesis in tests/policy): face is never first, never the only automated
-path, never offered without active consent, never counted twice; when the non-biometric methods
-cannot meet the requirement a person reviews; review is always available; the engine never denies.
+path, never offered without active consent or where it could change nothing, never counted twice
+and never without a non-biometric proof beside it; when the non-biometric methods cannot meet the
+requirement a person reviews; review is always available; the engine never denies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
-from policy.config import MethodPlan, Policy
+from policy.config import FacePlan, MethodPlan, Policy, Requirement
 from policy.model import (
     LEVELS_ASCENDING,
     AccountFacts,
@@ -180,21 +182,11 @@ def make_offer(
 
     face = level_plan.face
     if face is not None:
-        if not face.enabled:
-            not_offered.append(_NOT_OFFERED[_FACE, NotOfferedReason.FACE_DISABLED])
-        elif not face.allowed:
-            not_offered.append(_NOT_OFFERED[_FACE, NotOfferedReason.FACE_NOT_ALLOWED_AT_LEVEL])
-        elif account.face_consent is not _ACTIVE:
-            not_offered.append(_NOT_OFFERED[_FACE, _CONSENT_NOT_OFFERED[account.face_consent]])
-        elif _FACE in throttled:
-            not_offered.append(_NOT_OFFERED[_FACE, NotOfferedReason.THROTTLED])
-        elif not non_bio_path:
-            # FRM-10: face would be the only automated way in; a person reviews instead.
-            not_offered.append(
-                _NOT_OFFERED[_FACE, NotOfferedReason.FACE_WITHOUT_NON_BIOMETRIC_PATH]
-            )
-        else:
+        gap = _face_gap(face, account, need, non_bio_path, len(distinct), strong)
+        if gap is None:
             offered.append(face.offered)
+        else:
+            not_offered.append(_NOT_OFFERED[_FACE, gap])
 
     if need.review_required and not non_bio_path:
         review = _REVIEW_BOTH
@@ -212,6 +204,34 @@ def make_offer(
         review=review,
         non_biometric_path=non_bio_path,
     )
+
+
+def _face_gap(
+    face: FacePlan,
+    account: AccountFacts,
+    need: Requirement,
+    non_bio_path: bool,
+    non_biometric: int,
+    non_biometric_strong: int,
+) -> NotOfferedReason | None:
+    """Why face is not offered at this level for this account, or None when it is."""
+    if not face.enabled:
+        return NotOfferedReason.FACE_DISABLED
+    if not face.allowed:
+        return NotOfferedReason.FACE_NOT_ALLOWED_AT_LEVEL
+    if account.face_consent is not _ACTIVE:
+        return _CONSENT_NOT_OFFERED[account.face_consent]
+    if _FACE in account.throttled_methods:
+        return NotOfferedReason.THROTTLED
+    if not non_bio_path:
+        # FRM-10: face would be the only automated way in; a person reviews instead.
+        return NotOfferedReason.FACE_WITHOUT_NON_BIOMETRIC_PATH
+    face_strong = face.offered.strength is _STRONG
+    if not face_can_help(
+        need.factors, need.strong, non_biometric, non_biometric_strong, face_strong
+    ):
+        return NotOfferedReason.FACE_NOT_NEEDED
+    return None
 
 
 _REVIEW_NOT_REQUIRED = ReviewPath(required=False)
@@ -243,5 +263,48 @@ def satisfies(offer: Offer, satisfied: frozenset[Method]) -> bool:
     """Whether proofs of these methods meet the offer; face counts once and only if offered."""
     offered = {m.method: m for m in offer.methods}
     usable = [offered[m] for m in satisfied if m in offered]
-    strong = [m for m in usable if m.strength is Strength.STRONG]
-    return len(usable) >= offer.factors_required and len(strong) >= offer.strong_factors_required
+    return proofs_meet(
+        offer.factors_required,
+        offer.strong_factors_required,
+        [(m.strength is Strength.STRONG, m.biometric) for m in usable],
+    )
+
+
+def proofs_meet(
+    factors_required: int, strong_required: int, proofs: Iterable[tuple[bool, bool]]
+) -> bool:
+    """Whether distinct methods' proofs, each given as (strong, biometric), meet a requirement.
+
+    NIST-63B4-3.2.3-a: a biometric is used only as part of multi-factor authentication, so a
+    biometric proof counts only beside at least one non-biometric proof; never alone."""
+    factors = strong = non_biometric = 0
+    for is_strong, biometric in proofs:
+        factors += 1
+        strong += is_strong
+        non_biometric += not biometric
+    if non_biometric == 0:
+        return False
+    return factors >= factors_required and strong >= strong_required
+
+
+def face_can_help(
+    factors_required: int,
+    strong_required: int,
+    non_biometric: int,
+    non_biometric_strong: int,
+    face_strong: bool,
+) -> bool:
+    """Whether a face proof can complete some proofs of the offered non-biometric
+    methods that fall short alone: some non-empty choice of them, ``n`` methods of which ``s``
+    strong, misses the requirement while it and face meet it. When none can, every
+    such proof is enough alone and face would be processed for nothing."""
+    for s in range(non_biometric_strong + 1):
+        for restricted in range(non_biometric - non_biometric_strong + 1):
+            n = s + restricted
+            if n == 0:
+                continue
+            alone = n >= factors_required and s >= strong_required
+            with_face = n + 1 >= factors_required and s + face_strong >= strong_required
+            if with_face and not alone:
+                return True
+    return False

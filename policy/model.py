@@ -139,6 +139,9 @@ class NotOfferedReason(StrEnum):
     FACE_NOT_ALLOWED_AT_LEVEL = "FACE_NOT_ALLOWED_AT_LEVEL"
     # Face would be the only automated way in: FRM-10 forbids it, so a person reviews instead.
     FACE_WITHOUT_NON_BIOMETRIC_PATH = "FACE_WITHOUT_NON_BIOMETRIC_PATH"
+    # Face counts only beside a non-biometric proof (NIST-63B4-3.2.3-a), and here every such
+    # proof is enough alone: face could change nothing, so no face is processed (GDPR-5(1)(c)).
+    FACE_NOT_NEEDED = "FACE_NOT_NEEDED"
 
 
 class ReviewReason(StrEnum):

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from audit.entry import EntryKind, JSONValue, new_event_payload
 from audit.hot_sql import read_snapshot, savepoint
+from policy.engine import proofs_meet
 from policy.model import ConsentState, Method, ReviewReason
 from service import dto
 from service.adapters.sms import SmsDeliveryError
@@ -655,10 +656,14 @@ AT_ONCE: dict[Method, InlineChecker] = {
 
 
 def satisfied(offer: dto.OfferOut, factors: set[str]) -> bool:
-    """Whether the proven methods meet the offer; each method counts once, face included."""
-    usable = {m.method.value: m.strength for m in offer.methods if m.method.value in factors}
-    strong = sum(1 for s in usable.values() if s == "strong")
-    return len(usable) >= offer.factors_required and strong >= offer.strong_factors_required
+    """Whether the proven methods meet the offer (the engine's rule, ``proofs_meet``): each
+    method counts once, and face only beside a non-biometric proof."""
+    usable = {
+        m.method.value: (m.strength == "strong", m.biometric)
+        for m in offer.methods
+        if m.method.value in factors
+    }
+    return proofs_meet(offer.factors_required, offer.strong_factors_required, usable.values())
 
 
 class JudgedAhead(msgspec.Struct, frozen=True):

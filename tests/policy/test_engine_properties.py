@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from itertools import combinations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from policy.model import (
     Decision,
     Method,
     Network,
+    NotOfferedReason,
     RequestHistory,
     Signal,
     SignalCode,
@@ -98,6 +100,52 @@ def test_nist_63b4_face_counts_as_one_factor_at_most(
             if satisfies(offer, with_face) and Method.FACE not in subset:
                 needed = offer.factors_required - 1
                 assert len(subset) >= needed
+
+
+def _subsets(methods: frozenset[Method]) -> list[frozenset[Method]]:
+    ordered = sorted(methods, key=lambda m: m.value)
+    return [frozenset(c) for size in range(len(ordered) + 1) for c in combinations(ordered, size)]
+
+
+@EXAMPLES
+@given(requests, accounts, histories)
+def test_nist_63b4_3_2_3_face_never_counts_without_a_non_biometric_proof(
+    request: UnlockRequestFacts, account: AccountFacts, history: RequestHistory
+) -> None:
+    offer = _decide(request, account, history).offer
+    assert not satisfies(offer, frozenset({Method.FACE}))
+    non_bio = frozenset(m.method for m in offer.methods if not m.biometric)
+    for subset in _subsets(non_bio):
+        if satisfies(offer, subset | {Method.FACE}):
+            assert subset, "face alone met the requirement"
+
+
+@EXAMPLES
+@given(requests, accounts, histories)
+def test_gdpr_5_1_c_face_is_offered_only_where_it_can_complete_a_proof(
+    request: UnlockRequestFacts, account: AccountFacts, history: RequestHistory
+) -> None:
+    decision = _decide(request, account, history)
+    offer = decision.offer
+    non_bio = frozenset(m.method for m in offer.methods if not m.biometric)
+    # Counted over every choice of the offered methods, not by the engine's arithmetic.
+    completes = any(
+        not satisfies(offer, subset) and satisfies(offer, subset | {Method.FACE})
+        for subset in _subsets(non_bio)
+    )
+    offered = any(m.method is Method.FACE for m in offer.methods)
+    if offered:
+        assert completes, "face offered where no proof it completes falls short alone"
+    reasons = {n.reason for n in offer.not_offered if n.method is Method.FACE}
+    if NotOfferedReason.FACE_NOT_NEEDED in reasons:
+        # satisfies() counts face only when offered: ask what it would complete if it were.
+        face = POLICY.plans[decision.assessment.level].face
+        assert face is not None
+        with_face = msgspec.structs.replace(offer, methods=(*offer.methods, face.offered))
+        assert not any(
+            not satisfies(with_face, subset) and satisfies(with_face, subset | {Method.FACE})
+            for subset in _subsets(non_bio)
+        )
 
 
 @EXAMPLES

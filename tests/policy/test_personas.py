@@ -4,6 +4,7 @@ NIST-63B4-3.2.3 restricted SMS, PIPL-24 human review)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from policy.config import Policy
 from policy.engine import decide, satisfies
@@ -34,8 +35,8 @@ SHANGHAI = GeoPoint("CN", 31.23, 121.47)
 SHANGHAI_HOME = GeoPoint("CN", 31.20, 121.44)
 
 
-def _request(**context: object) -> UnlockRequestFacts:
-    base: dict[str, object] = {
+def _request(**context: Any) -> UnlockRequestFacts:
+    base: dict[str, Any] = {
         "ip": "203.0.113.7",
         "device_id": "d-7f3a",
         "geo": SHANGHAI,
@@ -49,7 +50,7 @@ def _request(**context: object) -> UnlockRequestFacts:
         "acct-1024",
         LockReason.SUSPECTED_TAKEOVER,
         RequestContext(**base),
-        Locale.ZH_CN,  # type: ignore[arg-type]
+        Locale.ZH_CN,
     )
 
 
@@ -99,6 +100,53 @@ def test_design_persona_with_consent_sees_face_last_as_an_optional_alternative(
     text = decision_json(d, default_policy, Locale.EN, include_scores=False)["explanation"]
     assert "optional alternative" in text
     assert "required" not in text.lower()
+
+
+def test_nist_63b4_3_2_3_face_completes_a_text_message_code_and_never_counts_alone(
+    default_policy: Policy,
+) -> None:
+    account = AccountFacts(
+        linked_identities=REAL_NAME_ACCOUNT.linked_identities,
+        phone=REAL_NAME_ACCOUNT.phone,
+        face_consent=ConsentState.ACTIVE,
+    )
+    d = decide(_request(), account, RequestHistory(), default_policy, NOW)
+    assert d.assessment.level is RiskLevel.MEDIUM
+    assert not satisfies(d.offer, frozenset({Method.FACE}))
+    assert not satisfies(d.offer, frozenset({Method.SMS}))
+    # The person who lost access to the linked account: the code to their phone plus face.
+    assert satisfies(d.offer, frozenset({Method.SMS, Method.FACE}))
+
+
+def test_gdpr_5_1_c_face_is_not_offered_where_any_other_method_is_enough(
+    default_policy: Policy,
+) -> None:
+    # A user-requested lock from a known device: low risk, one factor of any strength.
+    facts = UnlockRequestFacts(
+        "acct-1024",
+        LockReason.USER_REQUESTED,
+        RequestContext(
+            ip="203.0.113.7",
+            device_id="d-11aa",
+            geo=SHANGHAI,
+            network=Network.RESIDENTIAL,
+            account_created_at=datetime(2016, 3, 2, 8, tzinfo=UTC),
+            last_login=LastLogin(datetime(2026, 11, 20, 9, 12, tzinfo=UTC), "d-11aa", SHANGHAI),
+            known_device_ids=frozenset({"d-11aa"}),
+        ),
+        Locale.EN,
+    )
+    account = AccountFacts(
+        linked_identities=REAL_NAME_ACCOUNT.linked_identities,
+        phone=REAL_NAME_ACCOUNT.phone,
+        face_consent=ConsentState.ACTIVE,
+    )
+    d = decide(facts, account, RequestHistory(), default_policy, NOW)
+    assert d.assessment.level is RiskLevel.LOW
+    assert _methods(d) == [Method.LINKED_IDENTITY, Method.SMS]
+    assert _not_offered(d)[Method.FACE] is NotOfferedReason.FACE_NOT_NEEDED
+    text = decision_json(d, default_policy, Locale.EN, include_scores=False)["explanation"]
+    assert "face verification would add nothing here" in text
 
 
 def test_sim_swapped_yesterday_withdraws_sms(default_policy: Policy) -> None:

@@ -5,6 +5,7 @@ tests as the real adapters in tests/service/adapters)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any
 
@@ -192,9 +193,20 @@ def _attestation(api: Api, challenge_nonce: str, **overrides: Any) -> str:
     return api.face.sign_attestation(claims)
 
 
-def _face_ready(api: Api, account_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _enrol_for_face(api: Api, account_id: str) -> None:
+    """A real-name identity, a phone and face consent: at the persona's medium risk, face can
+    complete a text-message code (it never counts alone, and is not offered where every other
+    method is enough alone)."""
     _bind(api, account_id)
+    r = api.client.put(
+        f"/v1/accounts/{account_id}/phone", json={"phone": "+8613800005678"}, headers=api.headers()
+    )
+    assert r.status_code == 200, r.text
     _consent(api, account_id)
+
+
+def _face_ready(api: Api, account_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    _enrol_for_face(api, account_id)
     decision = api.create_unlock_request(account_id)
     assert decision["offer"]["methods"][-1]["method"] == "face"
     started = _start(api, decision["id"], "face")
@@ -202,13 +214,25 @@ def _face_ready(api: Api, account_id: str) -> tuple[dict[str, Any], dict[str, An
     return decision, started.json()
 
 
-def test_face_with_consent_counts_once_as_an_optional_alternative(api: Api) -> None:
+def test_nist_63b4_3_2_3_face_counts_once_and_only_beside_a_non_biometric_proof(
+    api: Api,
+) -> None:
     decision, started = _face_ready(api, "acct-face")
+    assert decision["risk"]["level"] == "medium"
     session = started["session"]
     assert session["audience"] == api.face.audience
     r = _verify(api, decision["id"], started["id"], attestation=_attestation(api, session["nonce"]))
     assert r.status_code == 200, r.text
     assert r.json()["factors_satisfied"] == ["face"]
+    assert r.json()["status"] == "pending_verification", "face alone approved the request"
+    sms = _start(api, decision["id"], "sms")
+    assert sms.status_code == 201, sms.text
+    code = re.search(r"\b(\d{6})\b", api.sms.sent[-1].message)
+    assert code is not None
+    r = _verify(api, decision["id"], sms.json()["id"], code=code.group(1))
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "approved"
+    assert sorted(r.json()["factors_satisfied"]) == ["face", "sms"]
 
 
 @pytest.mark.parametrize(
@@ -236,7 +260,7 @@ def test_a_replayed_attestation_is_refused(sqlite_api: Api) -> None:
     token = _attestation(api, started["session"]["nonce"])
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 200
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 409
-    # The request is approved now; on a new request's challenge the old nonce does not fit.
+    # On a new request's challenge the old nonce does not fit.
     later = api.create_unlock_request("acct-replay")
     second = _start(api, later["id"], "face").json()
     replay = _verify(api, later["id"], second["id"], attestation=token)
@@ -298,8 +322,7 @@ def test_consent_withdrawn_after_the_decision_stops_a_face_challenge_from_starti
     """FRM-6: consent is live. The decision offered face while consent was current; once it is
     withdrawn (or the notice changes) the offer no longer licenses face, and no session starts."""
     account = f"acct-late-{change}"
-    _bind(api, account)
-    _consent(api, account)
+    _enrol_for_face(api, account)
     decision = api.create_unlock_request(account)
     assert decision["offer"]["methods"][-1]["method"] == "face"
     if change == "withdrawn":
