@@ -99,6 +99,13 @@ class DataKeys:
         mac.update(b"fairunlock/blind/" + purpose.encode() + b"\x00" + value.encode())
         return mac.hexdigest()
 
+    def face_subject(self, provider: str, subject: str) -> str:
+        """The reference a face provider knows an account by (its ``subject``, the keyed
+        pseudonym): the provider enrols the person's face under it and names it in each
+        attestation's ``sub``, so one person's match cannot stand for another account. Keyed per
+        provider, so providers cannot join their references with each other's or with ours."""
+        return self.blind_index("face_subject/" + provider, subject)
+
     async def encrypt(
         self, conn: AsyncConnection, account_id: str, plaintext: bytes, aad: bytes = b""
     ) -> str:

@@ -223,6 +223,9 @@ class FaceConsentOut(_Out):
     notice_version: str | None = None
     granted_at: datetime | None = None
     withdrawn_at: datetime | None = None
+    # While consent is active: per configured face provider, the reference to enrol the
+    # person's face under there; the provider names it as `sub` in its attestations.
+    provider_subjects: dict[str, str] | None = None
 
 
 class NoticeSectionOut(_Out):
@@ -288,6 +291,9 @@ class FaceSessionOut(_Out):
     provider: str
     nonce: str
     audience: str
+    # The account's reference at this provider: the face to match is the one enrolled under it,
+    # and the attestation's `sub` must name it.
+    subject: str
 
 
 class ChallengeOut(_Out):

@@ -1,12 +1,13 @@
 """Face-attestation verifier: FairUnlock never sees a face, only a provider's signed verdict.
 
 A device or certified provider does the 1:1 match and returns a compact JWS whose claims are
-``iss``, ``aud``, ``iat``, ``exp``, ``nonce`` (bound to our challenge), ``result`` (``match`` |
+``iss``, ``aud``, ``iat``, ``exp``, ``nonce`` (bound to our challenge), ``sub`` (the account's
+reference at the provider, under which it enrolled the face it matched), ``result`` (``match`` |
 ``no_match``), ``liveness`` (``pass`` | ``fail``) and ``matcher_version``; ``jti`` is optional.
-We check the signature (EdDSA with Ed25519, or ES256, nothing else), audience, nonce, expiry and
-freshness, and refuse anything that looks like biometric data (DESIGN.md principle 4) before even
-looking at the signature. A ``no_match`` or failed liveness is not an error: it is an outcome,
-and the flow opens human review.
+We check the signature (EdDSA with Ed25519, or ES256, nothing else), audience, nonce, subject,
+expiry and freshness, and refuse anything that looks like biometric data (DESIGN.md principle 4)
+before even looking at the signature. A ``no_match`` or failed liveness is not an error: it is an
+outcome, and the flow opens human review.
 
 Keys per provider come from ``FAIRUNLOCK_FACE_PROVIDERS``: a PEM public key, or a JWKS URI fetched
 with httpx, cached, and refetched once when an attestation names a key id we do not know.
@@ -49,7 +50,17 @@ _ALG_KEY = {"EdDSA": ("OKP", "Ed25519"), "ES256": ("EC", "P-256")}
 # Headers we understand. Anything else (crit, b64=false, jku, jwk, x5u, x5c ...) changes how a
 # JWS is processed or where its key comes from, and no provider needs it for this.
 _ALLOWED_HEADERS = frozenset({"alg", "kid", "typ"})
-_REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "nonce", "result", "liveness", "matcher_version")
+_REQUIRED_CLAIMS = (
+    "iss",
+    "aud",
+    "iat",
+    "exp",
+    "nonce",
+    "sub",
+    "result",
+    "liveness",
+    "matcher_version",
+)
 # An attestation is a few hundred bytes; the API refuses bodies above 64 KiB before this runs.
 MAX_ATTESTATION_CHARS = 64 * 1024
 _MAX_DEPTH = 8
@@ -98,6 +109,7 @@ class AttestationRejected(Exception):
             "unknown_provider",
             "wrong_audience",
             "nonce_mismatch",
+            "wrong_subject",
             "expired",
             "not_fresh",
             "malformed",
@@ -125,7 +137,13 @@ class FaceProviderUnavailable(Exception):
 @runtime_checkable
 class FaceVerifier(Protocol):
     async def verify(
-        self, attestation: str, *, provider: str, expected_nonce: str, now: datetime
+        self,
+        attestation: str,
+        *,
+        provider: str,
+        expected_nonce: str,
+        expected_subject: str,
+        now: datetime,
     ) -> FaceOutcome: ...
 
     async def aclose(self) -> None: ...
@@ -360,6 +378,7 @@ async def check_attestation(
     audience: str,
     issuer: str,
     expected_nonce: str,
+    expected_subject: str,
     now: datetime,
     max_age_s: float,
     leeway_s: float,
@@ -367,8 +386,8 @@ async def check_attestation(
     """Every check, in an order that never trusts what it has not yet verified."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    if not expected_nonce:
-        raise ValueError("expected_nonce must not be empty")
+    if not expected_nonce or not expected_subject:
+        raise ValueError("expected_nonce and expected_subject must not be empty")
     if not isinstance(attestation, str) or len(attestation) > MAX_ATTESTATION_CHARS:
         raise AttestationRejected("malformed", "not a compact JWS of a sensible size")
     parts = attestation.strip().split(".")
@@ -405,6 +424,7 @@ async def check_attestation(
         audience=audience,
         issuer=issuer,
         expected_nonce=expected_nonce,
+        expected_subject=expected_subject,
         now=now,
         max_age_s=max_age_s,
         leeway_s=leeway_s,
@@ -418,6 +438,7 @@ def _check_claims(
     audience: str,
     issuer: str,
     expected_nonce: str,
+    expected_subject: str,
     now: datetime,
     max_age_s: float,
     leeway_s: float,
@@ -429,6 +450,7 @@ def _check_claims(
     iat = _numeric_date(claims, "iat")
     exp = _numeric_date(claims, "exp")
     nonce = _nonempty_str(claims, "nonce")
+    sub = _nonempty_str(claims, "sub")
     matcher_version = _nonempty_str(claims, "matcher_version")
     if claims["result"] not in {"match", "no_match"}:
         raise AttestationRejected("malformed", "result must be match or no_match")
@@ -447,6 +469,10 @@ def _check_claims(
     # Constant time: the nonce is the challenge binding, no timing hints about its prefix.
     if not hmac.compare_digest(nonce.encode("utf-8"), expected_nonce.encode("utf-8")):
         raise AttestationRejected("nonce_mismatch", "not issued for this challenge")
+    # The provider matched the face enrolled under this reference: another person's match,
+    # however genuine, proves nothing about this account.
+    if not hmac.compare_digest(sub.encode("utf-8"), expected_subject.encode("utf-8")):
+        raise AttestationRejected("wrong_subject", "not a match against this account's face")
     current = now.timestamp()
     if exp <= iat:
         raise AttestationRejected("malformed", "exp must be after iat")
@@ -634,7 +660,13 @@ class JoseFaceVerifier:
                 )
 
     async def verify(
-        self, attestation: str, *, provider: str, expected_nonce: str, now: datetime
+        self,
+        attestation: str,
+        *,
+        provider: str,
+        expected_nonce: str,
+        expected_subject: str,
+        now: datetime,
     ) -> FaceOutcome:
         config = self._config.providers.get(provider)
         source = self._sources.get(provider)
@@ -647,6 +679,7 @@ class JoseFaceVerifier:
             audience=config.audience,
             issuer=config.expected_issuer,
             expected_nonce=expected_nonce,
+            expected_subject=expected_subject,
             now=now,
             max_age_s=self._config.max_age_s,
             leeway_s=self._config.leeway_s,
@@ -683,7 +716,13 @@ class FakeFaceVerifier:
         return sign_attestation(claims, self.key)
 
     async def verify(
-        self, attestation: str, *, provider: str, expected_nonce: str, now: datetime
+        self,
+        attestation: str,
+        *,
+        provider: str,
+        expected_nonce: str,
+        expected_subject: str,
+        now: datetime,
     ) -> FaceOutcome:
         if provider != self.provider:
             raise AttestationRejected("unknown_provider", "no such face provider is configured")
@@ -694,6 +733,7 @@ class FakeFaceVerifier:
             audience=self.audience,
             issuer=self.provider,
             expected_nonce=expected_nonce,
+            expected_subject=expected_subject,
             now=now,
             max_age_s=self._max_age_s,
             leeway_s=self._leeway_s,

@@ -283,7 +283,7 @@ async def start(
             secret_sealed = authorization[1]
         elif method is Method.FACE:
             await _require_face_consent(conn, ctx, subject)
-            out, secret_sealed = _start_face(ctx, provider, out)
+            out, secret_sealed = _start_face(ctx, provider, subject, out)
         if existing_sms is not None and secret_hash is not None and delivery_id is not None:
             await repo.resend(existing_sms.id, secret_hash, delivery_id, expires_at)
         else:
@@ -402,7 +402,7 @@ async def _authorize_oidc(ctx: ServiceContext, offered: dto.OfferedMethodOut) ->
 
 
 def _start_face(
-    ctx: ServiceContext, provider: str | None, out: dto.ChallengeOut
+    ctx: ServiceContext, provider: str | None, subject: str, out: dto.ChallengeOut
 ) -> tuple[dto.ChallengeOut, str]:
     names = sorted(ctx.face_audiences)
     chosen = provider or (names[0] if len(names) == 1 else None)
@@ -412,7 +412,12 @@ def _start_face(
         )
     nonce = secrets.token_urlsafe(24)
     sealed = ctx.sealer.seal(json.dumps({"nonce": nonce, "provider": chosen}), b"challenge.face")
-    session = dto.FaceSessionOut(provider=chosen, nonce=nonce, audience=ctx.face_audiences[chosen])
+    session = dto.FaceSessionOut(
+        provider=chosen,
+        nonce=nonce,
+        audience=ctx.face_audiences[chosen],
+        subject=ctx.data_keys.face_subject(chosen, subject),
+    )
     return msgspec.structs.replace(out, session=session), sealed
 
 
@@ -602,7 +607,12 @@ async def _check_face(
     sealed = json.loads(ctx.sealer.open(ch.secret_sealed, b"challenge.face"))
     try:
         outcome = await ctx.face.verify(
-            attestation, provider=sealed["provider"], expected_nonce=sealed["nonce"], now=now
+            attestation,
+            provider=sealed["provider"],
+            expected_nonce=sealed["nonce"],
+            # The match must be of this account's enrolled face, not of whoever was in front.
+            expected_subject=ctx.data_keys.face_subject(sealed["provider"], ch.subject),
+            now=now,
         )
     except AttestationRejected as exc:
         return Checked(ok=False, reason=exc.code)

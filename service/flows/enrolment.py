@@ -204,6 +204,13 @@ async def issue_recovery_codes(ctx: ServiceContext, actor: str, account_id: str)
     return codes
 
 
+def face_provider_subjects(ctx: ServiceContext, account_id: str) -> dict[str, str]:
+    """Per configured face provider, the reference to enrol this account's face under there:
+    the ``sub`` its attestations must name (``DataKeys.face_subject``)."""
+    subject = ctx.data_keys.pseudonymize(account_id)
+    return {name: ctx.data_keys.face_subject(name, subject) for name in sorted(ctx.face_audiences)}
+
+
 async def grant_face_consent(
     ctx: ServiceContext,
     actor: str,

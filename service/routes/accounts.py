@@ -6,6 +6,7 @@ from litestar import Controller
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from policy.model import ConsentState
 from service import dto
 from service.auth import require_roles
 from service.flows import enrolment, unlock
@@ -22,15 +23,17 @@ AccountIdParam = Parameter(
 FRONTEND = [require_roles(Role.FRONTEND)]
 
 
-def _consent_out(ctx: Ctx, consent: ConsentRecord | None) -> dto.FaceConsentOut:
+def _consent_out(ctx: Ctx, account_id: str, consent: ConsentRecord | None) -> dto.FaceConsentOut:
     state = enrolment.consent_state(consent, ctx.notice.version)
     if consent is None:
         return dto.FaceConsentOut(state=state.value)
+    active = state is ConsentState.ACTIVE
     return dto.FaceConsentOut(
         state=state.value,
         notice_version=consent.notice_version,
         granted_at=consent.granted_at,
         withdrawn_at=consent.withdrawn_at,
+        provider_subjects=enrolment.face_provider_subjects(ctx, account_id) if active else None,
     )
 
 
@@ -131,7 +134,7 @@ class AccountController(Controller):
         consent = await enrolment.grant_face_consent(
             ctx, principal.name, account_id, data.notice_version, data.accepted, data.channel
         )
-        return _consent_out(ctx, consent)
+        return _consent_out(ctx, account_id, consent)
 
     @delete("/face-consent", guards=FRONTEND, status_code=HTTP_200_OK, responses=problems())
     async def withdraw_face_consent(
@@ -142,7 +145,7 @@ class AccountController(Controller):
     ) -> dto.FaceConsentOut:
         """Withdraw face consent: one call, as easy as granting it."""
         return _consent_out(
-            ctx, await enrolment.withdraw_face_consent(ctx, principal.name, account_id)
+            ctx, account_id, await enrolment.withdraw_face_consent(ctx, principal.name, account_id)
         )
 
     @get("/methods", guards=FRONTEND, responses=problems())
@@ -152,7 +155,7 @@ class AccountController(Controller):
         return dto.MethodsOut(
             account_id=account_id,
             totp=snap.totp_state.value,
-            face_consent=_consent_out(ctx, snap.consent),
+            face_consent=_consent_out(ctx, account_id, snap.consent),
             phone=None
             if snap.phone is None
             else dto.MaskedPhoneOut(phone=snap.phone.masked, verified=snap.phone.verified),

@@ -186,6 +186,7 @@ def _scenario(
                 "iat": int(now.timestamp()),
                 "exp": int((now + timedelta(minutes=5)).timestamp()),
                 "nonce": face["session"]["nonce"],
+                "sub": face["session"]["subject"],
                 "result": "match",
                 "liveness": "pass",
                 "matcher_version": "m-1",

@@ -39,7 +39,8 @@ class UnlockHistory(RuleBasedStateMachine):
         self.codes: list[str] = []
         # Each decision: its id, its offer's methods, and the face challenges started on it.
         self.decisions: list[dict[str, Any]] = []
-        self.face_sessions: list[tuple[str, str, str]] = []  # request id, challenge id, nonce
+        # request id, challenge id, nonce, the account's reference at the provider
+        self.face_sessions: list[tuple[str, str, str, str]] = []
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.api.client.request(method, path, headers=self.api.headers(), **kwargs)
@@ -108,7 +109,8 @@ class UnlockHistory(RuleBasedStateMachine):
             # Face started: it was offered, and consent is current now (not only then).
             assert offered, d["offer"]
             assert self.consent, "a face session started without current consent"
-            self.face_sessions.append((d["id"], r.json()["id"], r.json()["session"]["nonce"]))
+            s = r.json()["session"]
+            self.face_sessions.append((d["id"], r.json()["id"], s["nonce"], s["subject"]))
         else:
             assert r.status_code in (409, 429), r.text
             if r.status_code == 409 and r.json()["code"] in FACE_REFUSED:
@@ -117,12 +119,13 @@ class UnlockHistory(RuleBasedStateMachine):
     @precondition(lambda self: self.face_sessions)
     @rule(data=st.data())
     def prove_face(self, data: st.DataObject) -> None:
-        request_id, challenge_id, nonce = data.draw(st.sampled_from(self.face_sessions))
+        request_id, challenge_id, nonce, sub = data.draw(st.sampled_from(self.face_sessions))
         now = int(time.time())
         face = self.api.face
         claims = {
             "iss": face.provider, "aud": face.audience, "iat": now, "exp": now + 120,
-            "nonce": nonce, "result": "match", "liveness": "pass", "matcher_version": "m-1",
+            "nonce": nonce, "sub": sub, "result": "match", "liveness": "pass",
+            "matcher_version": "m-1",
         }  # fmt: skip
         r = self._call(
             "POST",

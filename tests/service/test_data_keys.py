@@ -201,6 +201,20 @@ def test_pseudonyms_are_keyed_stable_and_distinct() -> None:
 PSEUDONYM_KEY = bytes(range(32))
 
 
+def test_face_references_are_per_provider_stable_and_never_the_pseudonym() -> None:
+    """A provider enrols a face under its reference: the reference must not change, must differ
+    per provider (no joining of their users) and must not be the pseudonym the log names."""
+    keys = DataKeys(secrets.token_bytes(32), PSEUDONYM_KEY)
+    subject = keys.pseudonymize("acct-1")
+    a = keys.face_subject("acme", subject)
+    assert a == keys.face_subject("acme", subject)
+    assert a != keys.face_subject("other", subject)
+    assert a != keys.face_subject("acme", keys.pseudonymize("acct-2"))
+    assert a != subject
+    blind = b"fairunlock/blind/face_subject/acme\x00" + subject.encode()
+    assert a == hmac.new(PSEUDONYM_KEY, blind, hashlib.sha256).hexdigest()
+
+
 @given(account_id=st.text(max_size=80), purpose=st.text(max_size=20), value=st.text(max_size=40))
 def test_pseudonyms_and_blind_indexes_are_hmac_sha256_of_their_context(
     account_id: str, purpose: str, value: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -25,7 +25,7 @@ def _bind(api: Api, account_id: str, *, real_name: bool = True) -> None:
     assert r.status_code == 200
 
 
-def _consent(api: Api, account_id: str) -> None:
+def _consent(api: Api, account_id: str) -> dict[str, Any]:
     version = api.client.get("/v1/face-consent/notice", headers=api.headers()).json()["version"]
     r = api.client.put(
         f"/v1/accounts/{account_id}/face-consent",
@@ -33,6 +33,8 @@ def _consent(api: Api, account_id: str) -> None:
         headers=api.headers(),
     )
     assert r.status_code == 200
+    consent: dict[str, Any] = r.json()
+    return consent
 
 
 def _start(api: Api, request_id: str, method: str) -> Any:
@@ -98,7 +100,9 @@ def test_linked_identity_refusals_carry_their_reason(
         }
     elif tamper == "issuer":
         claims = {"iss": "http://127.0.0.1:9/evil"}
-    signing = "foreign_key" if tamper == "signature" else "provider"
+    signing: Literal["foreign_key", "provider"] = (
+        "foreign_key" if tamper == "signature" else "provider"
+    )
     code, state = api.oidc.authorize(
         started["authorization_url"], subject, claims=claims, signing=signing
     )
@@ -177,14 +181,17 @@ def test_identity_that_is_not_real_name_verified_is_not_offered(sqlite_api: Api)
 # --- face ----------------------------------------------------------------------------------------
 
 
-def _attestation(api: Api, challenge_nonce: str, **overrides: Any) -> str:
+def _attestation(api: Api, session: dict[str, Any], **overrides: Any) -> str:
+    """The provider's signed verdict for a face session: its nonce, and the account's reference
+    at the provider as ``sub``."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": api.face.provider,
         "aud": api.face.audience,
         "iat": now,
         "exp": now + 120,
-        "nonce": challenge_nonce,
+        "nonce": session["nonce"],
+        "sub": session["subject"],
         "result": "match",
         "liveness": "pass",
         "matcher_version": "m-2.1",
@@ -221,7 +228,7 @@ def test_nist_63b4_3_2_3_face_counts_once_and_only_beside_a_non_biometric_proof(
     assert decision["risk"]["level"] == "medium"
     session = started["session"]
     assert session["audience"] == api.face.audience
-    r = _verify(api, decision["id"], started["id"], attestation=_attestation(api, session["nonce"]))
+    r = _verify(api, decision["id"], started["id"], attestation=_attestation(api, session))
     assert r.status_code == 200, r.text
     assert r.json()["factors_satisfied"] == ["face"]
     assert r.json()["status"] == "pending_verification", "face alone approved the request"
@@ -233,6 +240,36 @@ def test_nist_63b4_3_2_3_face_counts_once_and_only_beside_a_non_biometric_proof(
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "approved"
     assert sorted(r.json()["factors_satisfied"]) == ["face", "sms"]
+
+
+def test_consent_names_the_reference_the_provider_enrols_the_face_under(
+    sqlite_api: Api,
+) -> None:
+    api = sqlite_api
+    consent = _consent(api, "acct-ref-a")
+    reference = consent["provider_subjects"][api.face.provider]
+    assert consent["provider_subjects"] != _consent(api, "acct-ref-b")["provider_subjects"]
+    methods = api.client.get("/v1/accounts/acct-ref-a/methods", headers=api.headers()).json()
+    assert methods["face_consent"]["provider_subjects"] == consent["provider_subjects"]
+    _, started = _face_ready(api, "acct-ref-a")
+    assert started["session"]["subject"] == reference
+    _withdraw(api, "acct-ref-a")
+    methods = api.client.get("/v1/accounts/acct-ref-a/methods", headers=api.headers()).json()
+    assert "provider_subjects" not in methods["face_consent"]
+
+
+def test_a_genuine_match_of_another_persons_face_proves_nothing(sqlite_api: Api) -> None:
+    """The attacker passes the provider's check with their own face, for the victim's challenge:
+    signed, fresh, the right nonce, but matched against the attacker's enrolled face."""
+    api = sqlite_api
+    attacker = _consent(api, "acct-attacker")["provider_subjects"][api.face.provider]
+    decision, started = _face_ready(api, "acct-victim")
+    token = _attestation(api, started["session"], sub=attacker)
+    r = _verify(api, decision["id"], started["id"], attestation=token)
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == "wrong_subject"
+    now = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers()).json()
+    assert now["factors_satisfied"] == []
 
 
 @pytest.mark.parametrize(
@@ -248,7 +285,7 @@ def test_nist_63b4_3_2_3_face_counts_once_and_only_beside_a_non_biometric_proof(
 def test_face_attestation_refusals(sqlite_api: Api, change: dict[str, Any], reason: str) -> None:
     api = sqlite_api
     decision, started = _face_ready(api, f"acct-f-{reason}")
-    token = _attestation(api, started["session"]["nonce"], **change)
+    token = _attestation(api, started["session"], **change)
     r = _verify(api, decision["id"], started["id"], attestation=token)
     assert r.status_code == 422, r.text
     assert r.json()["reason"] == reason
@@ -257,7 +294,7 @@ def test_face_attestation_refusals(sqlite_api: Api, change: dict[str, Any], reas
 def test_a_replayed_attestation_is_refused(sqlite_api: Api) -> None:
     api = sqlite_api
     decision, started = _face_ready(api, "acct-replay")
-    token = _attestation(api, started["session"]["nonce"])
+    token = _attestation(api, started["session"])
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 200
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 409
     # On a new request's challenge the old nonce does not fit.
@@ -273,7 +310,7 @@ def test_a_face_mismatch_sends_the_case_to_a_person_and_keeps_other_methods_open
 ) -> None:
     api = sqlite_api
     decision, started = _face_ready(api, "acct-mismatch")
-    token = _attestation(api, started["session"]["nonce"], result="no_match")
+    token = _attestation(api, started["session"], result="no_match")
     r = _verify(api, decision["id"], started["id"], attestation=token)
     assert r.status_code == 422
     assert r.json()["reason"] == "face_not_confirmed"
@@ -345,7 +382,7 @@ def test_consent_withdrawn_during_a_face_challenge_stops_its_result_from_countin
     counted as a factor, nor as a failed attempt) and the person can go on with other methods."""
     decision, started = _face_ready(api, "acct-withdraw-mid")
     _withdraw(api, "acct-withdraw-mid")
-    token = _attestation(api, started["session"]["nonce"])
+    token = _attestation(api, started["session"])
     r = _verify(api, decision["id"], started["id"], attestation=token)
     assert r.status_code == 409, r.text
     assert r.json()["code"] == "face_consent_required"

@@ -401,7 +401,7 @@ def test_critical_risk_opens_a_case_at_once(api: Api) -> None:
 def test_a_face_failure_opens_a_case(sqlite_api: Api) -> None:
     api = sqlite_api
     decision, started = _face_ready(api, "acct-face-case")
-    token = _attestation(api, started["session"]["nonce"], result="no_match")
+    token = _attestation(api, started["session"], result="no_match")
     assert _verify(api, decision["id"], started["id"], attestation=token).status_code == 422
     case_id = _request_status(api, decision["id"])["review"]["case_id"]
     assert case_id is not None

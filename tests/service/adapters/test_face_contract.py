@@ -38,6 +38,8 @@ from service.settings import SettingsError
 PROVIDER = "acme-face"
 AUDIENCE = "fairunlock-prod"
 NONCE = "ch_7f3a9c1e-5b2d-4c11-9a0e-2f6d8b7c3a10"
+# The account's reference at the provider (DataKeys.face_subject): 64 hex characters.
+SUB = "5d1c" * 16
 NOW = datetime(2026, 11, 22, 4, 0, 0, tzinfo=UTC)
 
 
@@ -52,6 +54,7 @@ def claims(**changes: Any) -> dict[str, Any]:
         "iat": int(NOW.timestamp()) - 20,
         "exp": int(NOW.timestamp()) + 100,
         "nonce": NONCE,
+        "sub": SUB,
         "result": "match",
         "liveness": "pass",
         "matcher_version": "acme-matcher 4.2.1",
@@ -155,10 +158,13 @@ class Subject:
         *,
         provider: str = PROVIDER,
         nonce: str = NONCE,
+        sub: str = SUB,
         now: datetime = NOW,
     ) -> FaceOutcome:
         return self._runner.run(
-            self._verifier.verify(attestation, provider=provider, expected_nonce=nonce, now=now)
+            self._verifier.verify(
+                attestation, provider=provider, expected_nonce=nonce, expected_subject=sub, now=now
+            )
         )
 
     def rejected(self, attestation: str, **kwargs: Any) -> str:
@@ -281,6 +287,13 @@ def test_wrong_nonce(subject: Subject) -> None:
     assert subject.rejected(subject.sign(claims()), nonce=NONCE + "x") == "nonce_mismatch"
 
 
+def test_a_match_against_another_accounts_face_is_wrong_subject(subject: Subject) -> None:
+    """A genuine, signed match of whoever stood in front of the camera, for our challenge, proves
+    nothing unless it was against the face enrolled for this account."""
+    assert subject.rejected(subject.sign(claims(sub="9e0a" * 16))) == "wrong_subject"
+    assert subject.rejected(subject.sign(claims()), sub=SUB[:-1] + "0") == "wrong_subject"
+
+
 def test_expired(subject: Subject) -> None:
     now = int(NOW.timestamp())
     token = subject.sign(claims(iat=now - 200, exp=now - 31))  # beyond the 30 s leeway
@@ -324,6 +337,9 @@ def test_malformed(subject: Subject) -> None:
         claims(liveness=True),
         claims(matcher_version=None),
         claims(nonce=None),
+        claims(sub=None),
+        claims(sub=""),
+        claims(sub=42),
         claims(iat="yesterday"),
         claims(exp=int(NOW.timestamp()) - 30),  # exp before iat
     ]:
@@ -391,12 +407,17 @@ def test_jwks_is_cached_and_refetched_once_when_the_provider_rotates(
                     sign_attestation(claims(), old),
                     provider=PROVIDER,
                     expected_nonce=NONCE,
+                    expected_subject=SUB,
                     now=NOW,
                 )
             assert jwks_server.fetches == 1  # cached
             jwks_server.keys = [public_jwk(old), public_jwk(new)]
             outcome = await verifier.verify(
-                sign_attestation(claims(), new), provider=PROVIDER, expected_nonce=NONCE, now=NOW
+                sign_attestation(claims(), new),
+                provider=PROVIDER,
+                expected_nonce=NONCE,
+                expected_subject=SUB,
+                now=NOW,
             )
             assert outcome.match is True
             assert jwks_server.fetches == 2  # one refetch for the unknown kid
@@ -423,6 +444,7 @@ def test_unknown_kids_cannot_make_us_hammer_the_provider(jwks_server: JwksServer
                         sign_attestation(claims(), stranger),
                         provider=PROVIDER,
                         expected_nonce=NONCE,
+                        expected_subject=SUB,
                         now=NOW,
                     )
                 assert caught.value.code == "bad_signature"
@@ -447,7 +469,9 @@ def test_jwks_skips_private_foreign_and_encryption_keys(jwks_server: JwksServer)
     async def verify(token: str) -> FaceOutcome:
         verifier = JoseFaceVerifier(config)
         try:
-            return await verifier.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=NOW)
+            return await verifier.verify(
+                token, provider=PROVIDER, expected_nonce=NONCE, expected_subject=SUB, now=NOW
+            )
         finally:
             await verifier.aclose()
 
@@ -468,7 +492,11 @@ def test_unreachable_or_broken_jwks_is_provider_unavailable(jwks_server: JwksSer
         verifier = JoseFaceVerifier(config)
         try:
             await verifier.verify(
-                sign_attestation(claims(), key), provider=PROVIDER, expected_nonce=NONCE, now=NOW
+                sign_attestation(claims(), key),
+                provider=PROVIDER,
+                expected_nonce=NONCE,
+                expected_subject=SUB,
+                now=NOW,
             )
         finally:
             await verifier.aclose()
@@ -496,9 +524,13 @@ def test_cached_keys_outlive_a_key_endpoint_outage(jwks_server: JwksServer) -> N
         verifier = JoseFaceVerifier(config, jwks_ttl_s=0, jwks_min_refresh_s=0)
         try:
             token = sign_attestation(claims(), key)
-            await verifier.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=NOW)
+            await verifier.verify(
+                token, provider=PROVIDER, expected_nonce=NONCE, expected_subject=SUB, now=NOW
+            )
             jwks_server.status = 500
-            outcome = await verifier.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=NOW)
+            outcome = await verifier.verify(
+                token, provider=PROVIDER, expected_nonce=NONCE, expected_subject=SUB, now=NOW
+            )
             assert outcome.match is True
         finally:
             await verifier.aclose()
@@ -518,7 +550,11 @@ def test_an_oversized_jwks_is_refused(jwks_server: JwksServer) -> None:
         verifier = JoseFaceVerifier(config)
         try:
             await verifier.verify(
-                sign_attestation(claims(), key), provider=PROVIDER, expected_nonce=NONCE, now=NOW
+                sign_attestation(claims(), key),
+                provider=PROVIDER,
+                expected_nonce=NONCE,
+                expected_subject=SUB,
+                now=NOW,
             )
         finally:
             await verifier.aclose()
@@ -605,7 +641,9 @@ def test_build_returns_the_real_verifier() -> None:
         try:
             assert isinstance(verifier, JoseFaceVerifier)
             with pytest.raises(AttestationRejected) as caught:
-                await verifier.verify("a.b.c", provider="none", expected_nonce=NONCE, now=NOW)
+                await verifier.verify(
+                    "a.b.c", provider="none", expected_nonce=NONCE, expected_subject=SUB, now=NOW
+                )
             assert caught.value.code == "unknown_provider"
         finally:
             await verifier.aclose()
@@ -616,7 +654,9 @@ def test_build_returns_the_real_verifier() -> None:
 def test_fake_signs_with_its_own_key() -> None:
     fake = FakeFaceVerifier(provider=PROVIDER, audience=AUDIENCE)
     token = fake.sign_attestation(claims())
-    outcome = asyncio.run(fake.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=NOW))
+    outcome = asyncio.run(
+        fake.verify(token, provider=PROVIDER, expected_nonce=NONCE, expected_subject=SUB, now=NOW)
+    )
     assert outcome.match is True
     assert fake.verified == [outcome]
 
@@ -626,4 +666,8 @@ def test_naive_now_is_a_programming_error() -> None:
     token = fake.sign_attestation(claims())
     naive = NOW.replace(tzinfo=None)
     with pytest.raises(ValueError, match="timezone"):
-        asyncio.run(fake.verify(token, provider=PROVIDER, expected_nonce=NONCE, now=naive))
+        asyncio.run(
+            fake.verify(
+                token, provider=PROVIDER, expected_nonce=NONCE, expected_subject=SUB, now=naive
+            )
+        )
