@@ -34,8 +34,8 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-typecheck: $(STAMP) ## mypy --strict over the packages
-	$(BIN)/mypy --strict service policy audit bench
+typecheck: $(STAMP) ## mypy --strict over the packages and their tests
+	$(BIN)/mypy --strict service policy audit bench tests
 
 pytest: $(STAMP) ## the test suite (SQLite and, when reachable, PostgreSQL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ def _app_logging_stays_in_its_test() -> Iterator[None]:
 
 def _pg_reachable() -> str | None:
     """None when PostgreSQL answers, else why not."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     async def probe() -> None:
         conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)

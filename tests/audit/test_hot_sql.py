@@ -420,7 +420,9 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
                     # The parameters came from the plan worked out at compile time, and it
                     # agrees with SQLAlchemy's construct_params for this parameter set.
                     assert compiled.plan is not None, label
-                    for one in [params] if params is None or isinstance(params, dict) else params:
+                    for one in (
+                        [params] if params is None or isinstance(params, Mapping) else params
+                    ):
                         assert compiled.parameters(one or {}) == compiled.constructed(one or {}), (
                             label
                         )
@@ -434,7 +436,14 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
     assert not_hot == []  # every case here runs in place on both databases
     # Every write changed something in at least one case (the databases compared are not
     # trivially equal), and no case was skipped.
-    writes = ("insert", "complete", "reserve_attempt", "close_failed", "settle", "consume_step")
+    writes: tuple[str, ...] = (
+        "insert",
+        "complete",
+        "reserve_attempt",
+        "close_failed",
+        "settle",
+        "consume_step",
+    )
     writes += ("update_state", "move", "reserve_and_complete")
     assert {c.split(" ", 1)[0] for c in changed} == {
         s.name
@@ -546,7 +555,7 @@ def test_a_database_error_in_place_is_sqlalchemys_error(scenario: Api) -> None:
     engine = scenario.app.state.engine
     attempt = _attempt("dup")
 
-    async def twice(second_in_place: bool) -> tuple[type[BaseException], type[BaseException]]:
+    async def twice(second_in_place: bool) -> tuple[type[BaseException], type[object]]:
         async with engine.begin() as conn:
             await _INSERT_ATTEMPT.run_sqlalchemy(conn, attempt)  # and the transaction has begun
             assert in_place(conn) is not None
@@ -768,7 +777,7 @@ def test_a_kept_savepoint_is_released_with_the_next_one_on_postgresql(
 ) -> None:
     """Proofs in a batch each take a savepoint: a kept one's RELEASE goes with the next SAVEPOINT
     (one round trip, not two), and COMMIT releases the last."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     from audit.store import _INSERT_INBOX, create_schema
     from service.db import create_engine

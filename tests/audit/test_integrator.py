@@ -302,7 +302,7 @@ def test_a_head_rewritten_in_the_database_is_not_signed_into_a_fork(db_url: str,
         await integrate_once(engine, CheckpointSigner(ORIGIN, SIGNING_KEY), ORIGIN)
         other = CompactRange.empty()
         other.extend(bytes([n]) * 32 for n in range(5))
-        forged = {"root": other.root(), "compact_range": other.to_lines()}
+        forged: dict[str, object] = {"root": other.root(), "compact_range": other.to_lines()}
         if mac == "another_key":
             forged["mac"] = make_signer().head_mac(ORIGIN, 5, other.root())
         elif mac == "none":

@@ -197,7 +197,7 @@ def test_concurrent_writer_processes_with_a_running_integrator(db_url: str, tmp_
     # A writer's sequential appends keep their order (each committed before the next began).
     for w in range(WRITERS):
         mine = [e["data"]["n"] for e in entries if e["actor"] == f"writer-{w}"]  # type: ignore[index]
-        sequential = [n for n in mine if n < PER_WRITER // 2]  # type: ignore[operator]
+        sequential = [n for n in mine if n < PER_WRITER // 2]
         assert sequential == list(range(PER_WRITER // 2))
 
 

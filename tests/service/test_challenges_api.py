@@ -26,6 +26,7 @@ from service.flows import challenges
 from service.group_commit import GroupCommit
 from service.methods import totp
 from service.methods.totp import TotpParameters, code_at
+from service.persistence.challenges import ChallengeRepository
 from tests.service.conftest import PERSONA_REQUEST, Api, _api
 
 PARAMS = TotpParameters()
@@ -170,15 +171,15 @@ def test_a_replayed_totp_code_is_refused_and_its_holder_told(api: Api) -> None:
     first = _start(api, decision["id"], "totp").json()
     code = code_at(secret, datetime.now(UTC), PARAMS)
     assert _verify(api, decision["id"], first["id"], code=code).status_code == 200
-    sent_before = len(api.adapters.sms.sent)
+    sent_before = len(api.sms.sent)
     again = _request(api, "acct-told")
     second = _start(api, again["id"], "totp").json()
     replay = _verify(api, again["id"], second["id"], code=code)
     assert replay.status_code == 422
     assert replay.json()["reason"] == "code_reused"
     text = NOTICES["notify_code_reused"]["zh-CN"]  # PERSONA_REQUEST's locale
-    api.deliver_outbox(until=lambda: any(m.message == text for m in api.adapters.sms.sent))
-    told = [m for m in api.adapters.sms.sent[sent_before:] if m.message == text]
+    api.deliver_outbox(until=lambda: any(m.message == text for m in api.sms.sent))
+    told = [m for m in api.sms.sent[sent_before:] if m.message == text]
     assert len(told) == 1
     assert told[0].to == "+8613800005678"
     assert code not in told[0].message
@@ -785,7 +786,7 @@ def test_a_proof_that_fails_after_writing_its_entry_leaves_no_entry(
         # After the accepted attempt's entry was added (approve_in writes the outbox first).
         raise RuntimeError("outbox unavailable")
 
-    monkeypatch.setattr(challenges.ChallengeRepository, "enqueue_at", broken_outbox)
+    monkeypatch.setattr(ChallengeRepository, "enqueue_at", broken_outbox)
     right = code_at(ready["fails"][0], datetime.now(UTC), PARAMS)
     wrong = f"{(int(code_at(ready['rejected'][0], datetime.now(UTC), PARAMS)) + 1) % 10**6:06d}"
     (failed, rejected), batches = _prove_together(

@@ -21,7 +21,7 @@ def _count_pings(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     def counting(self: Any) -> Any:
         try:
-            result = ping(self)
+            result = ping(self)  # type: ignore[no-untyped-call]
         except Exception:
             pings.append(False)
             raise

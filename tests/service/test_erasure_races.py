@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import dto
 from service.flows import challenges, enrolment, unlock
+from service.methods.totp import code_at
 from service.persistence.accounts import AccountRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
 from tests.service.conftest import PERSONA_REQUEST, Api
@@ -29,7 +30,6 @@ from tests.service.test_challenges_api import (
     _sms_code,
     _start,
     _verify,
-    code_at,
     previous_step,
 )
 

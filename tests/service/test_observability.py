@@ -190,7 +190,7 @@ def test_a_missing_request_id_is_generated_fresh_per_request(running: Running) -
     [b"a b", b"x" * 65, b"<script>", b"id;drop", "é-accented".encode("latin-1"), b""],
 )
 def test_an_insane_request_id_is_replaced(running: Running, bad: bytes) -> None:
-    response = running.client.get("/items/1", headers={"X-Request-ID": bad})
+    response = running.client.get("/items/1", headers={b"X-Request-ID": bad})
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
     logged = {r["request_id"] for r in running.lines() if "request_id" in r}
     assert logged == {response.headers["x-request-id"]}

@@ -297,7 +297,7 @@ def test_a_backlog_larger_than_a_batch_is_deleted_in_batches(api: Api) -> None:
 
     async def left() -> int:
         async with engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(sms_sends))).scalar())
+            return (await conn.execute(select(func.count()).select_from(sms_sends))).scalar_one()
 
     api.run(seed)
     counts = api.run(purge_expired, engine, PERIODS, NOW, 3)

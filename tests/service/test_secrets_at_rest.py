@@ -52,7 +52,7 @@ def test_no_secret_or_personal_value_in_any_table_after_a_full_scenario(api: Api
     # the approval writes the outbox event the platform is told by).
     challenges = f"/v1/unlock-requests/{decision['id']}/challenges"
     sms = _ok(api.client.post(challenges, json={"method": "sms"}, headers=h), 201)
-    sms_code = re.findall(r"\b\d{6}\b", api.adapters.sms.sent[-1].message)[0]
+    sms_code = re.findall(r"\b\d{6}\b", api.sms.sent[-1].message)[0]
     _ok(api.client.post(f"{challenges}/{sms['id']}/verify", json={"code": sms_code}, headers=h))
     rc = _ok(api.client.post(challenges, json={"method": "recovery_code"}, headers=h), 201)
     approved = _ok(

@@ -238,7 +238,11 @@ def _same_tables(got: dict[str, list[str]], expected: dict[str, list[str]]) -> N
 # When a proof is made, after the batch's start: at once, a moment later, in the next TOTP step
 # (two right codes of one account in one batch can then be of two steps), after its challenge
 # expired (a proof that goes the three phases' way).
-OFFSETS = (timedelta(0), timedelta(milliseconds=3), timedelta(seconds=PARAMS.period))
+OFFSETS: tuple[timedelta, ...] = (
+    timedelta(0),
+    timedelta(milliseconds=3),
+    timedelta(seconds=PARAMS.period),
+)
 OFFSETS += (timedelta(minutes=11),)
 
 

@@ -41,7 +41,7 @@ def test_one_read_for_a_batch_returns_what_each_proofs_own_read_would(api: Api) 
             for subject, method, outcome, source, at in attempts:
                 await repo.record_attempt(subject, "r", method, outcome, source, at)
             book = await repo.failure_book(keys, day, hour)
-            own = []
+            own: list[tuple[list[datetime], list[datetime]]] = []
             for subject, method, source in keys:
                 if source is None:
                     own.append((await repo.method_failures_since(day, subject, method), []))

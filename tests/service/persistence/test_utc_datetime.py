@@ -31,14 +31,14 @@ MOMENTS = st.datetimes(
 def _sqlalchemys(value: datetime | None) -> object:
     """What SQLAlchemy's own composition does: the type's process_bind_param, then DATETIME's."""
     processed = UtcDateTime().process_bind_param(value, SQLITE)
-    formatter = sqlite.DATETIME().bind_processor(SQLITE)
+    formatter = sqlite.DATETIME().bind_processor(SQLITE)  # type: ignore[no-untyped-call]
     assert formatter is not None
     return formatter(processed)
 
 
 def test_sqlalchemy_uses_the_one_step_processor_on_sqlite_only() -> None:
     assert UtcDateTime()._cached_bind_processor(SQLITE) is _sqlite_text
-    assert UtcDateTime()._cached_bind_processor(postgresql.asyncpg.dialect()) is not _sqlite_text
+    assert UtcDateTime()._cached_bind_processor(postgresql.asyncpg.dialect()) is not _sqlite_text  # type: ignore[no-untyped-call]
 
 
 @given(MOMENTS)
@@ -61,14 +61,14 @@ def test_none_and_naive_values_are_treated_alike() -> None:
 def _sqlalchemys_read(text: str | None) -> object:
     """What SQLAlchemy's own composition reads: SQLite DATETIME's parse, then the type's
     process_result_value."""
-    parse = sqlite.DATETIME().result_processor(SQLITE, None)
+    parse = sqlite.DATETIME().result_processor(SQLITE, None)  # type: ignore[no-untyped-call]
     assert parse is not None
     return UtcDateTime().process_result_value(parse(text), SQLITE)
 
 
 def test_sqlalchemy_uses_the_one_step_reader_on_sqlite_only() -> None:
     assert UtcDateTime()._cached_result_processor(SQLITE, None) is _sqlite_moment
-    pg = postgresql.asyncpg.dialect()
+    pg = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
     assert UtcDateTime()._cached_result_processor(pg, None) is not _sqlite_moment
 
 
