@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from policy.config import Policy
 from policy.engine import decide, satisfies
 from policy.explain import decision_json
@@ -58,6 +60,7 @@ REAL_NAME_ACCOUNT = AccountFacts(
     linked_identities=(LinkedIdentity("gov-eid", real_name_verified=True),),
     phone=PhoneOnFile(verified=True),
 )
+CONSENTED_ACCOUNT = msgspec.structs.replace(REAL_NAME_ACCOUNT, face_consent=ConsentState.ACTIVE)
 
 
 def _methods(d: Decision) -> list[Method]:
@@ -87,12 +90,7 @@ def test_design_persona_gets_non_biometric_methods_and_no_face_without_consent(
 def test_design_persona_with_consent_sees_face_last_as_an_optional_alternative(
     default_policy: Policy,
 ) -> None:
-    account = AccountFacts(
-        linked_identities=REAL_NAME_ACCOUNT.linked_identities,
-        phone=REAL_NAME_ACCOUNT.phone,
-        face_consent=ConsentState.ACTIVE,
-    )
-    d = decide(_request(), account, RequestHistory(), default_policy, NOW)
+    d = decide(_request(), CONSENTED_ACCOUNT, RequestHistory(), default_policy, NOW)
     assert _methods(d) == [Method.LINKED_IDENTITY, Method.SMS, Method.FACE]
     face = d.offer.methods[-1]
     assert face.biometric
@@ -105,12 +103,7 @@ def test_design_persona_with_consent_sees_face_last_as_an_optional_alternative(
 def test_nist_63b4_3_2_3_face_completes_a_text_message_code_and_never_counts_alone(
     default_policy: Policy,
 ) -> None:
-    account = AccountFacts(
-        linked_identities=REAL_NAME_ACCOUNT.linked_identities,
-        phone=REAL_NAME_ACCOUNT.phone,
-        face_consent=ConsentState.ACTIVE,
-    )
-    d = decide(_request(), account, RequestHistory(), default_policy, NOW)
+    d = decide(_request(), CONSENTED_ACCOUNT, RequestHistory(), default_policy, NOW)
     assert d.assessment.level is RiskLevel.MEDIUM
     assert not satisfies(d.offer, frozenset({Method.FACE}))
     assert not satisfies(d.offer, frozenset({Method.SMS}))
@@ -136,12 +129,7 @@ def test_gdpr_5_1_c_face_is_not_offered_where_any_other_method_is_enough(
         ),
         Locale.EN,
     )
-    account = AccountFacts(
-        linked_identities=REAL_NAME_ACCOUNT.linked_identities,
-        phone=REAL_NAME_ACCOUNT.phone,
-        face_consent=ConsentState.ACTIVE,
-    )
-    d = decide(facts, account, RequestHistory(), default_policy, NOW)
+    d = decide(facts, CONSENTED_ACCOUNT, RequestHistory(), default_policy, NOW)
     assert d.assessment.level is RiskLevel.LOW
     assert _methods(d) == [Method.LINKED_IDENTITY, Method.SMS]
     assert _not_offered(d)[Method.FACE] is NotOfferedReason.FACE_NOT_NEEDED
