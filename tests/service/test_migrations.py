@@ -116,3 +116,56 @@ def test_decision_json_keeps_its_utf8_bytes_when_it_becomes_binary_and_back(
     assert asyncio.run(run(read)) == decision.encode()
     command.downgrade(config, "0002")
     assert asyncio.run(run(read)) == decision
+
+
+@pytest.mark.postgres
+def test_new_decisions_are_compressed_with_lz4_on_postgresql(postgres_url: str) -> None:
+    # 0008: a decision's JSON, large enough to be compressed, is stored with LZ4 after the
+    # upgrade, reads back as written, and new rows go back to the default after a downgrade.
+    config = alembic_config(postgres_url)
+    decision = b'{"decision":{"explanation":"' + b"Risk medium. " * 300 + b'"}}'
+    now = datetime.now(UTC)
+
+    async def run(statement: str, **params: object) -> object:
+        engine = create_engine(postgres_url)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(statement), params)
+                return result.scalar() if result.returns_rows else None
+        finally:
+            await engine.dispose()
+
+    def insert(request_id: str) -> None:
+        asyncio.run(
+            run(
+                "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
+                "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
+                "audit_inbox_id, created_at, expires_at) VALUES (:id, 's', false, "
+                "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
+                ":now, :now)",
+                id=request_id,
+                d=decision,
+                now=now,
+            )
+        )
+
+    def compression(request_id: str) -> object:
+        return asyncio.run(
+            run(
+                "SELECT pg_column_compression(decision_json) FROM unlock_requests WHERE id = :id",
+                id=request_id,
+            )
+        )
+
+    command.upgrade(config, "0007")
+    insert("before")
+    assert compression("before") == "pglz"
+    upgrade(postgres_url)
+    insert("after")
+    assert compression("after") == "lz4"
+    assert compression("before") == "pglz"  # metadata only: old rows are not rewritten
+    read = "SELECT decision_json FROM unlock_requests WHERE id = :id"
+    assert asyncio.run(run(read, id="after")) == asyncio.run(run(read, id="before")) == decision
+    command.downgrade(config, "0007")
+    insert("downgraded")
+    assert compression("downgraded") == "pglz"
