@@ -615,6 +615,15 @@ async def _check_face(
             now=now,
         )
     except AttestationRejected as exc:
+        if exc.code == "wrong_subject":
+            # Signed by the provider (the signature is checked first): someone else's face was
+            # matched for this account's challenge. Like a failed comparison, a person looks.
+            return Checked(
+                ok=False,
+                reason=exc.code,
+                review_reason=ReviewReason.FACE_CHECK_FAILED,
+                audit={"provider": sealed["provider"], "subject_matched": False},
+            )
         return Checked(ok=False, reason=exc.code)
     except FaceProviderUnavailable:
         # Not the person's failure: nothing is counted against them (503, try again or elsewhere).

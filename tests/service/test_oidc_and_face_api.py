@@ -270,6 +270,18 @@ def test_a_genuine_match_of_another_persons_face_proves_nothing(sqlite_api: Api)
     assert r.json()["reason"] == "wrong_subject"
     now = api.client.get(f"/v1/unlock-requests/{decision['id']}", headers=api.headers()).json()
     assert now["factors_satisfied"] == []
+    # Another person's face presented for this account: a person looks, as after a no_match.
+    assert now["review"]["required"] is True
+    assert "FACE_CHECK_FAILED" in {r["code"] for r in now["review"]["reasons"]}
+    # Unsigned (or signed by another key), the same claims prove nothing and open no case.
+    other = _attestation(api, started["session"], sub=attacker)
+    forged = other.rsplit(".", 1)[0] + "." + other.rsplit(".", 1)[1][::-1]
+    decision2, started2 = _face_ready(api, "acct-victim-2")
+    r = _verify(api, decision2["id"], started2["id"], attestation=forged)
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == "bad_signature"
+    now = api.client.get(f"/v1/unlock-requests/{decision2['id']}", headers=api.headers()).json()
+    assert now["review"]["required"] is False
 
 
 @pytest.mark.parametrize(
