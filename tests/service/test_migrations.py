@@ -81,6 +81,21 @@ async def _has_log(engine: AsyncEngine) -> bool:
         return (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one() > 0
 
 
+def _scalar(url: str, statement: str, **params: object) -> object:
+    """Run one statement in a transaction of its own; its first column, if it returns rows."""
+
+    async def run() -> object:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(statement), params)
+                return result.scalar() if result.returns_rows else None
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def test_decision_json_keeps_its_utf8_bytes_when_it_becomes_binary_and_back(
     database_url: str,
 ) -> None:
@@ -91,31 +106,21 @@ def test_decision_json_keeps_its_utf8_bytes_when_it_becomes_binary_and_back(
     decision = '{"decision":{"explanation":"风险等级为中。Risk \\"medium\\".","locale":"zh-CN"}}'
     now = datetime.now(UTC)
 
-    async def run(statement: str, **params: object) -> object:
-        engine = create_engine(database_url)
-        try:
-            async with engine.begin() as conn:
-                result = await conn.execute(text(statement), params)
-                return result.scalar() if result.returns_rows else None
-        finally:
-            await engine.dispose()
-
-    asyncio.run(
-        run(
-            "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
-            "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
-            "audit_inbox_id, created_at, expires_at) VALUES ('r-1', 's', false, "
-            "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
-            ":now, :now)",
-            d=decision,
-            now=now,
-        )
+    _scalar(
+        database_url,
+        "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
+        "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
+        "audit_inbox_id, created_at, expires_at) VALUES ('r-1', 's', false, "
+        "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
+        ":now, :now)",
+        d=decision,
+        now=now,
     )
     read = "SELECT decision_json FROM unlock_requests WHERE id = 'r-1'"
     upgrade(database_url)
-    assert asyncio.run(run(read)) == decision.encode()
+    assert _scalar(database_url, read) == decision.encode()
     command.downgrade(config, "0002")
-    assert asyncio.run(run(read)) == decision
+    assert _scalar(database_url, read) == decision
 
 
 @pytest.mark.postgres
@@ -126,35 +131,24 @@ def test_new_decisions_are_compressed_with_lz4_on_postgresql(postgres_url: str) 
     decision = b'{"decision":{"explanation":"' + b"Risk medium. " * 300 + b'"}}'
     now = datetime.now(UTC)
 
-    async def run(statement: str, **params: object) -> object:
-        engine = create_engine(postgres_url)
-        try:
-            async with engine.begin() as conn:
-                result = await conn.execute(text(statement), params)
-                return result.scalar() if result.returns_rows else None
-        finally:
-            await engine.dispose()
-
     def insert(request_id: str) -> None:
-        asyncio.run(
-            run(
-                "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
-                "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
-                "audit_inbox_id, created_at, expires_at) VALUES (:id, 's', false, "
-                "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
-                ":now, :now)",
-                id=request_id,
-                d=decision,
-                now=now,
-            )
+        _scalar(
+            postgres_url,
+            "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
+            "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
+            "audit_inbox_id, created_at, expires_at) VALUES (:id, 's', false, "
+            "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
+            ":now, :now)",
+            id=request_id,
+            d=decision,
+            now=now,
         )
 
     def compression(request_id: str) -> object:
-        return asyncio.run(
-            run(
-                "SELECT pg_column_compression(decision_json) FROM unlock_requests WHERE id = :id",
-                id=request_id,
-            )
+        return _scalar(
+            postgres_url,
+            "SELECT pg_column_compression(decision_json) FROM unlock_requests WHERE id = :id",
+            id=request_id,
         )
 
     command.upgrade(config, "0007")
@@ -165,7 +159,8 @@ def test_new_decisions_are_compressed_with_lz4_on_postgresql(postgres_url: str) 
     assert compression("after") == "lz4"
     assert compression("before") == "pglz"  # metadata only: old rows are not rewritten
     read = "SELECT decision_json FROM unlock_requests WHERE id = :id"
-    assert asyncio.run(run(read, id="after")) == asyncio.run(run(read, id="before")) == decision
+    after, before = (_scalar(postgres_url, read, id=i) for i in ("after", "before"))
+    assert after == before == decision
     command.downgrade(config, "0007")
     insert("downgraded")
     assert compression("downgraded") == "pglz"
