@@ -81,6 +81,15 @@ async def _has_log(engine: AsyncEngine) -> bool:
         return (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one() > 0
 
 
+# An unlock request with only the columns every revision since 0001 has; decision_json is :d.
+_INSERT_REQUEST = (
+    "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, locale, "
+    "risk_level, risk_score, policy_version, policy_sha256, decision_json, audit_inbox_id, "
+    "created_at, expires_at) VALUES (:id, 's', false, 'pending_verification', 'lost_device', "
+    "'zh-CN', 'medium', 40, 'v', 'h', :d, 1, :now, :now)"
+)
+
+
 def _scalar(url: str, statement: str, **params: object) -> object:
     """Run one statement in a transaction of its own; its first column, if it returns rows."""
 
@@ -108,11 +117,8 @@ def test_decision_json_keeps_its_utf8_bytes_when_it_becomes_binary_and_back(
 
     _scalar(
         database_url,
-        "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
-        "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
-        "audit_inbox_id, created_at, expires_at) VALUES ('r-1', 's', false, "
-        "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
-        ":now, :now)",
+        _INSERT_REQUEST,
+        id="r-1",
         d=decision,
         now=now,
     )
@@ -134,11 +140,7 @@ def test_new_decisions_are_compressed_with_lz4_on_postgresql(postgres_url: str) 
     def insert(request_id: str) -> None:
         _scalar(
             postgres_url,
-            "INSERT INTO unlock_requests (id, subject, known_account, status, lock_reason, "
-            "locale, risk_level, risk_score, policy_version, policy_sha256, decision_json, "
-            "audit_inbox_id, created_at, expires_at) VALUES (:id, 's', false, "
-            "'pending_verification', 'lost_device', 'zh-CN', 'medium', 40, 'v', 'h', :d, 1, "
-            ":now, :now)",
+            _INSERT_REQUEST,
             id=request_id,
             d=decision,
             now=now,

@@ -5,13 +5,13 @@ tests as the real adapters in tests/service/adapters)."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from typing import Any, Literal
 
 import pytest
 
 from tests.service.conftest import Api
+from tests.service.test_challenges_api import _phone, _sms_code
 
 SUBJECT = "248289761001"
 
@@ -205,10 +205,7 @@ def _enrol_for_face(api: Api, account_id: str) -> None:
     complete a text-message code (it never counts alone, and is not offered where every other
     method is enough alone)."""
     _bind(api, account_id)
-    r = api.client.put(
-        f"/v1/accounts/{account_id}/phone", json={"phone": "+8613800005678"}, headers=api.headers()
-    )
-    assert r.status_code == 200, r.text
+    _phone(api, account_id)
     _consent(api, account_id)
 
 
@@ -234,9 +231,7 @@ def test_nist_63b4_3_2_3_face_counts_once_and_only_beside_a_non_biometric_proof(
     assert r.json()["status"] == "pending_verification", "face alone approved the request"
     sms = _start(api, decision["id"], "sms")
     assert sms.status_code == 201, sms.text
-    code = re.search(r"\b(\d{6})\b", api.sms.sent[-1].message)
-    assert code is not None
-    r = _verify(api, decision["id"], sms.json()["id"], code=code.group(1))
+    r = _verify(api, decision["id"], sms.json()["id"], code=_sms_code(api))
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "approved"
     assert sorted(r.json()["factors_satisfied"]) == ["face", "sms"]
