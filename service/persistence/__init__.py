@@ -4,7 +4,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Dialect, MetaData
+from sqlalchemy import BindParameter, DateTime, Dialect, MetaData, String, bindparam
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 
 from audit.entry import format_time
@@ -19,6 +20,14 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def subjects_array() -> BindParameter[Any]:
+    """PostgreSQL: a batch's accounts as one array parameter, ``subjects``. One statement then
+    serves every batch size, where a parameter per account (s0..s{n-1}, as on SQLite, which has
+    no arrays) made one statement per size, each planned afresh until PostgreSQL settled on a
+    generic plan for it."""
+    return bindparam("subjects", type_=postgresql.ARRAY(String))
 
 
 _SQLITE_DEFAULT_STORAGE = (

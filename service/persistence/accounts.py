@@ -15,7 +15,7 @@ from sqlalchemy import (
     ScalarSelect,
     Select,
     String,
-    Subquery,
+    any_,
     bindparam,
     delete,
     func,
@@ -24,11 +24,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from audit.hot_sql import HotStatement
 from policy.model import TotpState
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
 from service.ids import new_id
+from service.persistence import subjects_array
 from service.persistence.locks import (
     ADVISORY_XACT_LOCK,
     advisory_lock_key,
@@ -91,7 +93,7 @@ class AccountSnapshot(msgspec.Struct, frozen=True):
 ANCHOR = select(bindparam("subject", type_=String).label("subject")).subquery("anchor")
 
 
-def _latest_consent(anchor: Subquery, column: ColumnElement[Any]) -> ScalarSelect[Any]:
+def _latest_consent(anchor: NamedFromClause, column: ColumnElement[Any]) -> ScalarSelect[Any]:
     return (
         select(column)
         .where(face_consents.c.subject == anchor.c.subject)
@@ -101,7 +103,7 @@ def _latest_consent(anchor: Subquery, column: ColumnElement[Any]) -> ScalarSelec
     )
 
 
-def snapshot_facts(anchor: Subquery) -> Select[Any]:
+def snapshot_facts(anchor: NamedFromClause) -> Select[Any]:
     """The one-to-one facts of each account named by the anchor's ``subject`` rows, one row each
     whether or not it exists (the anchor outer-joins everything). Others add columns to it."""
     codes_total = (
@@ -177,6 +179,16 @@ def linked_many(count: int) -> HotStatement:
         .where(linked_identities.c.subject.in_(subjects))
         .order_by(linked_identities.c.subject, linked_identities.c.provider),
     )
+
+
+# linked_many on PostgreSQL: the accounts as one array (subjects_array).
+LINKED_MANY_PG = HotStatement(
+    "accounts.linked_many_pg",
+    select(linked_identities.c.subject, *LINKED.selected_columns)
+    .where(linked_identities.c.subject == any_(subjects_array()))
+    .order_by(linked_identities.c.subject, linked_identities.c.provider),
+    only_on="postgresql",
+)
 
 
 @functools.lru_cache(maxsize=128)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     Label,
     ScalarSelect,
+    Select,
     String,
     bindparam,
     func,
@@ -22,13 +23,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from audit.hot_sql import HotStatement, read_snapshot
 from audit.store import audit_log
 from policy.model import Method, RequestHistory
 from service.data_keys import KEY_COLUMNS, KeyRow, account_data_keys
-from service.persistence import UtcDateTime, padded
+from service.persistence import UtcDateTime, padded, subjects_array
 from service.persistence.accounts import (
+    LINKED_MANY_PG,
     AccountSnapshot,
     linked_many,
     snapshot_facts,
@@ -120,16 +123,31 @@ def decision_inputs_statement(count: int) -> HotStatement:
     anchor = union_all(
         *(select(bindparam(f"s{i}", type_=String).label("subject")) for i in range(count))
     ).subquery("anchor")
-    return HotStatement(
-        f"unlock_requests.decision_inputs[{count}]",
+    return HotStatement(f"unlock_requests.decision_inputs[{count}]", _decision_inputs(anchor))
+
+
+def _decision_inputs(anchor: NamedFromClause) -> Select[Any]:
+    return (
         snapshot_facts(anchor)
         .add_columns(
             anchor.c.subject.label("anchor_subject"),
             *_history_columns(anchor.c.subject),
             *KEY_COLUMNS,
         )
-        .outerjoin(account_data_keys, account_data_keys.c.subject == anchor.c.subject),
+        .outerjoin(account_data_keys, account_data_keys.c.subject == anchor.c.subject)
     )
+
+
+# decision_inputs_statement on PostgreSQL: the anchor is the array's rows (subjects_array), one
+# statement for every batch size. Measured with 32 accounts (psql, warm): planned 0.7 against
+# 2.6 ms, and once generic (after five runs, as PostgreSQL does) run in 0.58 against 0.67 ms.
+DECISION_INPUTS_PG = HotStatement(
+    "unlock_requests.decision_inputs_pg",
+    _decision_inputs(
+        func.unnest(subjects_array()).table_valued("subject").render_derived(name="anchor")
+    ),
+    only_on="postgresql",
+)
 
 
 _INSERT = HotStatement("unlock_requests.insert", insert(unlock_requests))
@@ -181,14 +199,18 @@ class UnlockRequestRepository:
         the same statements whether or not an account exists (OWASP-FP-1/2). ``outside``: read
         on that SQLite connection in a read transaction of their own, not the caller's (which
         has not begun: service.db.reader)."""
-        params: dict[str, object] = {f"s{i}": subject for i, subject in enumerate(subjects)}
-        params |= {
+        params: dict[str, object] = {
             "velocity_since": now - velocity_window,
             "failures_since": now - failures_window,
             "throttle_since": now - throttle_window,
         }
-        inputs = decision_inputs_statement(len(subjects))
-        linked_of = linked_many(len(subjects))
+        if self._conn.dialect.name == "postgresql":
+            params["subjects"] = list(subjects)
+            inputs, linked_of = DECISION_INPUTS_PG, LINKED_MANY_PG
+        else:
+            params |= {f"s{i}": subject for i, subject in enumerate(subjects)}
+            inputs = decision_inputs_statement(len(subjects))
+            linked_of = linked_many(len(subjects))
         with read_snapshot(outside):
             rows = (await inputs.run(self._conn, params, outside=outside)).all()
             linked_rows = (await linked_of.run(self._conn, params, outside=outside)).all()

@@ -210,10 +210,12 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
         "unlock_requests.get_many": [{"p0": request.id, "p1": "nope", "p2": pending.id}],
         "unlock_requests.get_many_locked": [{"p0": request.id, "p1": "nope", "p2": pending.id}],
         "unlock_requests.decision_inputs": [{**subjects, **windows}],
+        "unlock_requests.decision_inputs_pg": [{"subjects": [*subjects.values()], **windows}],
         "outbox.insert": [outbox_row("notify_person"), [outbox_row("a"), outbox_row("b")]],
         "accounts.snapshot_facts": [{"subject": subject}, {"subject": "f" * 64}],
         "accounts.linked": [{"subject": subject}],
         "accounts.linked_many": [subjects],
+        "accounts.linked_many_pg": [{"subjects": [*subjects.values()]}],
         "accounts.totp_many": [subjects],
         "audit_inbox.insert": [{"payload": b"{}", "created_at": now}],
         "audit_inbox.batch": [{"limit": 10}],
@@ -451,7 +453,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         if s.name.split(".", 1)[1].startswith(writes)
     }
     postgres = scenario.ctx.engine.dialect.name == "postgresql"
-    assert len(compared) == (65 if postgres else 56)
+    assert len(compared) == (67 if postgres else 56)
 
 
 def _attempt(attempt_id: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from service.persistence.challenges import (
     failures_many_statement,
 )
 from service.persistence.tables import ATTEMPT_FAILED
-from service.persistence.unlock_requests import decision_inputs_statement
+from service.persistence.unlock_requests import DECISION_INPUTS_PG, decision_inputs_statement
 from tests.service.conftest import Api, assert_condition_is_the_models, stored_indexes
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -77,20 +77,20 @@ BY_SOURCE = "ix_verification_attempts_source_failed"
 BATCH = 4
 
 
-def _failure_reads() -> list[tuple[HotStatement, dict[str, object], set[str]]]:
-    """Every statement that counts failed attempts, with parameters for one key, and the
-    indexes it should read."""
+def _failure_reads(postgres: bool) -> list[tuple[HotStatement, dict[str, object], set[str]]]:
+    """Every statement that counts failed attempts on this database, with parameters for one
+    key, and the indexes it should read."""
     day, hour = NOW - timedelta(hours=24), NOW - timedelta(hours=1)
     one = {"p_since": day, "p_subject": A, "p_method": "totp"}
     # Batches' statements for several keys: with one, an OR of keys is no OR at all (SQLite's
     # planner scanned a whole index for four OR-ed (account, method) pairs).
     many: dict[str, object] = {"p_since": day, "p_source_since": hour}
-    history: dict[str, object] = {"velocity_since": day, "failures_since": day}
-    history["throttle_since"] = day
+    windows: dict[str, object] = {"velocity_since": day, "failures_since": day}
+    windows["throttle_since"] = day
+    subjects = [f"{i}" * 64 for i in range(BATCH)]
     for i in range(BATCH):
-        many |= {f"s{i}": f"{i}" * 64, f"x{i}": f"{i + 5}" * 64}
-        history[f"s{i}"] = f"{i}" * 64
-    return [
+        many |= {f"s{i}": subjects[i], f"x{i}": f"{i + 5}" * 64}
+    reads: list[tuple[HotStatement, dict[str, object], set[str]]] = [
         (_FAILURES_OF_METHOD, one, {BY_ACCOUNT}),
         (
             _FAILURES_OF_METHOD_AND_SOURCE,
@@ -98,8 +98,11 @@ def _failure_reads() -> list[tuple[HotStatement, dict[str, object], set[str]]]:
             {BY_ACCOUNT, BY_SOURCE},
         ),
         (failures_many_statement(BATCH), many, {BY_ACCOUNT, BY_SOURCE}),
-        (decision_inputs_statement(BATCH), history, {BY_ACCOUNT}),
     ]
+    if postgres:  # the accounts as one array there
+        return [*reads, (DECISION_INPUTS_PG, {**windows, "subjects": subjects}, {BY_ACCOUNT})]
+    history = windows | {f"s{i}": subject for i, subject in enumerate(subjects)}
+    return [*reads, (decision_inputs_statement(BATCH), history, {BY_ACCOUNT})]
 
 
 def test_failure_reads_use_the_failed_attempts_partial_indexes(api: Api) -> None:
@@ -127,7 +130,7 @@ def test_failure_reads_use_the_failed_attempts_partial_indexes(api: Api) -> None
             await conn.exec_driver_sql(f"DEALLOCATE failures_{n}")
             return text
 
-    for n, (statement, params, wanted) in enumerate(_failure_reads()):
+    for n, (statement, params, wanted) in enumerate(_failure_reads(postgres)):
         plan = api.run(plan_of, n, statement, params)
         assert {i for i in (BY_ACCOUNT, BY_SOURCE) if i in plan} == wanted, (statement, plan)
         assert "SCAN verification_attempts" not in plan, plan  # SQLite's full scan
