@@ -38,6 +38,7 @@ import logging
 import math
 import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -233,6 +234,75 @@ class JsonFormatter(logging.Formatter):
         return _JSON_LINE.encode(out)
 
 
+class LoopFlushedHandler(logging.StreamHandler[IO[str]]):
+    """A StreamHandler that, on a thread running an event loop, flushes once after the loop's
+    current round of callbacks instead of after every record: the lines of the requests a round
+    answers (a decision batch's ~30 access lines) leave in one write. Measured (SQLite, one
+    worker, 32 connections): a write per line was ~8 % of the worker's CPU per decision. Off a
+    loop (start-up, shutdown, threads) a flush happens at once; ``logging.shutdown`` flushes at
+    exit. What a SIGKILL can take: the lines of the round it interrupts, never anything a client
+    was answered from (logs are not the record; the database and the audit log are)."""
+
+    def __init__(self, stream: IO[str], *, owned: bool = False) -> None:
+        super().__init__(stream)
+        self._owned = owned  # opened for this handler (close closes it)
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+        # The loop last seen running and its thread: asyncio.get_running_loop costs a getpid
+        # system call on Python 3.11, as much as the write this saves.
+        self._loop: tuple[asyncio.AbstractEventLoop, int] | None = None
+
+    def flush(self) -> None:
+        thread = threading.get_ident()
+        seen = self._loop
+        if seen is not None and seen[1] == thread and seen[0].is_running():
+            loop = seen[0]  # a loop runs in one thread: it is this thread's
+        else:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                super().flush()
+                return
+            self._loop = (loop, thread)
+        # One flush per loop round; a flush pending on a loop that has since closed is replaced.
+        if self._flush_on is not loop:
+            self._flush_on = loop
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_on = None
+        if not getattr(self.stream, "closed", False):  # closed meanwhile: close flushed it
+            super().flush()
+
+    def close(self) -> None:
+        try:
+            # A stream its owner closed already (a test's capture) has nothing left to flush.
+            if not getattr(self.stream, "closed", False):
+                super().flush()
+            if self._owned:
+                self.stream.close()
+        finally:
+            super().close()
+
+
+def _stderr_for_logs() -> tuple[IO[str], bool]:
+    """A block-buffered text stream on stderr's file (sys.stderr flushes at every newline), and
+    whether it was opened here; sys.stderr itself when it has no file (a test's capture)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr, False
+    stream = open(  # noqa: SIM115 - the handler owns it and closes it
+        fd,
+        "w",
+        buffering=_LOG_BUFFER_BYTES,
+        encoding=sys.stderr.encoding or "utf-8",
+        errors="backslashreplace",
+        closefd=False,
+    )
+    return stream, True
+
+
+_LOG_BUFFER_BYTES: Final = 1 << 16
 _HANDLER_MARK = "_fairunlock_json_handler"
 _OWN_LOGGERS = ("fairunlock", "service", "audit", "policy")
 # uvicorn installs its own handlers; routing them through ours keeps every line JSON and redacted.
@@ -249,7 +319,11 @@ def configure_logging(level: str, *, stream: IO[str] | None = None) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    if stream is None:
+        stderr, owned = _stderr_for_logs()
+        handler = LoopFlushedHandler(stderr, owned=owned)
+    else:
+        handler = LoopFlushedHandler(stream)
     handler.setFormatter(JsonFormatter(include_traceback=numeric <= logging.DEBUG))
     handler.addFilter(RedactingFilter())
     setattr(handler, _HANDLER_MARK, True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -499,6 +500,78 @@ def test_uvicorn_joins_the_json_output_but_its_disabled_access_log_stays_off(
         assert json.loads(logs.getvalue())["logger"] == "uvicorn.error"
     finally:
         access.handlers[:], access.propagate = saved
+
+
+class _CountingStream(io.StringIO):
+    """What a handler's flushes handed on: the text at each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def _line(message: str) -> logging.LogRecord:
+    return logging.LogRecord("fairunlock.test", logging.INFO, __file__, 1, message, None, None)
+
+
+def test_off_a_loop_each_log_line_is_flushed_at_once() -> None:
+    stream = _CountingStream()
+    handler = observability.LoopFlushedHandler(stream)
+    handler.emit(_line("one"))
+    handler.emit(_line("two"))
+    assert stream.flushed == ["one\n", "one\ntwo\n"]
+
+
+def test_on_a_loop_the_lines_of_one_round_are_flushed_once_after_it_in_order() -> None:
+    stream = _CountingStream()
+    handler = observability.LoopFlushedHandler(stream)
+    seen_in_round: list[list[str]] = []
+
+    async def round_then_next() -> None:
+        for n in range(3):
+            handler.emit(_line(f"line {n}"))
+        seen_in_round.append(list(stream.flushed))  # nothing flushed yet in this round
+        await asyncio.sleep(0)  # the loop's next round: the pending flush has run
+        handler.emit(_line("later"))
+        await asyncio.sleep(0)
+
+    asyncio.run(round_then_next())
+    assert seen_in_round == [[]]
+    assert stream.flushed == ["line 0\nline 1\nline 2\n", "line 0\nline 1\nline 2\nlater\n"]
+    # A new loop (a later test's, a restarted server's) flushes again rather than waiting for
+    # the closed loop's round.
+    asyncio.run(round_then_next())
+    assert len(stream.flushed) == 4
+
+
+def test_a_stopping_handler_flushes_and_closes_only_a_stream_it_opened(tmp_path: Path) -> None:
+    given_stream = _CountingStream()
+    handler = observability.LoopFlushedHandler(given_stream)
+
+    async def emit_and_close() -> None:
+        handler.emit(_line("last words"))
+        handler.close()  # before the loop's round ends
+
+    asyncio.run(emit_and_close())
+    assert given_stream.flushed[-1] == "last words\n"
+    assert not given_stream.closed
+    file = (tmp_path / "log").open("w")
+    owned = observability.LoopFlushedHandler(file, owned=True)
+    errors: list[dict[str, Any]] = []
+
+    async def emit_close_and_go_on() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        owned.emit(_line("x"))
+        owned.close()
+        await asyncio.sleep(0)  # the flush the line asked for finds the stream closed: no error
+
+    asyncio.run(emit_close_and_go_on())
+    assert file.closed
+    assert errors == []
+    assert (tmp_path / "log").read_text() == "x\n"
 
 
 def test_an_unknown_level_is_refused(restore_logging: None) -> None:
