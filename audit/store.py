@@ -618,6 +618,38 @@ class AuditStore:
         return size
 
 
+class InboxIdBlock:
+    """Inbox ids for direct entries (AuditStore.reserve_inbox_ids), drawn ahead on PostgreSQL.
+
+    There each reservation is a round trip to the id column's sequence, which a decision batch
+    waits for inside its transaction (~0.5 ms of a batch's ~11 ms with one worker); here a
+    process draws ``block`` at a time and hands them out as batches need them. A sequence never
+    gives a value twice, whatever commits or rolls back, so ids drawn and never used are gaps,
+    as any rolled-back nextval leaves. SQLite's reservation runs in place under the write lock
+    (no round trip) and keeps its counter exact: it is called as it was. One per process and
+    database (ServiceContext)."""
+
+    __slots__ = ("_block", "_ids")
+
+    def __init__(self, block: int = 1024) -> None:
+        if block < 1:
+            raise ValueError("block must be at least 1")
+        self._block = block
+        self._ids: list[int] = []
+
+    async def take(self, store: AuditStore, count: int) -> list[int]:
+        if not store.is_postgres:
+            return await store.reserve_inbox_ids(count)
+        while len(self._ids) < count:
+            # Another coroutine may draw or take meanwhile: the list is looked up after the
+            # draw (``self._ids += await ...`` would extend the one read before it).
+            drawn = await store.reserve_inbox_ids(max(count, self._block))
+            self._ids.extend(drawn)
+        # No await from the check to here: no other coroutine takes these.
+        taken, self._ids = self._ids[:count], self._ids[count:]
+        return taken
+
+
 class ThreadLeafSource:
     """A synchronous merkle.SubtreeSource over the database, for code running in a worker thread.
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit.checkpoint import CheckpointSigner
+from audit.store import InboxIdBlock
 from policy.config import Policy
 from service.adapters.face import FaceVerifier
 from service.adapters.oidc import OidcClient
@@ -48,6 +49,8 @@ class ServiceContext:
     proofs: GroupCommit[Any, Any]
     clock: Callable[[], datetime] = utc_now
     sms_timings: SendTimings = field(default_factory=SendTimings)
+    # Ids for the audit entries decisions hand to the integration directly.
+    inbox_ids: InboxIdBlock = field(default_factory=InboxIdBlock)
 
     @property
     def audit_origin(self) -> str:

@@ -549,7 +549,7 @@ async def _store(
     conn: AsyncConnection, ctx: ServiceContext, made: Sequence[PreparedDecision]
 ) -> list[StoredDecisionRef]:
     # Ids for the entries, which go to the integration below directly, not through the inbox.
-    inbox_ids = await AuditStore(conn).reserve_inbox_ids(len(made))
+    inbox_ids = await ctx.inbox_ids.take(AuditStore(conn), len(made))
     await UnlockRequestRepository(conn).insert_many(
         [m.row | {"audit_inbox_id": inbox_id} for m, inbox_id in zip(made, inbox_ids, strict=True)]
     )

@@ -27,6 +27,7 @@ from audit.integrator import (
 from audit.store import (
     AuditStore,
     AuditStoreError,
+    InboxIdBlock,
     InboxRow,
     append_event_now,
     audit_checkpoints,
@@ -130,6 +131,57 @@ def test_a_corrupt_inbox_row_stops_integration_without_losing_anything(sqlite_ur
             assert (await conn.execute(select(func.count()).select_from(audit_inbox))).scalar() == 2
 
     with_engine(sqlite_url, body)
+
+
+def test_inbox_ids_drawn_ahead_are_never_given_twice_nor_an_inbox_rows(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """InboxIdBlock: on PostgreSQL one round trip to the sequence serves several batches, and
+    an id drawn in a transaction that rolled back is not given again (the sequence's are not
+    transactional); on SQLite each take is a reservation in place, as before, and one that rolled
+    back is given again (nothing used it)."""
+    reservations: list[int] = []
+    reserve = AuditStore.reserve_inbox_ids
+
+    async def counted(self: AuditStore, count: int) -> list[int]:
+        reservations.append(count)
+        return await reserve(self, count)
+
+    monkeypatch.setattr(AuditStore, "reserve_inbox_ids", counted)
+    block = InboxIdBlock(block=4)
+
+    async def body(engine: AsyncEngine) -> None:
+        taken: list[int] = []
+        async with engine.begin() as conn:
+            taken += await block.take(AuditStore(conn), 3)
+        conn = await engine.connect()
+        async with conn.begin() as rolled_back:
+            dropped = await block.take(AuditStore(conn), 3)
+            await rolled_back.rollback()
+        await conn.close()
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:  # two batches drawing at once, each on its own connection
+            async with engine.begin() as first, engine.begin() as second:
+                both = await asyncio.gather(
+                    block.take(AuditStore(first), 5), block.take(AuditStore(second), 5)
+                )
+            taken += both[0] + both[1]
+        else:  # one connection a worker: one after the other
+            for _ in range(2):
+                async with engine.begin() as conn:
+                    taken += await block.take(AuditStore(conn), 5)
+        later = [await append_event_now(engine, make_event(n)) for n in range(3)]
+        assert len(set(taken)) == len(taken) == 13
+        assert not set(later) & set(taken)
+        if postgres:
+            assert not set(dropped) & (set(taken) | set(later))
+        else:
+            assert set(dropped) <= set(taken)
+        # PostgreSQL: 4 ids drawn, 3 taken; 4 more for the next 3; then both takes found 2 and
+        # drew 5 each. SQLite: one reservation per take, of its size.
+        assert reservations == ([4, 4, 5, 5] if postgres else [3, 3, 5, 5])
+
+    with_engine(db_url, body)
 
 
 def test_direct_entries_follow_the_queued_ones_and_never_touch_the_inbox(db_url: str) -> None:
