@@ -133,6 +133,12 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
     subjects = {"s0": subject, "s1": "f" * 64, "s2": other}
     windows = {"velocity_since": day_ago, "failures_since": day_ago, "throttle_since": day_ago}
     size = int(head.size)
+    batch_rows = {
+        "seqs": [size, size + 1],
+        "leaves": [b"leaf", b"leaf 2"],
+        "leaf_hashes": [bytes(32), bytes(range(32))],
+        "inbox_ids": [10**9, 10**9 + 1],
+    }
     return {
         "challenges.get": [{"p_id": done_ch.id}, {"p_id": open_ch.id}, {"p_id": "nope"}],
         "challenges.get_many": [{"p0": done_ch.id, "p1": open_ch.id, "p2": "nope"}],
@@ -249,17 +255,18 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
             }
         ],
         "audit_head.with_inbox_pg": [{"limit": 10}, {"limit": 1}],  # PostgreSQL only
-        "audit_head.move_and_checkpoint_pg": [  # PostgreSQL only (only_on)
+        "audit_head.log_move_and_checkpoint_pg": [  # PostgreSQL only (only_on)
             {
                 "old_size": size,
-                "new_size": size + 1,
+                "new_size": size + 2,
                 "new_root": bytes(32),
                 "new_compact": head.compact_range,
                 "now": now,
                 "new_mac": bytes(range(32)),
                 "note": "test",
+                **batch_rows,
             },
-            {  # the head is elsewhere: nothing moves, no checkpoint
+            {  # the head is elsewhere: nothing moves, no checkpoint (the caller rolls back)
                 "old_size": size + 5,
                 "new_size": size + 6,
                 "new_root": bytes(32),
@@ -267,6 +274,7 @@ async def _cases(conn: AsyncConnection) -> dict[str, list[Params]]:
                 "now": now,
                 "new_mac": bytes(32),
                 "note": "test",
+                **batch_rows,
             },
         ],
         # PostgreSQL only (only_on); a session may take the same advisory lock again.
@@ -446,7 +454,7 @@ def test_every_hot_statement_runs_in_place_as_sqlalchemy_runs_it(scenario: Api) 
         "settle",
         "consume_step",
     )
-    writes += ("update_state", "move", "reserve_and_complete")
+    writes += ("update_state", "move", "log_move", "reserve_and_complete")
     assert {c.split(" ", 1)[0] for c in changed} == {
         s.name
         for s in _statements(scenario.ctx.engine.dialect.name)
