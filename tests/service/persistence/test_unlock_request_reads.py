@@ -5,6 +5,7 @@ statement, not two), and the request's state, which a batch of proofs takes from
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from audit.hot_sql import in_place_sqlite
 from audit.store import AuditStore
+from service.persistence.accounts import AccountRepository
 from service.persistence.api_keys import Role
 from service.persistence.challenges import ChallengeRepository
 from service.persistence.unlock_requests import UnlockRequestRepository
@@ -164,3 +166,44 @@ def test_request_and_challenge_columns_are_in_their_rows_field_order() -> None:
     ]
     for columns, row_type in pairs:
         assert tuple(c.key for c in columns) == row_type.__struct_fields__
+
+
+def test_a_batchs_decision_inputs_hold_each_accounts_own_snapshot(api: Api) -> None:
+    """The batch read (on PostgreSQL one statement, the linked identities a JSON column of it;
+    on SQLite two) finds for each account what the account's own read finds, linked identities
+    included, and an empty snapshot for an account no one has."""
+    for account, verified in (("acct-linked-1", True), ("acct-linked-2", False)):
+        linked = api.client.put(
+            f"/v1/accounts/{account}/linked-identities/gov-eid",
+            json={"subject": f"sub-{account}", "real_name_verified": verified},
+            headers=api.headers(),
+        )
+        assert linked.status_code == 200, linked.text
+    phone = api.client.put(
+        "/v1/accounts/acct-linked-1/phone", json={"phone": "+8613812345678"}, headers=api.headers()
+    )
+    assert phone.status_code == 200, phone.text
+    subjects = [
+        api.ctx.data_keys.pseudonymize(a) for a in ("acct-linked-1", "acct-linked-2", "nobody")
+    ]
+
+    async def read() -> tuple[list[Any], list[Any]]:
+        async with api.app.state.engine.begin() as conn:
+            batch = await UnlockRequestRepository(conn).decision_inputs(
+                subjects,
+                datetime.now(UTC),
+                velocity_window=timedelta(hours=24),
+                failures_window=timedelta(hours=24),
+                throttle_window=timedelta(hours=24),
+                throttle_limit=5,
+            )
+            own = [await AccountRepository(conn).snapshot(s) for s in subjects]
+            return [batch[s].snapshot for s in subjects], own
+
+    batch, own = api.run(read)
+    assert batch == own
+    assert [len(s.linked) for s in batch] == [1, 1, 0]
+    assert [s.linked[0].real_name_verified for s in batch[:2]] == [True, False]
+    assert batch[0].phone is not None
+    assert batch[1].phone is None
+    assert not batch[2].exists
