@@ -6,8 +6,10 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -572,6 +574,40 @@ def test_a_stopping_handler_flushes_and_closes_only_a_stream_it_opened(tmp_path:
     assert file.closed
     assert errors == []
     assert (tmp_path / "log").read_text() == "x\n"
+
+
+def _json_handler() -> observability.LoopFlushedHandler:
+    root = logging.getLogger()
+    [handler] = [h for h in root.handlers if getattr(h, "_fairunlock_json_handler", False)]
+    assert isinstance(handler, observability.LoopFlushedHandler)
+    return handler
+
+
+def test_by_default_logs_go_to_stderrs_file_through_a_stream_of_their_own(
+    restore_logging: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")
+    handler = _json_handler()
+    # Its own block-buffered stream on stderr's file (sys.stderr would write at each newline).
+    assert handler.stream is not sys.stderr
+    assert handler.stream.fileno() == sys.stderr.fileno()
+    app_log.info("to the file")  # off a loop: flushed at once
+    assert json.loads(capfd.readouterr().err)["message"] == "to the file"
+    handler.close()
+    assert handler.stream.closed
+    os.fstat(sys.stderr.fileno())  # the file stays open: the stream was opened with closefd=False
+
+
+def test_without_a_file_behind_stderr_logs_go_to_sys_stderr(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")  # capsys's stderr has no file descriptor
+    handler = _json_handler()
+    assert handler.stream is sys.stderr
+    app_log.info("to the capture")
+    assert json.loads(capsys.readouterr().err)["message"] == "to the capture"
+    handler.close()
+    assert not sys.stderr.closed  # not the handler's to close
 
 
 def test_an_unknown_level_is_refused(restore_logging: None) -> None:
