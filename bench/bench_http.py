@@ -43,8 +43,10 @@ from bench.http_load import (
     LoadSpec,
     Server,
     free_port,
+    most_steal,
     run_load,
     serve,
+    steal_text,
     uvicorn_command,
 )
 
@@ -169,7 +171,8 @@ def _measure_one(
     print(
         f"  {endpoint.target}:{endpoint.name} workers={workers} c={connections} run {rep}: "
         f"{result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  "
-        f"errors {result.http_errors}+{result.socket_errors}  (load avg {loadavg:.2f})",
+        f"errors {result.http_errors}+{result.socket_errors}  (load avg {loadavg:.2f}, "
+        f"steal {steal_text(result.steal_share)})",
         flush=True,
     )
     return Run(endpoint, workers, connections, rep, result, loadavg)
@@ -381,6 +384,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "p99_ms_median": statistics.median(r.result.p99_ms for r in group),
                 "http_errors": sum(r.result.http_errors for r in group),
                 "socket_errors": sum(r.result.socket_errors for r in group),
+                "steal_share_max": most_steal(r.result for r in group),
             }
         )
     return rows
@@ -432,7 +436,7 @@ def print_table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], ar
     print(f"{args.duration:g} s per run, medians of {args.runs}")
     header = (
         f"{'endpoint':<28} {'workers':>7} {'conns':>5} {'req/s (median)':>15} {'min..max':>17} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'steal':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -442,8 +446,9 @@ def print_table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], ar
             f"{r['endpoint']:<28} {r['workers']:>7} {r['connections']:>5} "
             f"{r['rps_median']:>15,.1f} {span:>17} "
             f"{r['p50_ms_median']:>8.2f} {r['p99_ms_median']:>8.2f} "
-            f"{r['http_errors'] + r['socket_errors']:>7}"
+            f"{r['http_errors'] + r['socket_errors']:>7} {steal_text(r['steal_share_max']):>6}"
         )
+    print("steal: the most CPU time any run lost to other guests of the VM (/proc/stat)")
     for q in ratio_rows:
         p99_verdict = {True: "meets", False: "MISSES", None: "no target"}[q["meets_p99"]]
         print(

@@ -53,7 +53,9 @@ from bench.http_load import (
     LoadResult,
     LoadSpec,
     call_all,
+    most_steal,
     run_load,
+    steal_text,
 )
 from service.methods.totp import TotpParameters, code_at
 
@@ -359,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 "http_errors": sum(r.http_errors for r in results),
                 "socket_errors": sum(r.socket_errors for r in results),
                 "exhausted_runs": sum(1 for r in results if r.exhausted),
+                "steal_share_max": most_steal(results),
             }
         )
     echo_rps = {
@@ -381,13 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         if r["endpoint"] != ECHO and (r["workers"], r["connections"]) in echo_rps
     ]
     print(f"\n{args.database}, wrk, {args.duration:g} s per run, medians of {args.runs}")
-    print(f"{'what':<30} {'w':>2} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  errors")
+    print(
+        f"{'what':<30} {'w':>2} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  errors  "
+        "steal"
+    )
     for r in summary:
         errors = r["http_errors"] + r["socket_errors"]
         print(
             f"{r['endpoint']:<30} {r['workers']:>2} {r['connections']:>5} "
             f"{r['rps_median']:>9,.1f} {r['p50_ms_median']:>8.2f} {r['p99_ms_median']:>8.2f}  "
-            f"{errors}"
+            f"{errors:>6}  {steal_text(r['steal_share_max'])}"
         )
     for q in ratios:
         verdict = "meets" if q["meets_ratio"] else "MISSES"

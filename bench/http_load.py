@@ -11,7 +11,10 @@
   when it runs out the load stops early and the result says ``exhausted``. It uses ``wrk`` when
   it is on PATH (this module installs nothing: ``apt-get install wrk``) and otherwise a bounded
   asyncio + httpx client, whose own CPU cost then limits what it can measure (results name the
-  tool).
+  tool). Each result also says what share of the machine's CPU time the hypervisor gave to other
+  guests while it ran (``steal_share``, from /proc/stat): on a shared VM that share moved between
+  0 and 29 % within one benchmark (2026-12-07), and a run that lost a quarter of its CPU is not
+  comparable with one that lost none, so the tables show it beside each figure.
 
 Every URL is ``http://127.0.0.1:<port>``; anything else is refused.
 """
@@ -31,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -220,6 +223,9 @@ class LoadResult:
     latency_distribution_ms: dict[str, float] = field(default_factory=dict)
     # spec.sequence ran out before the duration ended: rps is then a lower bound
     exhausted: bool = False
+    # Of all CPUs' time while the load ran, the share the hypervisor gave to other guests
+    # (None where /proc/stat does not say).
+    steal_share: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,11 +236,47 @@ def run_load(spec: LoadSpec, *, tool: str = "auto") -> LoadResult:
     _check_loopback(spec.url)
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "httpx"
+    before = cpu_ticks()
     if tool == "wrk":
-        return _run_wrk(spec)
-    if tool == "httpx":
-        return asyncio.run(_run_httpx(spec))
-    raise ValueError(f"unknown load tool {tool!r}")
+        result = _run_wrk(spec)
+    elif tool == "httpx":
+        result = asyncio.run(_run_httpx(spec))
+    else:
+        raise ValueError(f"unknown load tool {tool!r}")
+    result.steal_share = steal_between(before, cpu_ticks())
+    return result
+
+
+def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, from the first line of /proc/stat
+    (``cpu user nice system idle iowait irq softirq steal ...``; guest time is already counted
+    in user), or None where there is no such file or line."""
+    try:
+        with stat.open("rb") as file:
+            fields = file.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != b"cpu":
+        return None
+    ticks = [int(value) for value in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_between(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the CPU time between two ``cpu_ticks`` readings that went to other guests."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 4)
+
+
+def most_steal(results: Iterable[LoadResult]) -> float | None:
+    """The largest ``steal_share`` of ``results`` (None when none of them knows its own)."""
+    known = [r.steal_share for r in results if r.steal_share is not None]
+    return max(known) if known else None
+
+
+def steal_text(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.0%}"
 
 
 # -- wrk ---------------------------------------------------------------------------------------
