@@ -25,7 +25,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audit.bundle import BundleError, write_bundle
-from audit.checkpoint import Checkpoint, CheckpointSigner, public_key_pem
+from audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointSigner,
+    public_key_pem,
+    split_note,
+    verify_checkpoint,
+    verify_note,
+)
 from audit.entry import AuditEvent, EntryKind, decode_entry, encode_entry
 from audit.merkle import EMPTY_ROOT, CompactRange, leaf_hash, root_from_leaf_hashes
 from audit.verify import (
@@ -1054,3 +1062,61 @@ def test_a_resealed_hostile_line_is_a_clean_failure(
     with pytest.raises(VerificationError) as failed:
         verify_bundle(bundle, SIGNER.public_key, full_parse=full_parse)
     assert failed.value.line == 4
+
+
+# --- one key, two signed formats -----------------------------------------------------------------
+# The log's key signs checkpoint notes (the C2SP body: origin, size, root, three lines) and the
+# raw bytes of export manifests, with no domain prefix in either. What keeps one from passing for
+# the other is their shapes: a manifest is indented JSON of many lines, which no checkpoint
+# parse accepts, and a checkpoint body is three lines that no JSON parse accepts. These tests fail
+# if either format changes so that the other could be signed for it.
+
+
+def _note_from(text: bytes, signature: bytes) -> str:
+    """A signed note whose text is ``text`` and whose one signature is ``signature`` by SIGNER."""
+    encoded = base64.b64encode(SIGNER.key_id + signature).decode("ascii")
+    return f"{text.decode()}\n\u2014 {SIGNER.name} {encoded}\n"
+
+
+def test_a_manifest_and_its_signature_never_pass_for_a_checkpoint(bundle: Path) -> None:
+    manifest = (bundle / MANIFEST_FILE).read_bytes()
+    forged = _note_from(manifest, (bundle / MANIFEST_SIGNATURE_FILE).read_bytes())
+    # The signature is genuine over the note's text: only the checkpoint parse can refuse it.
+    assert split_note(forged)[0].encode() == manifest
+    assert verify_note(forged, SIGNER.public_key, ORIGIN) == manifest.decode()
+    with pytest.raises(CheckpointError, match="lines"):
+        verify_checkpoint(forged, SIGNER.public_key, ORIGIN)
+
+
+@given(
+    origin=st.text(
+        st.characters(codec="utf-8", exclude_characters="\n", exclude_categories=("Cs", "Cc")),
+        min_size=1,
+        max_size=40,
+    ),
+    size=st.integers(min_value=0, max_value=2**63 - 1),
+    root=st.binary(min_size=32, max_size=32),
+)
+@settings(max_examples=200, deadline=None)
+def test_no_checkpoint_body_passes_for_a_manifest(origin: str, size: int, root: bytes) -> None:
+    try:
+        body = Checkpoint(origin, size, root).body()
+    except CheckpointError:
+        return  # not an origin a checkpoint takes
+    with pytest.raises(VerificationError) as refused:
+        Manifest.from_json(body)
+    assert refused.value.check == "manifest"
+
+
+def test_a_checkpoint_and_its_signature_never_pass_for_a_manifest(
+    bundle: Path, key_file: Path
+) -> None:
+    note = _checkpoint(LOG, 20)
+    text, signatures = split_note(note)
+    ((_, signed),) = signatures
+    (bundle / MANIFEST_FILE).write_bytes(text.encode())
+    (bundle / MANIFEST_SIGNATURE_FILE).write_bytes(signed[len(SIGNER.key_id) :])
+    with pytest.raises(VerificationError) as refused:
+        verify_bundle(bundle, SIGNER.public_key)
+    # Past the signature check (it is genuine), refused as a manifest.
+    assert refused.value.check == "manifest"
