@@ -384,7 +384,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
                 "p99_ms_median": statistics.median(r.result.p99_ms for r in group),
                 "http_errors": sum(r.result.http_errors for r in group),
                 "socket_errors": sum(r.result.socket_errors for r in group),
-                "steal_share_max": most_steal(r.result for r in group),
+                "steal_share_max": most_steal(r.result.steal_share for r in group),
             }
         )
     return rows

@@ -77,7 +77,16 @@ import pyotp
 
 from bench.bench_http import ROOT, fairunlock_server
 from bench.bench_totp_verify import VerifyBench
-from bench.http_load import LOOPBACK, Server, free_port, serve
+from bench.http_load import (
+    LOOPBACK,
+    Server,
+    cpu_ticks,
+    free_port,
+    most_steal,
+    serve,
+    steal_between,
+    steal_text,
+)
 
 PI_DIR = ROOT / "bench" / "privacyidea"
 PI_VENV = PI_DIR / "venv"
@@ -265,6 +274,8 @@ class PeerResult:
     pool_wait_s: float
     reject_reasons: dict[str, int]
     loadavg_before: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
+    # The share of the machine's CPU time other guests of the VM took while it ran (http_load).
+    steal_share: float | None = None
 
     @property
     def valid(self) -> bool:
@@ -287,6 +298,7 @@ async def load_validate_check(
     counts = Counter[str]()
     waited = 0.0
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    ticks = cpu_ticks()
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as client:
         started = time.perf_counter()
         deadline = started + duration_s
@@ -344,6 +356,7 @@ async def load_validate_check(
         socket_errors=counts["socket_errors"],
         pool_wait_s=round(waited, 2),
         reject_reasons=dict(reasons.most_common(5)),
+        steal_share=steal_between(ticks, cpu_ticks()),
     )
 
 
@@ -381,6 +394,7 @@ def _fairunlock_runs(
                     socket_errors=r.socket_errors,
                     pool_wait_s=0.0,
                     reject_reasons=reasons,
+                    steal_share=r.steal_share,
                 ),
             )
         )
@@ -472,6 +486,7 @@ def summarize(rows: list[Row]) -> list[dict[str, Any]]:
                 "rejected": sum(r.rejected for r in results),
                 "pool_wait_s": round(sum(r.pool_wait_s for r in results), 2),
                 "valid": all(r.valid for r in results),
+                "steal_share_max": most_steal(r.steal_share for r in results),
             }
         )
     return out
@@ -502,7 +517,7 @@ def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'target':<32} {'workers':>7} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'accepted':>8} {'rejected':>8}  note"
+        f"{'accepted':>8} {'rejected':>8} {'steal':>6}  note"
     )
     print()
     print(header)
@@ -514,7 +529,7 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
         print(
             f"{s['target']:<32} {s['workers']:>7} {s['connections']:>5} {s['rps_median']:>9,.1f} "
             f"{s['p50_ms_median']:>8.1f} {s['p99_ms_median']:>8.1f} {s['accepted']:>8} "
-            f"{s['rejected']:>8}  {note}"
+            f"{s['rejected']:>8} {steal_text(s['steal_share_max']):>6}  {note}"
         )
     for q in ratio_rows:
         verdict = "meets" if q["meets_target"] else "MISSES"

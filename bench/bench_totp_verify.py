@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 "http_errors": sum(r.http_errors for r in results),
                 "socket_errors": sum(r.socket_errors for r in results),
                 "exhausted_runs": sum(1 for r in results if r.exhausted),
-                "steal_share_max": most_steal(results),
+                "steal_share_max": most_steal(r.steal_share for r in results),
             }
         )
     echo_rps = {

@@ -269,9 +269,9 @@ def steal_between(before: tuple[int, int] | None, after: tuple[int, int] | None)
     return round((after[0] - before[0]) / (after[1] - before[1]), 4)
 
 
-def most_steal(results: Iterable[LoadResult]) -> float | None:
-    """The largest ``steal_share`` of ``results`` (None when none of them knows its own)."""
-    known = [r.steal_share for r in results if r.steal_share is not None]
+def most_steal(shares: Iterable[float | None]) -> float | None:
+    """The largest of some runs' ``steal_share`` (None when none of them knows its own)."""
+    known = [share for share in shares if share is not None]
     return max(known) if known else None
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.http_load import LoadResult, cpu_ticks, most_steal, steal_between, steal_text
+from bench.http_load import cpu_ticks, most_steal, steal_between, steal_text
 
 # The first lines of a real /proc/stat (2 CPUs): user nice system idle iowait irq softirq steal
 # guest guest_nice.
@@ -15,10 +15,6 @@ cpu0 2350 75 560 8125 260 0 40 440 0 0
 cpu1 2355 75 560 8125 260 0 35 440 0 0
 intr 114930 0 9 0
 """
-
-
-def _result(steal: float | None) -> LoadResult:
-    return LoadResult("wrk", 100, 1.0, 100.0, 1.0, 2.0, 0, 0, steal_share=steal)
 
 
 def test_cpu_ticks_reads_steal_and_the_total_of_the_first_eight_fields(tmp_path: Path) -> None:
@@ -56,8 +52,8 @@ def test_steal_between_is_unknown_without_two_readings_apart(
 
 
 def test_most_steal_is_the_largest_known_share() -> None:
-    assert most_steal([_result(0.02), _result(None), _result(0.29)]) == 0.29
-    assert most_steal([_result(None)]) is None
+    assert most_steal([0.02, None, 0.29]) == 0.29
+    assert most_steal([None]) is None
     assert steal_text(0.287) == "29%"
     assert steal_text(None) == "n/a"
 
