@@ -1108,9 +1108,7 @@ def test_no_checkpoint_body_passes_for_a_manifest(origin: str, size: int, root: 
     assert refused.value.check == "manifest"
 
 
-def test_a_checkpoint_and_its_signature_never_pass_for_a_manifest(
-    bundle: Path, key_file: Path
-) -> None:
+def test_a_checkpoint_and_its_signature_never_pass_for_a_manifest(bundle: Path) -> None:
     note = _checkpoint(LOG, 20)
     text, signatures = split_note(note)
     ((_, signed),) = signatures
